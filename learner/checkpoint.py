@@ -1,0 +1,189 @@
+"""The checkpoint archive format: one .tar.gz of manifest, config, safetensors weights, optimizer.
+
+Reading never unpickles and never extracts to disk: members are read into memory by exact
+name, after every member has been checked (regular file, known name, size cap) and before the
+manifest's sha256 of each file is compared.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tarfile
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.numpy import load as load_safetensors
+from safetensors.numpy import save as save_safetensors
+
+from learner.config import PolicyConfig
+from learner.learner import LearnerState, Weights
+from learner.policy import ActorCritic, SpacesSpec, load_numpy_state
+
+ALGO = "A2C"
+FORMAT_VERSION = 1
+MEMBERS = ("manifest.json", "config.json", "policy.safetensors", "optimizer.pt")
+MAX_MEMBER_BYTES = 1 << 30
+
+
+class CheckpointRejected(ValueError):
+    """The archive is not a valid, untampered A2C checkpoint of a format this code reads."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A checkpoint read back: its manifest, the job config it was trained with, learner state."""
+
+    manifest: dict[str, Any]
+    config: dict[str, Any]
+    spaces: SpacesSpec
+    state: LearnerState
+
+    @property
+    def env_id(self) -> str:
+        """The env the policy was trained on."""
+        return self.manifest["env"]
+
+    def policy(self) -> ActorCritic:
+        """The trained policy on CPU, rebuilt from the manifest's spaces and the config."""
+        policy = ActorCritic(self.spaces, PolicyConfig(**self.config.get("policy", {})))
+        load_numpy_state(policy, self.state.weights.tensors)
+        return policy.eval()
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def archive_bytes(state: LearnerState, spaces: SpacesSpec, env_id: str, config: dict[str, Any],
+                  extra: dict[str, Any] | None = None) -> bytes:
+    """The .tar.gz bytes of a checkpoint; `extra` adds manifest fields (e.g. return_mean)."""
+    files = {
+        "config.json": json.dumps(config, indent=2, sort_keys=True).encode(),
+        "policy.safetensors": save_safetensors(state.weights.tensors),
+        "optimizer.pt": state.optimizer,
+    }
+    manifest = {
+        "algo": ALGO, "format_version": FORMAT_VERSION, "created": time.time(),
+        "step": state.step, "updates": state.updates, "weights_version": state.weights.version,
+        "env": env_id, "spaces": spaces.model_dump(mode="json"),
+        "sha256": {name: _sha256(data) for name, data in files.items()},
+        **(extra or {}),
+    }
+    files = {"manifest.json": json.dumps(manifest, indent=2).encode(), **files}
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode = len(data), int(manifest["created"]), 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that readers see the old file or the whole new one, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def write_archive(path: Path, state: LearnerState, spaces: SpacesSpec, env_id: str,
+                  config: dict[str, Any], extra: dict[str, Any] | None = None) -> Path:
+    """Write a checkpoint archive atomically to `path`; returns the path."""
+    atomic_write(Path(path), archive_bytes(state, spaces, env_id, config, extra))
+    return Path(path)
+
+
+def _read_members(data: bytes) -> dict[str, bytes]:
+    """The archive's members by name, refusing anything but the expected regular files."""
+    try:
+        tar = tarfile.open(fileobj=io.BytesIO(data), mode="r:gz")
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise CheckpointRejected(f"not a readable .tar.gz archive: {exc}") from None
+    out: dict[str, bytes] = {}
+    with tar:
+        try:
+            members = tar.getmembers()
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            raise CheckpointRejected(f"corrupt archive: {exc}") from None
+        for m in members:
+            if m.name.startswith("/") or Path(m.name).is_absolute():
+                raise CheckpointRejected(f"unsafe member {m.name!r}: absolute path")
+            if ".." in Path(m.name).parts:
+                raise CheckpointRejected(f"unsafe member {m.name!r}: '..' in path")
+            if m.issym() or m.islnk():
+                raise CheckpointRejected(f"unsafe member {m.name!r}: links are not allowed")
+            if not m.isfile():
+                raise CheckpointRejected(f"unsafe member {m.name!r}: not a regular file")
+            if m.name not in MEMBERS:
+                raise CheckpointRejected(f"unexpected member {m.name!r}; expected only {', '.join(MEMBERS)}")
+            if m.name in out:
+                raise CheckpointRejected(f"duplicate member {m.name!r}")
+            if m.size > MAX_MEMBER_BYTES:
+                raise CheckpointRejected(f"member {m.name!r} is {m.size} bytes, over the cap")
+            f = tar.extractfile(m)
+            out[m.name] = f.read() if f is not None else b""
+    missing = [name for name in MEMBERS if name not in out]
+    if missing:
+        raise CheckpointRejected(f"missing member(s): {', '.join(missing)}")
+    return out
+
+
+def read_archive(source: Path | str | bytes) -> Checkpoint:
+    """Read and verify a checkpoint archive (a path or its bytes).
+
+    Raises CheckpointRejected naming the reason: unsafe or unexpected member, wrong algo,
+    unknown format version, checksum mismatch, or weights that do not fit the manifest.
+    """
+    data = source if isinstance(source, bytes) else Path(source).read_bytes()
+    files = _read_members(data)
+    try:
+        manifest = json.loads(files["manifest.json"])
+        config = json.loads(files["config.json"])
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointRejected(f"manifest or config is not valid JSON: {exc}") from None
+    if not isinstance(manifest, dict) or not isinstance(config, dict):
+        raise CheckpointRejected("manifest.json and config.json must be JSON objects")
+    if manifest.get("algo") != ALGO:
+        raise CheckpointRejected(f"manifest algo is {manifest.get('algo')!r}, expected {ALGO!r}")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise CheckpointRejected(
+            f"unknown format_version {manifest.get('format_version')!r}; this code reads {FORMAT_VERSION}")
+    sums = manifest.get("sha256") or {}
+    for name in MEMBERS[1:]:
+        if sums.get(name) != _sha256(files[name]):
+            raise CheckpointRejected(f"checksum mismatch for {name}: the archive was modified or corrupted")
+    try:
+        spaces = SpacesSpec(**manifest["spaces"])
+        tensors = load_safetensors(files["policy.safetensors"])
+        # weights_only=True: a tampered optimizer.pt cannot run code while loading.
+        torch.load(io.BytesIO(files["optimizer.pt"]), map_location="cpu", weights_only=True)
+        state = LearnerState(Weights(int(manifest["weights_version"]), tensors), files["optimizer.pt"],
+                             int(manifest["step"]), int(manifest["updates"]))
+        checkpoint = Checkpoint(manifest, config, spaces, state)
+        checkpoint.policy()  # the weights must fit the network the manifest describes
+    except CheckpointRejected:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any failure to rebuild means the archive is unusable
+        raise CheckpointRejected(f"checkpoint contents do not load: {type(exc).__name__}: {exc}") from None
+    return checkpoint

@@ -1,0 +1,72 @@
+"""Immutable, validated configuration of the A2C algorithm and its policy network."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class FrozenModel(BaseModel):
+    """Base for config models: immutable, and unknown fields are an error, not silently dropped."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class A2CConfig(FrozenModel):
+    """Hyperparameters of A2C. Field names and defaults are those of prt_rl's `A2CConfig`."""
+
+    steps_per_batch: int = Field(2048, ge=1)
+    """Env steps collected per update, over all workers and envs (workers x envs x T)."""
+    mini_batch_size: int | None = Field(32, ge=1)
+    """Samples per gradient step. The batch is split into steps_per_batch / mini_batch_size
+    sequential Adam steps, as prt_rl does; only the first is strictly on-policy. `null` (or
+    `--mini-batch-size full`) takes one full-batch step per rollout: classic A2C, as SB3 does."""
+    learning_rate: float = Field(3e-4, gt=0, le=1)
+    """Adam step size (the start value when `learning_rate_schedule` is linear)."""
+    gamma: float = Field(0.99, ge=0, le=1)
+    """Discount factor."""
+    gae_lambda: float = Field(0.95, ge=0, le=1)
+    """GAE lambda: 1 is Monte Carlo, 0 is TD(0)."""
+    entropy_coef: float = Field(0.01, ge=0)
+    """Weight of the entropy bonus (the start value when `entropy_coef_schedule` is linear)."""
+    value_coef: float = Field(0.5, ge=0)
+    """Weight of the value-function MSE loss."""
+    max_grad_norm: float = Field(0.5, gt=0)
+    """Gradients are clipped to this global L2 norm."""
+    normalize_advantages: bool = False
+    """Normalise advantages to zero mean and unit std over the whole batch (before any split)."""
+    learning_rate_schedule: Literal["constant", "linear"] = "constant"
+    """`linear` anneals learning_rate to `learning_rate_final` at total_steps."""
+    learning_rate_final: float = Field(0.0, ge=0)
+    """End value of a linear learning-rate schedule."""
+    entropy_coef_schedule: Literal["constant", "linear"] = "constant"
+    """`linear` anneals entropy_coef to `entropy_coef_final` at total_steps."""
+    entropy_coef_final: float = Field(0.0, ge=0)
+    """End value of a linear entropy-coefficient schedule."""
+
+    @model_validator(mode="after")
+    def _mini_batch_fits(self) -> "A2CConfig":
+        if self.mini_batch_size is not None and self.mini_batch_size > self.steps_per_batch:
+            raise ValueError(
+                f"mini_batch_size ({self.mini_batch_size}) must not exceed steps_per_batch "
+                f"({self.steps_per_batch}); use null for one full-batch step"
+            )
+        return self
+
+
+class PolicyConfig(FrozenModel):
+    """Shape of the actor-critic network: a shared MLP torso, an action head and a value head."""
+
+    hidden_sizes: tuple[int, ...] = Field((64, 64), min_length=1)
+    """Widths of the torso's hidden layers."""
+    activation: Literal["tanh", "relu"] = "tanh"
+    """Non-linearity between torso layers."""
+    log_std_init: float = Field(0.0, ge=-5, le=2)
+    """Initial log standard deviation of the Gaussian head (Box action spaces)."""
+
+    @model_validator(mode="after")
+    def _positive_widths(self) -> "PolicyConfig":
+        if any(h < 1 or h > 4096 for h in self.hidden_sizes):
+            raise ValueError("hidden_sizes entries must lie in 1..4096")
+        return self

@@ -1,0 +1,177 @@
+"""The Learner: holds the policy and optimizer, computes GAE and applies the A2C update.
+
+A plain class; `service/` wraps it with `ray.remote` and picks its resources.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from learner.config import A2CConfig, PolicyConfig
+from learner.gae import gae
+from learner.policy import ActorCritic, SpacesSpec, load_numpy_state, numpy_state
+from learner.rollout import Rollout
+from learner.schedules import entropy_coef_at, learning_rate_at
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Weights:
+    """One version of the policy weights, as numpy arrays; put in the object store once."""
+
+    version: int
+    tensors: dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class LearnerState:
+    """Everything a resumed learner needs: weights, optimizer state, progress counters."""
+
+    weights: Weights
+    optimizer: bytes
+    """`torch.save` of the optimizer state dict; read back with weights_only=True."""
+    step: int
+    """Env steps trained on so far; schedules continue from here."""
+    updates: int
+
+
+def choose_device(request: str, gpu_assigned: bool) -> tuple[torch.device, str]:
+    """The learner's device and the reason for it, e.g. ("cuda:0", "GPU assigned by Ray").
+
+    `request` is auto, cpu or cuda; `gpu_assigned` says whether the scheduler gave this process
+    a GPU. A GPU slot that torch cannot use falls back to CPU, and the reason says so.
+    """
+    if request == "cpu":
+        return torch.device("cpu"), "cpu: learner_device=cpu was requested"
+    if not gpu_assigned:
+        if request == "cuda":
+            raise RuntimeError("learner_device=cuda but no GPU was assigned to the learner")
+        return torch.device("cpu"), "cpu: no GPU in the cluster"
+    if torch.cuda.is_available():
+        return torch.device("cuda:0"), f"cuda:0: GPU {os.environ.get('CUDA_VISIBLE_DEVICES', '?')} assigned by Ray"
+    return torch.device("cpu"), (
+        f"cpu: fell back from GPU — Ray assigned GPU CUDA_VISIBLE_DEVICES="
+        f"{os.environ.get('CUDA_VISIBLE_DEVICES', '?')} but torch {torch.__version__} cannot use CUDA "
+        f"(torch.version.cuda={torch.version.cuda})")
+
+
+def a2c_loss(policy: ActorCritic, obs: torch.Tensor, actions: torch.Tensor,
+             advantages: torch.Tensor, returns: torch.Tensor, entropy_coef: float,
+             value_coef: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """A2C loss on B samples: -log pi(a|s) A  - entropy_coef H  + value_coef (V - R)^2.
+
+    obs (B, *obs_shape), actions (B,) or (B, A), advantages and returns (B,).
+    Returns the scalar loss and its detached parts.
+    """
+    values, log_probs, entropy = policy.evaluate_actions(obs, actions)
+    policy_loss = -(log_probs * advantages).mean()
+    value_loss = F.mse_loss(values, returns)
+    entropy_mean = entropy.mean()
+    loss = policy_loss - entropy_coef * entropy_mean + value_coef * value_loss
+    parts = {"policy_loss": policy_loss, "value_loss": value_loss,
+             "entropy": entropy_mean, "loss": loss}
+    return loss, {k: v.detach() for k, v in parts.items()}
+
+
+def explained_variance(predicted: torch.Tensor, target: torch.Tensor) -> float:
+    """1 - Var(target - predicted) / Var(target); NaN when the target is constant."""
+    var = target.var()
+    return float("nan") if var.item() == 0 else float(1 - (target - predicted).var() / var)
+
+
+class Learner:
+    """Owns the policy and Adam; `update(*rollouts)` runs one A2C update, `weights()` exports."""
+
+    def __init__(self, spaces: SpacesSpec, policy_config: PolicyConfig, config: A2CConfig,
+                 total_steps: int, seed: int, device_request: str = "auto",
+                 gpu_assigned: bool = False, restore: LearnerState | None = None) -> None:
+        torch.set_num_threads(1)
+        self.device, self.device_reason = choose_device(device_request, gpu_assigned)
+        log.info("learner device %s", self.device_reason)
+        self.config = config
+        self.total_steps = total_steps
+        torch.manual_seed(seed)
+        self.policy = ActorCritic(spaces, policy_config).to(self.device)
+        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.learning_rate, eps=1e-5)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.step, self.updates, self.version = 0, 0, 0
+        if restore is not None:
+            load_numpy_state(self.policy, restore.weights.tensors)
+            self.optimizer.load_state_dict(
+                torch.load(io.BytesIO(restore.optimizer), map_location=self.device, weights_only=True))
+            self.step, self.updates, self.version = restore.step, restore.updates, restore.weights.version
+            self.generator.manual_seed(seed + restore.updates)
+
+    def device_info(self) -> tuple[str, str]:
+        """(device, reason) as chosen at start, e.g. ("cpu", "cpu: no GPU in the cluster")."""
+        return str(self.device), self.device_reason
+
+    def weights(self) -> Weights:
+        """The current policy weights with their version."""
+        return Weights(self.version, numpy_state(self.policy))
+
+    def state(self) -> LearnerState:
+        """A snapshot for a checkpoint."""
+        buf = io.BytesIO()
+        torch.save(self.optimizer.state_dict(), buf)
+        return LearnerState(self.weights(), buf.getvalue(), self.step, self.updates)
+
+    def _batch(self, rollouts: tuple[Rollout, ...]) -> dict[str, torch.Tensor]:
+        """Rollouts joined along the env axis into (T, N_total, ...) tensors on the device."""
+        fields = ("obs", "actions", "rewards", "terminated", "truncated", "values",
+                  "log_probs", "final_values")
+        out = {f: torch.as_tensor(np.concatenate([getattr(r, f) for r in rollouts], axis=1),
+                                  device=self.device) for f in fields}
+        out["bootstrap_values"] = torch.as_tensor(
+            np.concatenate([r.bootstrap_values for r in rollouts]), device=self.device)
+        return out
+
+    def update(self, *rollouts: Rollout) -> dict[str, float]:
+        """One A2C update on the joined rollouts; returns the update's stats."""
+        cfg = self.config
+        b = self._batch(rollouts)
+        steps = sum(r.num_steps for r in rollouts)
+        policy_lag = self.version - min(r.weights_version for r in rollouts)
+        advantages, returns = gae(b["rewards"], b["values"], b["terminated"], b["truncated"],
+                                  b["final_values"], b["bootstrap_values"], cfg.gamma, cfg.gae_lambda)
+        obs = b["obs"].reshape(steps, *b["obs"].shape[2:])
+        actions = b["actions"].reshape(steps, *b["actions"].shape[2:])
+        advantages, returns = advantages.reshape(-1), returns.reshape(-1)
+        if cfg.normalize_advantages:
+            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+        lr = learning_rate_at(cfg, self.step, self.total_steps)
+        ent_coef = entropy_coef_at(cfg, self.step, self.total_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+        size = cfg.mini_batch_size or steps
+        order = torch.randperm(steps, generator=self.generator).to(self.device)
+        totals: dict[str, torch.Tensor] = {}
+        n_steps = 0
+        for start in range(0, steps, size):
+            idx = order[start:start + size]
+            loss, parts = a2c_loss(self.policy, obs[idx], actions[idx], advantages[idx],
+                                   returns[idx], ent_coef, cfg.value_coef)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            parts["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
+            self.optimizer.step()
+            for k, v in parts.items():
+                totals[k] = totals.get(k, 0) + v
+            n_steps += 1
+        stats = {k: float(v) / n_steps for k, v in totals.items()}  # one host sync per key
+        self.step += steps
+        self.updates += 1
+        self.version += 1
+        stats.update(explained_variance=explained_variance(b["values"].reshape(-1), returns),
+                     learning_rate=lr, entropy_coef=ent_coef, policy_lag=policy_lag,
+                     weights_version=self.version, step=self.step)
+        return stats

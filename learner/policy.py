@@ -1,0 +1,128 @@
+"""Actor-critic policy: a shared MLP torso, a categorical or diagonal-Gaussian head, a value head."""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+from torch.distributions import Categorical, Normal
+
+from learner.config import PolicyConfig
+
+
+class SpacesSpec(BaseModel):
+    """What the policy needs to know of an env's spaces; JSON-able, stored in checkpoints."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", ser_json_inf_nan="constants")
+
+    obs_shape: tuple[int, ...]
+    action_type: Literal["discrete", "box"]
+    action_n: int | None = None
+    """Number of actions for a Discrete action space."""
+    action_shape: tuple[int, ...] | None = None
+    action_low: tuple[float, ...] | None = None
+    action_high: tuple[float, ...] | None = None
+
+    @property
+    def obs_dim(self) -> int:
+        """Length of the flattened observation."""
+        return int(np.prod(self.obs_shape))
+
+    @property
+    def action_dim(self) -> int:
+        """Logits for Discrete, action components for Box."""
+        return self.action_n if self.action_type == "discrete" else int(np.prod(self.action_shape))
+
+
+class ActorCritic(nn.Module):
+    """The A2C policy. `act` is for collection, `evaluate_actions` for the loss, as in prt_rl."""
+
+    def __init__(self, spaces: SpacesSpec, config: PolicyConfig) -> None:
+        super().__init__()
+        self.spaces = spaces
+        self.config = config
+        act_cls = nn.Tanh if config.activation == "tanh" else nn.ReLU
+        layers: list[nn.Module] = []
+        width = spaces.obs_dim
+        for hidden in config.hidden_sizes:
+            layers += [nn.Linear(width, hidden), act_cls()]
+            width = hidden
+        self.torso = nn.Sequential(*layers)
+        self.action_head = nn.Linear(width, spaces.action_dim)
+        self.value_head = nn.Linear(width, 1)
+        self.discrete = spaces.action_type == "discrete"
+        if not self.discrete:
+            self.log_std = nn.Parameter(torch.full((spaces.action_dim,), config.log_std_init))
+        # Orthogonal init as in OpenAI baselines / SB3: small policy logits keep early entropy high.
+        for module in self.torso:
+            if isinstance(module, nn.Linear):
+                nn.init.orthogonal_(module.weight, gain=math.sqrt(2))
+                nn.init.zeros_(module.bias)
+        nn.init.orthogonal_(self.action_head.weight, gain=0.01)
+        nn.init.zeros_(self.action_head.bias)
+        nn.init.orthogonal_(self.value_head.weight, gain=1.0)
+        nn.init.zeros_(self.value_head.bias)
+
+    def _heads(self, obs: torch.Tensor) -> tuple[torch.distributions.Distribution, torch.Tensor]:
+        """Action distribution over a batch of B observations, and values of shape (B,)."""
+        latent = self.torso(obs.reshape(obs.shape[0], -1))
+        out = self.action_head(latent)
+        if self.discrete:
+            dist: torch.distributions.Distribution = Categorical(logits=out)
+        else:
+            dist = Normal(out, self.log_std.exp().expand_as(out))
+        return dist, self.value_head(latent).squeeze(-1)
+
+    def _log_prob(self, dist: torch.distributions.Distribution, action: torch.Tensor) -> torch.Tensor:
+        """Log-probability of (B,) or (B, A) actions, summed over action components: (B,)."""
+        if self.discrete:
+            return dist.log_prob(action.long())
+        return dist.log_prob(action).sum(-1)
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor, deterministic: bool = False
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Actions for (B, *obs_shape) observations: (action, log_prob (B,), value (B,)).
+
+        Box actions are returned unclipped (their log-prob is of the sampled value); clip them
+        with `clip_action` only when sending them to the env.
+        """
+        dist, value = self._heads(obs)
+        if deterministic:
+            action = dist.probs.argmax(-1) if self.discrete else dist.mean
+        else:
+            action = dist.sample()
+        return action, self._log_prob(dist, action), value
+
+    @torch.no_grad()
+    def value(self, obs: torch.Tensor) -> torch.Tensor:
+        """State values V(obs), shape (B,)."""
+        return self._heads(obs)[1]
+
+    def evaluate_actions(self, obs: torch.Tensor, action: torch.Tensor
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Differentiable (value, log_prob, entropy), each of shape (B,), for B stored actions."""
+        dist, value = self._heads(obs)
+        entropy = dist.entropy() if self.discrete else dist.entropy().sum(-1)
+        return value, self._log_prob(dist, action), entropy
+
+    def clip_action(self, action: np.ndarray) -> np.ndarray:
+        """Actions as the env accepts them: Box actions clipped to the space bounds."""
+        if self.discrete:
+            return action
+        return np.clip(action, self.spaces.action_low, self.spaces.action_high).reshape(
+            (action.shape[0], *self.spaces.action_shape))
+
+
+def numpy_state(policy: nn.Module) -> dict[str, np.ndarray]:
+    """The policy's weights as contiguous numpy arrays (what goes into the object store)."""
+    return {k: v.detach().cpu().contiguous().numpy() for k, v in policy.state_dict().items()}
+
+
+def load_numpy_state(policy: nn.Module, state: dict[str, np.ndarray]) -> None:
+    """Load weights produced by `numpy_state` (shapes and names must match exactly)."""
+    policy.load_state_dict({k: torch.tensor(np.asarray(v)) for k, v in state.items()}, strict=True)

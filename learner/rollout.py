@@ -1,0 +1,35 @@
+"""The one type that crosses from rollout workers to the learner."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """T steps of N envs as contiguous numpy arrays (T steps first, then N envs).
+
+    A step's `rewards`, `terminated`, `truncated` follow from taking `actions` in `obs`.
+    `final_values[t, n]` is V(final observation) where `truncated[t, n]` (0 elsewhere): the
+    bootstrap for a time-limited episode, whose next `obs` is already the reset observation.
+    """
+
+    obs: np.ndarray            # (T, N, *obs_shape) float32
+    actions: np.ndarray        # (T, N) int64 for Discrete, (T, N, A) float32 for Box (unclipped)
+    rewards: np.ndarray        # (T, N) float32
+    terminated: np.ndarray     # (T, N) bool
+    truncated: np.ndarray      # (T, N) bool
+    values: np.ndarray         # (T, N) float32, V(obs) at collection time
+    log_probs: np.ndarray      # (T, N) float32, log pi(action | obs) at collection time
+    final_values: np.ndarray   # (T, N) float32
+    bootstrap_values: np.ndarray  # (N,) float32, V(s_T) of the observation after the last step
+    episode_returns: np.ndarray   # (E,) float64, episodes that finished during this rollout
+    episode_lengths: np.ndarray   # (E,) int64
+    weights_version: int          # version of the weights the actions were sampled with
+
+    @property
+    def num_steps(self) -> int:
+        """Env steps in this rollout: T x N."""
+        return int(self.rewards.size)

@@ -1,0 +1,234 @@
+"""The `a2c` command: train, evaluate, serve, envs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, get_args
+
+import yaml
+
+from learner.config import A2CConfig, PolicyConfig
+from service.spec import InvalidSpec, JobSpec, build_spec
+
+SPEC_FLAGS = ("env", "total_steps", "workers", "envs_per_worker", "seed", "mode", "eval_every",
+              "eval_episodes", "checkpoint_every", "learner_device")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _parse_value(annotation: Any):
+    """An argparse `type` for a pydantic field annotation (validation itself is pydantic's)."""
+    args = get_args(annotation)
+    if annotation is bool:
+        return lambda s: {"true": True, "1": True, "yes": True, "false": False, "0": False,
+                          "no": False}.get(s.lower(), s)
+    if int in args and type(None) in args:  # mini_batch_size: int | None
+        return lambda s: None if s.lower() in ("full", "none", "null") else s
+    if getattr(annotation, "__origin__", None) is tuple:
+        return lambda s: [x for x in s.split(",") if x]
+    return str
+
+
+def _add_model_flags(parser: argparse.ArgumentParser, model: type, dest_prefix: str) -> None:
+    """One flag per field of a pydantic model; help from the field's docstring."""
+    for name, field in model.model_fields.items():
+        parser.add_argument(_flag(name), dest=f"{dest_prefix}{name}", type=_parse_value(field.annotation),
+                            default=None, help=(field.description or "") + f" (default {field.default})")
+
+
+def _train_parser(sub) -> None:
+    p = sub.add_parser("train", help="train one job on Ray (embedded local Ray by default)")
+    for name in SPEC_FLAGS:
+        field = JobSpec.model_fields[name]
+        p.add_argument(_flag(name), dest=name, default=None, help=field.description)
+    p.add_argument("--no-tuned", dest="use_tuned", action="store_const", const=False, default=None,
+                   help="ignore the tuned hyperparameter table; use A2CConfig defaults for unset fields")
+    p.add_argument("--config", type=Path, help="YAML/JSON job spec (the schema of POST /jobs); flags override it")
+    p.add_argument("--address", help="Ray cluster address (auto, host:port, ray://...); default RAY_ADDRESS or embedded")
+    p.add_argument("--out", type=Path, help="run directory (default runs/<job id>)")
+    p.add_argument("--resume", type=Path, help="checkpoint archive to continue from")
+    p.add_argument("--num-cpus", type=int, help="logical CPUs of the embedded Ray (default: enough for the job)")
+    _add_model_flags(p, A2CConfig, "a2c.")
+    _add_model_flags(p, PolicyConfig, "policy.")
+
+
+def spec_from_args(args: argparse.Namespace, base: dict[str, Any] | None = None) -> JobSpec:
+    """The job spec from a config file (or a checkpoint's config), overridden by flags."""
+    data: dict[str, Any] = dict(base or {})
+    if args.config:
+        loaded = yaml.safe_load(args.config.read_text())
+        if not isinstance(loaded, dict):
+            raise InvalidSpec("config", f"{args.config} must hold a mapping of job spec fields")
+        data.update(loaded)
+    for key, value in vars(args).items():
+        if value is None:
+            continue
+        if key.startswith(("a2c.", "policy.")):
+            section, field = key.split(".", 1)
+            data[section] = {**(data.get(section) or {}), field: value}
+        elif key in SPEC_FLAGS or key == "use_tuned":
+            data[key] = value
+    if "env" not in data:
+        raise InvalidSpec("env", "required: pass --env ID or give env in --config")
+    return build_spec(data)
+
+
+def _is_terminal() -> bool:
+    return sys.stderr.isatty()
+
+
+class ConsoleSink:
+    """Writes metrics/events as JSON lines under the run dir and shows progress on stderr."""
+
+    def __init__(self, out_dir: Path, total_steps: int) -> None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics_file = open(out_dir / "metrics.jsonl", "a", buffering=1)
+        self.events_file = open(out_dir / "events.jsonl", "a", buffering=1)
+        self.bar = None
+        if _is_terminal():
+            from tqdm import tqdm
+            self.bar = tqdm(total=total_steps, unit="step", unit_scale=True, file=sys.stderr)
+        self.last_print = 0.0
+
+    def event(self, kind: str, message: str) -> None:
+        """Record and show an event."""
+        self.events_file.write(json.dumps({"time": time.time(), "kind": kind, "message": message}) + "\n")
+        (self.bar.write if self.bar else lambda m: print(m, file=sys.stderr))(f"[{kind}] {message}")
+
+    def metrics(self, row: dict[str, Any]) -> None:
+        """Record a row and advance the progress display."""
+        self.metrics_file.write(json.dumps(row) + "\n")
+        ret = row["episode_return_mean"]
+        desc = f"return {ret:.1f}" if ret is not None else "return -"
+        if self.bar is not None:
+            self.bar.n = row["step"]
+            self.bar.set_postfix_str(f"{desc} sps {row['env_steps_per_s']:.0f}", refresh=True)
+        elif time.monotonic() - self.last_print > 5 or "eval_return_mean" in row:
+            self.last_print = time.monotonic()
+            extra = f" eval {row['eval_return_mean']:.1f}" if "eval_return_mean" in row else ""
+            print(f"step {row['step']} {desc}{extra} sps {row['env_steps_per_s']:.0f}", file=sys.stderr)
+
+    def checkpoint(self, info) -> None:
+        """Note a written checkpoint."""
+        self.event("checkpoint", f"{info.path} (step {info.step})")
+
+    def close(self) -> None:
+        """Flush files and end the progress bar."""
+        if self.bar is not None:
+            self.bar.close()
+        self.metrics_file.close()
+        self.events_file.close()
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """`a2c train`: validate, connect to Ray, run one job, print the summary JSON line."""
+    from learner.checkpoint import read_archive
+    from service.cluster import connect
+    from service.trainer import Trainer
+
+    resume = read_archive(args.resume) if args.resume else None
+    spec = spec_from_args(args, base=resume.config if resume else None)
+    import uuid
+    job_id = uuid.uuid4().hex[:12]
+    out = args.out or Path("runs") / job_id
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(spec.model_dump_json(indent=2))
+    sink = ConsoleSink(out, spec.total_steps)
+    try:
+        where = connect(args.address, num_cpus=args.num_cpus or max(os.cpu_count() or 1, spec.workers + 1))
+        sink.event("ray", where)
+        if spec.tuned:
+            sink.event("tuned", f"from the tuned table for {spec.env}: "
+                       + ", ".join(f"{k}={getattr(spec.a2c, k)}" for k in spec.tuned))
+        summary = Trainer(spec, out, sink, job_id=job_id, resume=resume).run()
+    finally:
+        sink.close()
+    print(json.dumps(summary), flush=True)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """`a2c evaluate`: play deterministic episodes with a checkpoint's policy, without Ray."""
+    import numpy as np
+
+    from learner.checkpoint import read_archive
+    from workers.evaluate import evaluate_policy
+
+    path = args.archive
+    if path.is_dir():
+        found = sorted(path.rglob("*.tar.gz"))
+        if not found:
+            raise FileNotFoundError(f"no checkpoint archive under {path}")
+        path = found[-1]
+    ckpt = read_archive(path)
+    env = args.env or ckpt.env_id
+    returns = evaluate_policy(ckpt.policy(), env, ckpt.config.get("env_kwargs", {}), args.episodes, args.seed)
+    mean, std = float(np.mean(returns)), float(np.std(returns))
+    print(f"{env}: return {mean:.2f} ± {std:.2f} over {args.episodes} episodes", file=sys.stderr)
+    print(json.dumps({"checkpoint": str(path), "env": env, "episodes": args.episodes,
+                      "return_mean": mean, "return_std": std}), flush=True)
+    return 0
+
+
+def cmd_envs(args: argparse.Namespace) -> int:
+    """`a2c envs`: the registered gymnasium env ids a job may name."""
+    import gymnasium as gym
+    for env_id in sorted(k for k in gym.registry if ":" not in k):
+        print(env_id)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """`a2c serve`: the HTTP API (see api/)."""
+    from api.server import serve
+    return serve(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `a2c` argument parser with its subcommands."""
+    parser = argparse.ArgumentParser(prog="a2c", description="A2C training as a service, on Ray.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _train_parser(sub)
+    ev = sub.add_parser("evaluate", help="evaluate a checkpoint archive (or the newest under a dir)")
+    ev.add_argument("archive", type=Path)
+    ev.add_argument("--episodes", type=int, default=10)
+    ev.add_argument("--env", help="env id (default: the checkpoint's)")
+    ev.add_argument("--seed", type=int, default=12345)
+    sv = sub.add_parser("serve", help="run the HTTP API (uvicorn) with an embedded or existing Ray")
+    sv.add_argument("--host", default=None)
+    sv.add_argument("--port", type=int, default=None)
+    sv.add_argument("--data-dir", type=Path, default=None)
+    sv.add_argument("--address", default=None)
+    sub.add_parser("envs", help="list the registered gymnasium env ids")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `a2c` console script."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    handlers = {"train": cmd_train, "evaluate": cmd_evaluate, "serve": cmd_serve, "envs": cmd_envs}
+    try:
+        return handlers[args.command](args)
+    except InvalidSpec as exc:
+        print(f"a2c: invalid job spec: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - users get one clear line, not a traceback
+        from learner.checkpoint import CheckpointRejected
+        from service.trainer import TrainingFailed
+        if isinstance(exc, (CheckpointRejected, TrainingFailed, FileNotFoundError)):
+            print(f"a2c: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""`JobSpec`: one training job as submitted by the CLI, a config file or `POST /jobs`."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from learner.config import A2CConfig, FrozenModel, PolicyConfig
+from service.tuned import TUNED
+from workers.env import UnknownEnvironment, check_env_id
+
+JsonScalar = str | int | float | bool | None
+
+
+class InvalidSpec(ValueError):
+    """A job spec that cannot run; `field` names the offending field (dotted path)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field, self.message = field, message
+
+
+class JobSpec(FrozenModel):
+    """What to train and how: env, budget, layout of workers, A2C and policy config."""
+
+    env: str = Field(min_length=1, max_length=200, examples=["CartPole-v1"])
+    """A gymnasium env id from the registry (module paths like `pkg:Env` are refused)."""
+    env_kwargs: dict[str, JsonScalar] = Field(default_factory=dict)
+    """Keyword arguments for `gymnasium.make`."""
+    total_steps: int = Field(100_000, ge=1)
+    """Env steps to train for (over all workers and envs)."""
+    workers: int = Field(2, ge=1, le=1024)
+    """Rollout worker actors (1 CPU each)."""
+    envs_per_worker: int = Field(8, ge=1, le=4096)
+    """Envs in each worker's vector env."""
+    seed: int = Field(0, ge=0, lt=2**31)
+    """Seeds the policy init, every env (by worker and env index) and the mini-batch order."""
+    mode: Literal["sync", "async"] = "sync"
+    """sync: exact A2C. async: workers collect the next rollout during the update (lag <= 1)."""
+    eval_every: int = Field(10, ge=0)
+    """Evaluate the deterministic policy every this many updates (0: only at the end)."""
+    eval_episodes: int = Field(10, ge=1, le=1000)
+    """Episodes per evaluation."""
+    checkpoint_every: int = Field(25, ge=1)
+    """Write a checkpoint archive every this many updates, and always at the end."""
+    learner_device: Literal["auto", "cpu", "cuda"] = "auto"
+    """auto: a GPU when the cluster has one, else CPU. cuda fails when the cluster has none."""
+    use_tuned: bool = True
+    """Fill A2C fields the user left unset from the tuned table for this env (see `tuned`)."""
+    tuned: tuple[str, ...] = ()
+    """Set by the service: the A2C fields taken from the tuned table (never by the user)."""
+    a2c: A2CConfig = Field(default_factory=A2CConfig)
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+
+    @field_validator("env")
+    @classmethod
+    def _registered(cls, env: str) -> str:
+        try:
+            check_env_id(env)
+        except UnknownEnvironment as exc:
+            raise ValueError(str(exc)) from None
+        return env
+
+    @model_validator(mode="after")
+    def _batch_divides(self) -> "JobSpec":
+        per_step = self.workers * self.envs_per_worker
+        spb = self.a2c.steps_per_batch
+        if spb % per_step:
+            lower, upper = max(per_step, spb - spb % per_step), spb - spb % per_step + per_step
+            raise ValueError(
+                f"a2c.steps_per_batch ({spb}) must be a multiple of workers x envs_per_worker "
+                f"({self.workers} x {self.envs_per_worker} = {per_step}); use {lower} or {upper}")
+        return self
+
+    @property
+    def steps_per_env(self) -> int:
+        """T: steps each env takes per rollout (steps_per_batch / (workers x envs_per_worker))."""
+        return self.a2c.steps_per_batch // (self.workers * self.envs_per_worker)
+
+    @property
+    def num_updates(self) -> int:
+        """Updates needed to reach total_steps (the last may overshoot by < one batch)."""
+        return -(-self.total_steps // self.a2c.steps_per_batch)
+
+
+def build_spec(data: dict[str, Any]) -> JobSpec:
+    """Validate a raw job spec, filling A2C fields the user did not set from the tuned table.
+
+    Raises InvalidSpec naming the first bad field.
+    """
+    data = dict(data)
+    data.pop("tuned", None)
+    env = data.get("env")
+    table = TUNED.get(env, {}) if isinstance(env, str) and data.get("use_tuned", True) else {}
+    a2c = data.get("a2c") or {}
+    if not isinstance(a2c, dict):
+        raise InvalidSpec("a2c", "must be an object of A2C hyperparameters")
+    filled = {k: v for k, v in table.items() if k not in a2c}
+    if filled:
+        data["a2c"] = {**filled, **a2c}
+        data["tuned"] = tuple(sorted(filled))
+    try:
+        return JobSpec.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or "spec"
+        msg = err["msg"].removeprefix("Value error, ")
+        raise InvalidSpec(field, msg) from None

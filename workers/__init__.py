@@ -1,0 +1,1 @@
+"""Rollout workers: gymnasium vector envs stepped with a CPU copy of the policy."""

@@ -1,0 +1,36 @@
+"""Deterministic evaluation of a policy on fresh envs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from learner.policy import ActorCritic
+from workers.env import make_vec_env
+
+
+def evaluate_policy(policy: ActorCritic, env_id: str, env_kwargs: dict[str, Any],
+                    episodes: int, seed: int, max_steps: int = 100_000) -> list[float]:
+    """Returns of `episodes` episodes played with the deterministic policy, one env each.
+
+    Each env plays exactly one episode (later auto-resets are ignored); `max_steps` bounds
+    envs without a time limit.
+    """
+    env = make_vec_env(env_id, episodes, env_kwargs)
+    try:
+        obs, _ = env.reset(seed=[seed + i for i in range(episodes)])
+        totals = np.zeros(episodes)
+        running = np.ones(episodes, dtype=bool)
+        with torch.inference_mode():
+            for _ in range(max_steps):
+                action, _, _ = policy.act(torch.as_tensor(obs, dtype=torch.float32), deterministic=True)
+                obs, reward, terminated, truncated, _ = env.step(policy.clip_action(action.numpy()))
+                totals += np.where(running, reward, 0.0)
+                running &= ~(terminated | truncated)
+                if not running.any():
+                    break
+        return totals.tolist()
+    finally:
+        env.close()

@@ -1,0 +1,99 @@
+"""RolloutWorker: steps N envs for T steps with its CPU policy copy and returns a `Rollout`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from learner.config import PolicyConfig
+from learner.learner import Weights
+from learner.policy import ActorCritic, SpacesSpec, load_numpy_state
+from learner.rollout import Rollout
+from workers.env import env_seeds, make_vec_env
+from workers.evaluate import evaluate_policy
+
+
+@dataclass(frozen=True)
+class Episodes:
+    """Finished episodes of one rollout, for the driver's metrics (small, unlike the rollout)."""
+
+    returns: np.ndarray  # (E,) float64
+    lengths: np.ndarray  # (E,) int64
+    weights_version: int
+
+
+class RolloutWorker:
+    """A plain class; `service/` wraps it with `ray.remote(num_cpus=1)`."""
+
+    def __init__(self, env_id: str, env_kwargs: dict[str, Any], num_envs: int, steps_per_env: int,
+                 spaces: SpacesSpec, policy_config: PolicyConfig, seed: int, worker_index: int) -> None:
+        torch.set_num_threads(1)
+        seeds = env_seeds(seed, worker_index, num_envs + 1)
+        torch.manual_seed(seeds[-1])
+        self.env_id, self.env_kwargs = env_id, dict(env_kwargs)
+        self.env = make_vec_env(env_id, num_envs, env_kwargs)
+        self.num_envs, self.steps_per_env = num_envs, steps_per_env
+        self.policy = ActorCritic(spaces, policy_config).eval()
+        self.version = -1
+        self.obs, _ = self.env.reset(seed=seeds[:num_envs])
+        self.episode_return = np.zeros(num_envs)
+        self.episode_length = np.zeros(num_envs, dtype=np.int64)
+
+    def set_weights(self, weights: Weights) -> None:
+        """Load a new weights version (a no-op if this version is already loaded)."""
+        if weights.version != self.version:
+            load_numpy_state(self.policy, weights.tensors)
+            self.version = weights.version
+
+    def sample(self, weights: Weights) -> tuple[Rollout, Episodes]:
+        """Collect T x N steps with `weights`; the env state carries over between calls."""
+        self.set_weights(weights)
+        T, N = self.steps_per_env, self.num_envs
+        obs_buf = np.empty((T, N, *self.obs.shape[1:]), dtype=np.float32)
+        actions = None
+        rewards = np.empty((T, N), np.float32)
+        terminated = np.empty((T, N), bool)
+        truncated = np.empty((T, N), bool)
+        values = np.empty((T, N), np.float32)
+        log_probs = np.empty((T, N), np.float32)
+        final_values = np.zeros((T, N), np.float32)
+        ep_returns: list[float] = []
+        ep_lengths: list[int] = []
+        with torch.inference_mode():
+            for t in range(T):
+                obs_buf[t] = self.obs
+                action, log_prob, value = self.policy.act(torch.from_numpy(obs_buf[t]))
+                action_np = action.numpy()
+                if actions is None:
+                    actions = np.empty((T, *action_np.shape), action_np.dtype)
+                actions[t] = action_np
+                values[t], log_probs[t] = value.numpy(), log_prob.numpy()
+                self.obs, reward, terminated[t], truncated[t], info = self.env.step(
+                    self.policy.clip_action(action_np))
+                rewards[t] = reward
+                self.episode_return += reward
+                self.episode_length += 1
+                done = terminated[t] | truncated[t]
+                if done.any():
+                    cut = truncated[t] & ~terminated[t]
+                    if cut.any():
+                        final_obs = np.stack(info["final_obs"][cut]).astype(np.float32)
+                        final_values[t, cut] = self.policy.value(torch.from_numpy(final_obs)).numpy()
+                    ep_returns += self.episode_return[done].tolist()
+                    ep_lengths += self.episode_length[done].tolist()
+                    self.episode_return[done] = 0
+                    self.episode_length[done] = 0
+            bootstrap = self.policy.value(torch.from_numpy(self.obs.astype(np.float32))).numpy()
+        episodes = Episodes(np.asarray(ep_returns, np.float64), np.asarray(ep_lengths, np.int64),
+                            self.version)
+        rollout = Rollout(obs_buf, actions, rewards, terminated, truncated, values, log_probs,
+                          final_values, bootstrap, episodes.returns, episodes.lengths, self.version)
+        return rollout, episodes
+
+    def evaluate(self, weights: Weights, episodes: int, seed: int) -> list[float]:
+        """Returns of `episodes` deterministic episodes on a fresh env, separate from training."""
+        self.set_weights(weights)
+        return evaluate_policy(self.policy, self.env_id, self.env_kwargs, episodes, seed)
