@@ -1,0 +1,385 @@
+"""`JobStore`: the service's SQLite database of jobs, their events, metrics rows and checkpoints.
+
+The API process is the only writer. One connection, guarded by a lock, serves the request
+threads and the trainer threads; WAL mode keeps a crash from corrupting the file and lets
+outside readers (`sqlite3 jobs.sqlite3`) look while the server runs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+SCHEMA_VERSION = 1
+TERMINAL = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
+"""States a job never leaves (as in Ray Jobs)."""
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    created REAL NOT NULL,
+    status TEXT NOT NULL,
+    env TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    total_steps INTEGER NOT NULL,
+    step INTEGER NOT NULL DEFAULT 0,
+    started REAL,
+    ended REAL,
+    error TEXT,
+    error_type TEXT,
+    summary TEXT,
+    idempotency_key TEXT UNIQUE,
+    request_hash TEXT,
+    resumed_from_job TEXT,
+    resumed_from_checkpoint TEXT,
+    resume_path TEXT,
+    resume_step INTEGER NOT NULL DEFAULT 0,
+    stop_requested INTEGER NOT NULL DEFAULT 0,
+    recoveries INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS jobs_by_created ON jobs (created DESC, id DESC);
+CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, created DESC);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id TEXT NOT NULL REFERENCES jobs (id),
+    time REAL NOT NULL,
+    kind TEXT NOT NULL,
+    message TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_by_job ON events (job_id, seq);
+CREATE TABLE IF NOT EXISTS metrics (
+    job_id TEXT NOT NULL REFERENCES jobs (id),
+    step INTEGER NOT NULL,
+    row TEXT NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS metrics_by_job_step ON metrics (job_id, step);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    job_id TEXT NOT NULL REFERENCES jobs (id),
+    id TEXT NOT NULL,
+    step INTEGER NOT NULL,
+    return_mean REAL,
+    size_bytes INTEGER NOT NULL,
+    created REAL NOT NULL,
+    path TEXT NOT NULL,
+    PRIMARY KEY (job_id, id)
+);
+CREATE INDEX IF NOT EXISTS checkpoints_by_job_step ON checkpoints (job_id, step);
+"""
+
+
+class StoreError(RuntimeError):
+    """The database cannot be used (e.g. written by a newer version of the service)."""
+
+
+@dataclass(frozen=True)
+class JobRow:
+    """One job as stored: its validated spec, state, progress and timings (epoch seconds)."""
+
+    id: str
+    created: float
+    status: str
+    env: str
+    spec: dict[str, Any]
+    total_steps: int
+    step: int
+    started: float | None
+    ended: float | None
+    error: str | None
+    error_type: str | None
+    summary: dict[str, Any] | None
+    idempotency_key: str | None
+    request_hash: str | None
+    resumed_from_job: str | None
+    resumed_from_checkpoint: str | None
+    resume_path: str | None
+    """Archive (relative to the data dir) the next run starts from; None: from scratch."""
+    resume_step: int
+    """The step that archive holds (0 from scratch)."""
+    stop_requested: bool
+    recoveries: int
+    """How many server restarts this job has been resumed after."""
+
+    @property
+    def finished(self) -> bool:
+        """Whether the job is in a terminal state."""
+        return self.status in TERMINAL
+
+
+@dataclass(frozen=True)
+class EventRow:
+    """A line of a job's history."""
+
+    time: float
+    kind: str
+    message: str
+
+
+@dataclass(frozen=True)
+class CheckpointRow:
+    """A checkpoint archive of a job; `path` is relative to the data dir."""
+
+    id: str
+    step: int
+    return_mean: float | None
+    size_bytes: int
+    created: float
+    path: str
+
+
+def _json_safe(value: Any) -> Any:
+    """`value` with numpy scalars made plain and NaN/inf made None, so rows stay valid JSON."""
+    if hasattr(value, "item") and callable(value.item):  # numpy scalar
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(_json_safe(value), allow_nan=False)
+
+
+def _job(row: sqlite3.Row) -> JobRow:
+    data = dict(row)
+    data["spec"] = json.loads(data["spec"])
+    data["summary"] = json.loads(data["summary"]) if data["summary"] else None
+    data["stop_requested"] = bool(data["stop_requested"])
+    return JobRow(**data)
+
+
+class JobStore:
+    """Jobs, events, metrics rows and checkpoint records in one SQLite file (WAL mode)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None,
+                                     timeout=30)
+        self._conn.row_factory = sqlite3.Row
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode: a committed row survives a process crash (only power loss can
+        # drop the last transactions), and a metrics row per update costs no fsync.
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn.execute("PRAGMA foreign_keys=ON")
+        version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"{self.path} has schema version {version}; this service reads "
+                             f"{SCHEMA_VERSION} (was it written by a newer a2c-service?)")
+        with self._write() as conn:
+            # One statement at a time: executescript() would commit outside this transaction.
+            for statement in filter(str.strip, _SCHEMA.split(";")):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, taken under the lock (BEGIN IMMEDIATE: no upgrade deadlock)."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def _read(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._conn.execute(sql, args).fetchall()
+
+    def close(self) -> None:
+        """Close the database (checkpointing the WAL into the main file)."""
+        with self._lock:
+            self._conn.close()
+
+    def journal_mode(self) -> str:
+        """The SQLite journal mode in use ("wal")."""
+        return self._read("PRAGMA journal_mode")[0][0]
+
+    def check_writable(self) -> None:
+        """Raise if the database cannot take a write lock right now (for /readyz)."""
+        with self._write():
+            pass
+
+    # Jobs
+
+    def create_job(self, job_id: str, spec: dict[str, Any], *, idempotency_key: str | None = None,
+                   request_hash: str | None = None, resumed_from_job: str | None = None,
+                   resumed_from_checkpoint: str | None = None, resume_path: str | None = None,
+                   resume_step: int = 0, created: float | None = None) -> tuple[JobRow, bool]:
+        """Insert a PENDING job; returns (job, created).
+
+        With an idempotency key already in use, nothing is inserted and the job that holds the
+        key comes back with created=False.
+        """
+        try:
+            with self._write() as conn:
+                conn.execute(
+                    "INSERT INTO jobs (id, created, status, env, spec, total_steps, step,"
+                    " idempotency_key, request_hash, resumed_from_job, resumed_from_checkpoint,"
+                    " resume_path, resume_step) VALUES (?, ?, 'PENDING', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (job_id, time.time() if created is None else created, spec["env"], _dumps(spec), spec["total_steps"],
+                     resume_step, idempotency_key, request_hash, resumed_from_job,
+                     resumed_from_checkpoint, resume_path, resume_step))
+                conn.execute("INSERT INTO events (job_id, time, kind, message) VALUES (?, ?, ?, ?)",
+                             (job_id, time.time(), "submitted", f"{spec['env']}, {spec['total_steps']} steps"))
+        except sqlite3.IntegrityError:
+            existing = self.job_by_idempotency_key(idempotency_key) if idempotency_key else None
+            if existing is None:
+                raise
+            return existing, False
+        return self.get_job(job_id), True
+
+    def get_job(self, job_id: str) -> JobRow | None:
+        """The job, or None."""
+        rows = self._read("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        return _job(rows[0]) if rows else None
+
+    def job_by_idempotency_key(self, key: str) -> JobRow | None:
+        """The job submitted with this Idempotency-Key, or None."""
+        rows = self._read("SELECT * FROM jobs WHERE idempotency_key = ?", (key,))
+        return _job(rows[0]) if rows else None
+
+    def list_jobs(self, statuses: list[str] | None = None, limit: int = 50,
+                  before: tuple[float, str] | None = None) -> list[JobRow]:
+        """Jobs newest first, optionally only those in `statuses`, after the keyset `before`.
+
+        `before` is (created, id) of the last job of the previous page.
+        """
+        where, args = [], []
+        if statuses:
+            where.append(f"status IN ({','.join('?' * len(statuses))})")
+            args += statuses
+        if before is not None:
+            where.append("(created < ? OR (created = ? AND id < ?))")
+            args += [before[0], before[0], before[1]]
+        sql = "SELECT * FROM jobs" + (" WHERE " + " AND ".join(where) if where else "")
+        sql += " ORDER BY created DESC, id DESC LIMIT ?"
+        return [_job(r) for r in self._read(sql, (*args, limit))]
+
+    def unfinished_jobs(self) -> list[JobRow]:
+        """PENDING and RUNNING jobs, oldest first (what a restarted server must take care of)."""
+        rows = self._read("SELECT * FROM jobs WHERE status IN ('PENDING', 'RUNNING')"
+                          " ORDER BY created, id")
+        return [_job(r) for r in rows]
+
+    def _event(self, conn: sqlite3.Connection, job_id: str, kind: str, message: str) -> None:
+        conn.execute("INSERT INTO events (job_id, time, kind, message) VALUES (?, ?, ?, ?)",
+                     (job_id, time.time(), kind, message))
+
+    def mark_running(self, job_id: str) -> bool:
+        """PENDING -> RUNNING (the first start time is kept across restarts); False if not PENDING."""
+        with self._write() as conn:
+            cur = conn.execute("UPDATE jobs SET status = 'RUNNING', started = COALESCE(started, ?)"
+                               " WHERE id = ? AND status = 'PENDING'", (time.time(), job_id))
+        return cur.rowcount == 1
+
+    def finish(self, job_id: str, status: str, *, summary: dict[str, Any] | None = None,
+               error: str | None = None, error_type: str | None = None) -> bool:
+        """Move an unfinished job to a terminal state, with an event; False if already terminal."""
+        if status not in TERMINAL:
+            raise ValueError(f"{status} is not a terminal state")
+        with self._write() as conn:
+            cur = conn.execute(
+                "UPDATE jobs SET status = ?, ended = ?, summary = ?, error = ?, error_type = ?"
+                " WHERE id = ? AND status IN ('PENDING', 'RUNNING')",
+                (status, time.time(), _dumps(summary) if summary else None, error, error_type, job_id))
+            if cur.rowcount:
+                self._event(conn, job_id, status.lower(), error or status)
+        return cur.rowcount == 1
+
+    def requeue(self, job_id: str, resume_path: str | None, from_step: int, reason: str,
+                count_recovery: bool = False) -> None:
+        """Put an unfinished job back to PENDING, to run again from `resume_path` (or scratch).
+
+        `from_step` is where that run starts; metrics rows past it are dropped, as the run
+        repeats those steps and rows must keep increasing.
+        """
+        with self._write() as conn:
+            conn.execute("DELETE FROM metrics WHERE job_id = ? AND step > ?", (job_id, from_step))
+            conn.execute("UPDATE jobs SET status = 'PENDING', resume_path = ?, resume_step = ?, step = ?,"
+                         " recoveries = recoveries + ? WHERE id = ? AND status IN ('PENDING', 'RUNNING')",
+                         (resume_path, from_step, from_step, int(count_recovery), job_id))
+            self._event(conn, job_id, "requeued", reason)
+
+    def request_stop(self, job_id: str) -> bool:
+        """Record that a stop was asked for (it survives a restart); False if already terminal."""
+        with self._write() as conn:
+            cur = conn.execute("UPDATE jobs SET stop_requested = 1 WHERE id = ?"
+                               " AND status IN ('PENDING', 'RUNNING')", (job_id,))
+            if cur.rowcount:
+                self._event(conn, job_id, "stop", "stop requested")
+        return cur.rowcount == 1
+
+    # Events
+
+    def add_event(self, job_id: str, kind: str, message: str) -> None:
+        """Append a line to the job's history."""
+        with self._write() as conn:
+            self._event(conn, job_id, kind, message)
+
+    def events(self, job_id: str, limit: int = 100) -> list[EventRow]:
+        """The job's last `limit` events, oldest first."""
+        rows = self._read("SELECT time, kind, message FROM events WHERE job_id = ?"
+                          " ORDER BY seq DESC LIMIT ?", (job_id, limit))
+        return [EventRow(*r) for r in reversed(rows)]
+
+    # Metrics
+
+    def append_metrics(self, job_id: str, row: dict[str, Any]) -> None:
+        """Store one metrics row (NaN/inf become null) and advance the job's progress."""
+        step = int(row["step"])
+        with self._write() as conn:
+            conn.execute("INSERT OR REPLACE INTO metrics (job_id, step, row) VALUES (?, ?, ?)",
+                         (job_id, step, _dumps(row)))
+            conn.execute("UPDATE jobs SET step = MAX(step, ?) WHERE id = ?", (step, job_id))
+
+    def metrics(self, job_id: str, since_step: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
+        """Rows with step > since_step, in step order, at most `limit`."""
+        rows = self._read("SELECT row FROM metrics WHERE job_id = ? AND step > ? ORDER BY step LIMIT ?",
+                          (job_id, since_step, limit))
+        return [json.loads(r[0]) for r in rows]
+
+    def latest_metrics(self, job_id: str) -> dict[str, Any] | None:
+        """The row with the highest step, or None."""
+        rows = self._read("SELECT row FROM metrics WHERE job_id = ? ORDER BY step DESC LIMIT 1", (job_id,))
+        return json.loads(rows[0][0]) if rows else None
+
+    # Checkpoints
+
+    def add_checkpoint(self, job_id: str, ckpt: CheckpointRow) -> None:
+        """Record a written archive (a rewrite of the same id replaces the record)."""
+        with self._write() as conn:
+            conn.execute("INSERT OR REPLACE INTO checkpoints (job_id, id, step, return_mean, size_bytes,"
+                         " created, path) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                         (job_id, ckpt.id, ckpt.step, _json_safe(ckpt.return_mean), ckpt.size_bytes,
+                          ckpt.created, ckpt.path))
+            self._event(conn, job_id, "checkpoint", f"{ckpt.id} ({ckpt.size_bytes} bytes)")
+
+    def checkpoints(self, job_id: str) -> list[CheckpointRow]:
+        """The job's checkpoints in step order."""
+        rows = self._read("SELECT id, step, return_mean, size_bytes, created, path FROM checkpoints"
+                          " WHERE job_id = ? ORDER BY step", (job_id,))
+        return [CheckpointRow(*r) for r in rows]
+
+    def checkpoint(self, job_id: str, ckpt_id: str) -> CheckpointRow | None:
+        """One checkpoint by id; "latest" is the one with the highest step. None if missing."""
+        if ckpt_id == "latest":
+            rows = self._read("SELECT id, step, return_mean, size_bytes, created, path FROM checkpoints"
+                              " WHERE job_id = ? ORDER BY step DESC LIMIT 1", (job_id,))
+        else:
+            rows = self._read("SELECT id, step, return_mean, size_bytes, created, path FROM checkpoints"
+                              " WHERE job_id = ? AND id = ?", (job_id, ckpt_id))
+        return CheckpointRow(*rows[0]) if rows else None

@@ -1,0 +1,181 @@
+"""JobStore on a real SQLite file: jobs, idempotency, pages, metrics order, checkpoints, restart."""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import numpy as np
+import pytest
+
+from service.store import CheckpointRow, JobStore
+
+SPEC = {"env": "CartPole-v1", "total_steps": 2048, "workers": 2}
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = JobStore(tmp_path / "jobs.sqlite3")
+    yield s
+    s.close()
+
+
+def test_database_uses_wal_journal(store):
+    assert store.journal_mode() == "wal"
+
+
+def test_new_job_is_pending_with_a_submitted_event(store):
+    job, created = store.create_job("a" * 12, SPEC)
+    assert created and job.status == "PENDING" and job.step == 0 and job.total_steps == 2048
+    assert job.spec == SPEC and not job.finished
+    assert [e.kind for e in store.events(job.id)] == ["submitted"]
+
+
+def test_idempotency_key_returns_the_first_job_instead_of_a_second(store):
+    first, created = store.create_job("a" * 12, SPEC, idempotency_key="k1", request_hash="h")
+    again, created_again = store.create_job("b" * 12, SPEC, idempotency_key="k1", request_hash="h")
+    assert created and not created_again and again.id == first.id
+    assert store.get_job("b" * 12) is None
+    assert store.job_by_idempotency_key("k1").id == first.id
+
+
+def test_state_moves_pending_running_succeeded_and_never_leaves_a_terminal_state(store):
+    store.create_job("a" * 12, SPEC)
+    assert store.mark_running("a" * 12)
+    assert store.get_job("a" * 12).started is not None
+    assert store.finish("a" * 12, "SUCCEEDED", summary={"steps": 2048, "loss": math.nan})
+    job = store.get_job("a" * 12)
+    assert job.status == "SUCCEEDED" and job.ended is not None and job.summary == {"steps": 2048, "loss": None}
+    assert not store.finish("a" * 12, "FAILED", error="late")
+    assert not store.mark_running("a" * 12)
+    assert not store.request_stop("a" * 12)
+    assert store.get_job("a" * 12).status == "SUCCEEDED"
+
+
+def test_failed_job_keeps_error_text_and_type(store):
+    store.create_job("a" * 12, SPEC)
+    store.finish("a" * 12, "FAILED", error="actor died", error_type="TrainingFailed")
+    job = store.get_job("a" * 12)
+    assert (job.status, job.error, job.error_type) == ("FAILED", "actor died", "TrainingFailed")
+
+
+def test_list_is_newest_first_filtered_by_status_and_paged_by_keyset(store):
+    for i in range(5):
+        store.create_job(f"{i:012x}", SPEC, created=1000.0 + i)
+    store.finish(f"{1:012x}", "STOPPED")
+    assert [j.id[-1] for j in store.list_jobs()] == ["4", "3", "2", "1", "0"]
+    assert [j.id[-1] for j in store.list_jobs(["STOPPED"])] == ["1"]
+    assert [j.id[-1] for j in store.list_jobs(["PENDING", "STOPPED"], limit=2)] == ["4", "3"]
+    page = store.list_jobs(limit=2, before=(1003.0, f"{3:012x}"))
+    assert [j.id[-1] for j in page] == ["2", "1"]
+
+
+def test_equal_creation_times_page_by_id_without_skipping_or_repeating(store):
+    for i in range(4):
+        store.create_job(f"{i:012x}", SPEC, created=5.0)
+    first = store.list_jobs(limit=2)
+    rest = store.list_jobs(limit=10, before=(first[-1].created, first[-1].id))
+    assert [j.id for j in first + rest] == [f"{i:012x}" for i in (3, 2, 1, 0)]
+
+
+def test_metrics_come_back_in_step_order_after_since_step_and_advance_progress(store):
+    store.create_job("a" * 12, SPEC)
+    for step in (512, 1024, 1536, 2048):
+        store.append_metrics("a" * 12, {"step": step, "loss": step / 1000})
+    assert [r["step"] for r in store.metrics("a" * 12)] == [512, 1024, 1536, 2048]
+    assert [r["step"] for r in store.metrics("a" * 12, since_step=1024)] == [1536, 2048]
+    assert [r["step"] for r in store.metrics("a" * 12, since_step=0, limit=2)] == [512, 1024]
+    assert store.latest_metrics("a" * 12) == {"step": 2048, "loss": 2.048}
+    assert store.get_job("a" * 12).step == 2048
+
+
+def test_metrics_rows_stay_valid_json_with_nan_inf_and_numpy_values(store):
+    store.create_job("a" * 12, SPEC)
+    store.append_metrics("a" * 12, {"step": np.int64(512), "explained_variance": math.nan,
+                                    "grad_norm": np.float32(1.5), "value_loss": math.inf})
+    assert store.metrics("a" * 12) == [{"step": 512, "explained_variance": None, "grad_norm": 1.5,
+                                       "value_loss": None}]
+
+
+def test_latest_checkpoint_is_the_highest_step(store):
+    store.create_job("a" * 12, SPEC)
+    assert store.checkpoint("a" * 12, "latest") is None
+    for step in (1024, 2048):
+        store.add_checkpoint("a" * 12, CheckpointRow(f"step-{step:010d}", step, 9.5, 100, 1.0,
+                                                     f"jobs/{'a' * 12}/checkpoints/step-{step:010d}.tar.gz"))
+    assert [c.step for c in store.checkpoints("a" * 12)] == [1024, 2048]
+    assert store.checkpoint("a" * 12, "latest").id == "step-0000002048"
+    assert store.checkpoint("a" * 12, "step-0000001024").step == 1024
+    assert store.checkpoint("a" * 12, "step-0000000512") is None
+
+
+def test_requeue_drops_metrics_past_the_resume_point_and_counts_recoveries(store):
+    store.create_job("a" * 12, SPEC)
+    store.mark_running("a" * 12)
+    for step in (512, 1024, 1536):
+        store.append_metrics("a" * 12, {"step": step})
+    store.requeue("a" * 12, "jobs/x/checkpoints/step-0000001024.tar.gz", 1024, "restarted", count_recovery=True)
+    job = store.get_job("a" * 12)
+    assert (job.status, job.step, job.resume_step, job.recoveries) == ("PENDING", 1024, 1024, 1)
+    assert job.resume_path.endswith("step-0000001024.tar.gz")
+    assert [r["step"] for r in store.metrics("a" * 12)] == [512, 1024]
+    assert store.events("a" * 12)[-1].message == "restarted"
+
+
+def test_stop_request_is_recorded_for_unfinished_jobs(store):
+    store.create_job("a" * 12, SPEC)
+    assert store.request_stop("a" * 12)
+    assert store.get_job("a" * 12).stop_requested
+
+
+def test_everything_survives_reopening_the_file(tmp_path):
+    path = tmp_path / "jobs.sqlite3"
+    first = JobStore(path)
+    first.create_job("a" * 12, SPEC)
+    first.append_metrics("a" * 12, {"step": 512})
+    first.add_checkpoint("a" * 12, CheckpointRow("step-0000000512", 512, None, 10, 1.0, "p"))
+    first.finish("a" * 12, "SUCCEEDED")
+    first.close()
+    again = JobStore(path)
+    assert again.get_job("a" * 12).status == "SUCCEEDED"
+    assert again.metrics("a" * 12) == [{"step": 512}]
+    assert again.checkpoint("a" * 12, "latest").step == 512
+    again.close()
+
+
+def test_unfinished_jobs_are_pending_and_running_oldest_first(store):
+    for i, status in enumerate(["RUNNING", "SUCCEEDED", "PENDING"]):
+        store.create_job(f"{i:012x}", SPEC, created=float(i))
+        if status == "RUNNING":
+            store.mark_running(f"{i:012x}")
+        elif status == "SUCCEEDED":
+            store.finish(f"{i:012x}", status)
+    assert [(j.id[-1], j.status) for j in store.unfinished_jobs()] == [("0", "RUNNING"), ("2", "PENDING")]
+
+
+def test_concurrent_writers_from_threads_lose_no_rows(store):
+    for t in range(4):
+        store.create_job(f"{t:012x}", SPEC)
+
+    def write(t: int) -> None:
+        for step in range(1, 201):
+            store.append_metrics(f"{t:012x}", {"step": step})
+
+    threads = [threading.Thread(target=write, args=(t,)) for t in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert all(len(store.metrics(f"{t:012x}", limit=1000)) == 200 for t in range(4))
+
+
+def test_newer_schema_version_is_refused(tmp_path):
+    import sqlite3
+
+    from service.store import StoreError
+    path = tmp_path / "jobs.sqlite3"
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA user_version=99")
+    conn.close()
+    with pytest.raises(StoreError, match="schema version 99"):
+        JobStore(path)
