@@ -62,6 +62,10 @@ class PolicyConfig(FrozenModel):
     """Widths of the torso's hidden layers."""
     activation: Literal["tanh", "relu"] = "tanh"
     """Non-linearity between torso layers."""
+    share_torso: bool = True
+    """One torso for the action and value heads (prt_rl's layout). False gives the value head
+    its own torso of the same shape (SB3's default for A2C), which keeps value-loss gradients
+    out of the policy's features."""
     log_std_init: float = Field(0.0, ge=-5, le=2)
     """Initial log standard deviation of the Gaussian head (Box action spaces)."""
 

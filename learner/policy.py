@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Literal
 
@@ -52,13 +53,15 @@ class ActorCritic(nn.Module):
             layers += [nn.Linear(width, hidden), act_cls()]
             width = hidden
         self.torso = nn.Sequential(*layers)
+        # A separate value torso keeps large value-loss gradients out of the policy features.
+        self.value_torso = None if config.share_torso else copy.deepcopy(self.torso)
         self.action_head = nn.Linear(width, spaces.action_dim)
         self.value_head = nn.Linear(width, 1)
         self.discrete = spaces.action_type == "discrete"
         if not self.discrete:
             self.log_std = nn.Parameter(torch.full((spaces.action_dim,), config.log_std_init))
         # Orthogonal init as in OpenAI baselines / SB3: small policy logits keep early entropy high.
-        for module in self.torso:
+        for module in [*self.torso, *(self.value_torso or [])]:
             if isinstance(module, nn.Linear):
                 nn.init.orthogonal_(module.weight, gain=math.sqrt(2))
                 nn.init.zeros_(module.bias)
@@ -75,6 +78,8 @@ class ActorCritic(nn.Module):
             dist: torch.distributions.Distribution = Categorical(logits=out)
         else:
             dist = Normal(out, self.log_std.exp().expand_as(out))
+        if self.value_torso is not None:
+            latent = self.value_torso(obs.reshape(obs.shape[0], -1))
         return dist, self.value_head(latent).squeeze(-1)
 
     def _log_prob(self, dist: torch.distributions.Distribution, action: torch.Tensor) -> torch.Tensor:
@@ -84,18 +89,23 @@ class ActorCritic(nn.Module):
         return dist.log_prob(action).sum(-1)
 
     @torch.no_grad()
-    def act(self, obs: torch.Tensor, deterministic: bool = False
+    def act(self, obs: torch.Tensor, deterministic: bool = False,
+            generator: torch.Generator | None = None
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Actions for (B, *obs_shape) observations: (action, log_prob (B,), value (B,)).
 
-        Box actions are returned unclipped (their log-prob is of the sampled value); clip them
-        with `clip_action` only when sending them to the env.
+        Sampling draws from `generator` when given (reproducible per worker). Box actions are
+        returned unclipped (their log-prob is of the sampled value); clip them with
+        `clip_action` only when sending them to the env.
         """
         dist, value = self._heads(obs)
         if deterministic:
             action = dist.probs.argmax(-1) if self.discrete else dist.mean
+        elif self.discrete:
+            action = torch.multinomial(dist.probs, 1, generator=generator).squeeze(-1)
         else:
-            action = dist.sample()
+            noise = torch.randn(dist.mean.shape, generator=generator, dtype=dist.mean.dtype)
+            action = dist.mean + dist.stddev * noise
         return action, self._log_prob(dist, action), value
 
     @torch.no_grad()

@@ -20,6 +20,10 @@ SPEC_FLAGS = ("env", "total_steps", "workers", "envs_per_worker", "seed", "mode"
               "eval_episodes", "checkpoint_every", "learner_device")
 
 
+NULL = object()
+"""What `--mini-batch-size full` parses to: an explicit null, unlike an absent flag (None)."""
+
+
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -31,7 +35,7 @@ def _parse_value(annotation: Any):
         return lambda s: {"true": True, "1": True, "yes": True, "false": False, "0": False,
                           "no": False}.get(s.lower(), s)
     if int in args and type(None) in args:  # mini_batch_size: int | None
-        return lambda s: None if s.lower() in ("full", "none", "null") else s
+        return lambda s: NULL if s.lower() in ("full", "none", "null") else s
     if getattr(annotation, "__origin__", None) is tuple:
         return lambda s: [x for x in s.split(",") if x]
     return str
@@ -71,6 +75,7 @@ def spec_from_args(args: argparse.Namespace, base: dict[str, Any] | None = None)
     for key, value in vars(args).items():
         if value is None:
             continue
+        value = None if value is NULL else value
         if key.startswith(("a2c.", "policy.")):
             section, field = key.split(".", 1)
             data[section] = {**(data.get(section) or {}), field: value}

@@ -47,9 +47,9 @@ class JobSpec(FrozenModel):
     learner_device: Literal["auto", "cpu", "cuda"] = "auto"
     """auto: a GPU when the cluster has one, else CPU. cuda fails when the cluster has none."""
     use_tuned: bool = True
-    """Fill A2C fields the user left unset from the tuned table for this env (see `tuned`)."""
+    """Fill `a2c`/`policy` fields the user left unset from the tuned table for this env."""
     tuned: tuple[str, ...] = ()
-    """Set by the service: the A2C fields taken from the tuned table (never by the user)."""
+    """Set by the service: the fields taken from the tuned table, e.g. `a2c.learning_rate`."""
     a2c: A2CConfig = Field(default_factory=A2CConfig)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
 
@@ -85,20 +85,22 @@ class JobSpec(FrozenModel):
 
 
 def build_spec(data: dict[str, Any]) -> JobSpec:
-    """Validate a raw job spec, filling A2C fields the user did not set from the tuned table.
-
-    Raises InvalidSpec naming the first bad field.
-    """
+    """Validate a raw job spec, filling `a2c`/`policy` fields the user did not set from the tuned
+    table for its env (recorded in `tuned`). Raises InvalidSpec naming the first bad field."""
     data = dict(data)
     data.pop("tuned", None)
     env = data.get("env")
     table = TUNED.get(env, {}) if isinstance(env, str) and data.get("use_tuned", True) else {}
-    a2c = data.get("a2c") or {}
-    if not isinstance(a2c, dict):
-        raise InvalidSpec("a2c", "must be an object of A2C hyperparameters")
-    filled = {k: v for k, v in table.items() if k not in a2c}
+    filled: list[str] = []
+    for section, values in table.items():
+        given = data.get(section) or {}
+        if not isinstance(given, dict):
+            raise InvalidSpec(section, f"must be an object of {section} settings")
+        unset = {k: v for k, v in values.items() if k not in given}
+        if unset:
+            data[section] = {**unset, **given}
+            filled += [f"{section}.{k}" for k in unset]
     if filled:
-        data["a2c"] = {**filled, **a2c}
         data["tuned"] = tuple(sorted(filled))
     try:
         return JobSpec.model_validate(data)

@@ -8,4 +8,5 @@ from __future__ import annotations
 
 from typing import Any
 
-TUNED: dict[str, dict[str, Any]] = {}
+TUNED: dict[str, dict[str, dict[str, Any]]] = {}
+"""env id -> {"a2c": {field: value}, "policy": {field: value}}"""

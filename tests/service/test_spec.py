@@ -1,0 +1,54 @@
+"""Job spec validation at the edge: bad input names its field and the fix."""
+
+import pytest
+
+from service.spec import InvalidSpec, build_spec
+
+
+def test_unknown_env_id_names_the_field():
+    with pytest.raises(InvalidSpec) as err:
+        build_spec({"env": "NoSuchEnv-v0"})
+    assert err.value.field == "env" and "not a registered gymnasium env" in err.value.message
+
+
+def test_module_path_env_id_is_refused_without_import():
+    with pytest.raises(InvalidSpec) as err:
+        build_spec({"env": "os:system"})
+    assert err.value.field == "env" and "module path" in err.value.message
+
+
+def test_bad_hyperparameter_names_the_nested_field():
+    with pytest.raises(InvalidSpec) as err:
+        build_spec({"env": "CartPole-v1", "a2c": {"learning_rate": -1}})
+    assert err.value.field == "a2c.learning_rate"
+
+
+def test_unknown_field_is_an_error_not_ignored():
+    with pytest.raises(InvalidSpec) as err:
+        build_spec({"env": "CartPole-v1", "a2c": {"learning_rat": 0.1}})
+    assert err.value.field == "a2c.learning_rat"
+
+
+def test_batch_that_does_not_divide_suggests_sizes():
+    with pytest.raises(InvalidSpec, match=r"steps_per_batch \(100\).*3 x 1 = 3.*use 99 or 102"):
+        build_spec({"env": "CartPole-v1", "workers": 3, "envs_per_worker": 1,
+                    "a2c": {"steps_per_batch": 100, "mini_batch_size": None}})
+
+
+def test_sizes_derive_in_one_place():
+    spec = build_spec({"env": "Pendulum-v1", "workers": 2, "envs_per_worker": 4, "total_steps": 1000,
+                       "a2c": {"steps_per_batch": 64}})
+    assert spec.steps_per_env == 8 and spec.num_updates == 16
+
+
+def test_tuned_values_fill_only_unset_fields_and_are_recorded(monkeypatch):
+    from service import spec as spec_module
+    monkeypatch.setitem(spec_module.TUNED, "Acrobot-v1", {"a2c": {"learning_rate": 1e-3, "gamma": 0.9},
+                                                        "policy": {"share_torso": False}})
+    spec = build_spec({"env": "Acrobot-v1", "a2c": {"gamma": 0.95}})
+    assert spec.a2c.learning_rate == 1e-3 and spec.a2c.gamma == 0.95
+    assert spec.tuned == ("a2c.learning_rate", "policy.share_torso")
+    assert spec.policy.share_torso is False
+    assert "tuned" in spec.model_dump()
+    plain = build_spec({"env": "Acrobot-v1", "use_tuned": False})
+    assert plain.a2c.learning_rate == 3e-4 and plain.tuned == () and plain.policy.share_torso

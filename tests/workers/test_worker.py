@@ -1,0 +1,85 @@
+"""RolloutWorker without Ray: shapes, dtypes, seeding and the auto-reset bookkeeping."""
+
+import numpy as np
+import pytest
+import torch
+
+from learner.config import PolicyConfig
+from learner.learner import Weights
+from learner.policy import ActorCritic, numpy_state
+from workers.env import describe_spaces, env_seeds
+from workers.worker import RolloutWorker
+
+
+def _worker(env="CartPole-v1", n=4, T=64, seed=0, index=0):
+    spaces = describe_spaces(env)
+    worker = RolloutWorker(env, {}, n, T, spaces, PolicyConfig(), seed, index)
+    torch.manual_seed(123)
+    weights = Weights(7, numpy_state(ActorCritic(spaces, PolicyConfig())))
+    return worker, weights
+
+
+def test_cartpole_rollout_shapes_and_dtypes():
+    worker, weights = _worker(n=4, T=64)
+    rollout, episodes = worker.sample(weights)
+    T, N = 64, 4
+    assert rollout.obs.shape == (T, N, 4) and rollout.obs.dtype == np.float32
+    assert rollout.actions.shape == (T, N) and rollout.actions.dtype == np.int64
+    for name in ("rewards", "values", "log_probs", "final_values"):
+        arr = getattr(rollout, name)
+        assert arr.shape == (T, N) and arr.dtype == np.float32, name
+    assert rollout.terminated.dtype == bool and rollout.truncated.shape == (T, N)
+    assert rollout.bootstrap_values.shape == (N,)
+    assert rollout.weights_version == 7 == episodes.weights_version
+    assert all(getattr(rollout, f).flags["C_CONTIGUOUS"] for f in ("obs", "actions", "rewards"))
+    # A random CartPole policy ends episodes within 64 steps; every reward of a step is 1.
+    assert episodes.returns.size > 0 and np.all(rollout.rewards == 1.0)
+    assert np.array_equal(episodes.returns, episodes.lengths.astype(float))
+    # Log-probs are per sample (B,), not broadcast (B, B): each is log(p) of a 2-way choice.
+    assert np.all(rollout.log_probs <= 0) and np.all(rollout.log_probs > np.log(1e-3))
+
+
+def test_pendulum_rollout_has_box_actions_and_time_limit_bootstraps():
+    worker, weights = _worker(env="Pendulum-v1", n=2, T=250)
+    rollout, episodes = worker.sample(weights)
+    assert rollout.actions.shape == (250, 2, 1) and rollout.actions.dtype == np.float32
+    # Pendulum never terminates; its 200-step time limit truncates, bootstrapped from V(final).
+    assert not rollout.terminated.any()
+    assert rollout.truncated[199].all() and rollout.truncated.sum() == 2
+    assert np.all(rollout.final_values[199] != 0) and np.all(np.delete(rollout.final_values, 199, 0) == 0)
+    assert episodes.lengths.tolist() == [200, 200]
+
+
+def test_no_fake_transition_after_an_episode_ends():
+    # With same-step auto-reset the obs after an ended step is a fresh reset observation, and
+    # the following step is a real step from it (reward 1, not a 0-reward reset step).
+    worker, weights = _worker(n=3, T=200)
+    rollout, _ = worker.sample(weights)
+    ended = np.argwhere(rollout.terminated[:-1])
+    assert len(ended) > 0
+    for t, n in ended:
+        assert np.all(np.abs(rollout.obs[t + 1, n]) <= 0.05)  # CartPole resets into [-0.05, 0.05]
+        assert rollout.rewards[t + 1, n] == 1.0
+
+
+def test_same_seed_same_rollout_and_distinct_env_seeds():
+    a, w = _worker(seed=3, index=1)
+    b, _ = _worker(seed=3, index=1)
+    ra, rb = a.sample(w)[0], b.sample(w)[0]
+    np.testing.assert_array_equal(ra.obs, rb.obs)
+    np.testing.assert_array_equal(ra.actions, rb.actions)
+    assert len(set(env_seeds(3, 0, 8)) | set(env_seeds(3, 1, 8))) == 16
+
+
+def test_env_state_carries_over_between_samples():
+    worker, weights = _worker(n=2, T=5)
+    first, _ = worker.sample(weights)
+    second, _ = worker.sample(weights)
+    assert not np.array_equal(first.obs[0], second.obs[0])
+
+
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
+def test_evaluate_runs_each_env_for_one_episode(env_id):
+    worker, weights = _worker(env=env_id, n=2, T=4)
+    returns = worker.evaluate(weights, episodes=3, seed=5)
+    assert len(returns) == 3 and all(np.isfinite(returns))
