@@ -32,7 +32,7 @@ class RolloutWorker:
                  spaces: SpacesSpec, policy_config: PolicyConfig, seed: int, worker_index: int) -> None:
         torch.set_num_threads(1)
         seeds = env_seeds(seed, worker_index, num_envs + 1)
-        torch.manual_seed(seeds[-1])
+        self.generator = torch.Generator().manual_seed(seeds[-1])
         self.env_id, self.env_kwargs = env_id, dict(env_kwargs)
         self.env = make_vec_env(env_id, num_envs, env_kwargs)
         self.num_envs, self.steps_per_env = num_envs, steps_per_env
@@ -65,7 +65,8 @@ class RolloutWorker:
         with torch.inference_mode():
             for t in range(T):
                 obs_buf[t] = self.obs
-                action, log_prob, value = self.policy.act(torch.from_numpy(obs_buf[t]))
+                action, log_prob, value = self.policy.act(torch.from_numpy(obs_buf[t]),
+                                                             generator=self.generator)
                 action_np = action.numpy()
                 if actions is None:
                     actions = np.empty((T, *action_np.shape), action_np.dtype)
