@@ -1,0 +1,111 @@
+"""`create_app`: the FastAPI app, with a lifespan that joins Ray and runs the job manager."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import threading
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+from fastapi import APIRouter, FastAPI, HTTPException, Request
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.config import Settings, get_settings
+from api.deps import Authenticated
+from api.errors import install_error_handlers
+from api.routes import checkpoints, health, jobs, metrics
+
+log = logging.getLogger(__name__)
+
+
+class BodySizeLimit:
+    """ASGI middleware: 413 for a request body over `max_bytes`, declared or streamed."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Refuse early on Content-Length; count the bytes of a chunked body as they come."""
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+            response = JSONResponse({"detail": f"request body over {self.max_bytes} bytes"}, status_code=413)
+            return await response(scope, receive, send)
+        received = 0
+
+        async def limited() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    # Raised inside the route's body read, so the app's handler turns it into a 413.
+                    raise HTTPException(413, f"request body over {self.max_bytes} bytes")
+            return message
+
+        await self.app(scope, limited, send)
+
+
+docs = APIRouter(include_in_schema=False, dependencies=[Authenticated])
+
+
+@docs.get("/openapi.json")
+def openapi_schema(request: Request) -> JSONResponse:
+    """The OpenAPI schema (behind the token, like every route but /healthz)."""
+    return JSONResponse(request.app.openapi())
+
+
+@docs.get("/docs")
+def swagger_ui() -> HTMLResponse:
+    """Swagger UI over /openapi.json."""
+    return get_swagger_ui_html(openapi_url="/openapi.json", title="a2c-service API")
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Join Ray (embedded by default), open the store, recover unfinished jobs; undo on exit."""
+    from service.cluster import connect
+    from service.jobs import JobLimits, JobManager
+    from service.store import JobStore
+
+    settings: Settings = app.state.settings
+    # ray.init installs a SIGTERM handler that exits at once; keep uvicorn's graceful one, so
+    # running jobs get to write a final checkpoint on shutdown.
+    sigterm = signal.getsignal(signal.SIGTERM)
+    where = connect(settings.address, num_cpus=settings.ray_num_cpus)
+    if threading.current_thread() is threading.main_thread() and sigterm is not None:
+        signal.signal(signal.SIGTERM, sigterm)
+    log.warning("a2c-service: Ray: %s; data dir %s", where, settings.data_dir.resolve())
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    store = JobStore(settings.data_dir / "jobs.sqlite3")
+    manager = JobManager(store, settings.data_dir, JobLimits(
+        max_total_steps=settings.max_total_steps, max_workers_per_job=settings.max_workers_per_job,
+        max_concurrent_jobs=settings.max_concurrent_jobs, resource_timeout_s=settings.resource_timeout_s,
+        max_recoveries=settings.max_recoveries))
+    await asyncio.to_thread(manager.start)
+    app.state.store, app.state.manager = store, manager
+    try:
+        yield
+    finally:
+        app.state.manager = None
+        await asyncio.to_thread(manager.shutdown, settings.shutdown_grace_s)
+        app.state.store = None
+        store.close()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The API app. Without `settings`, they come from the environment (`A2C_*`)."""
+    app = FastAPI(title="a2c-service", version="0.1.0", lifespan=lifespan,
+                  description="A2C training jobs on Ray: submit, watch metrics, download checkpoints.",
+                  docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.settings = settings or get_settings()
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, max_bytes=app.state.settings.max_body_bytes)
+    for router in (health.router, jobs.router, metrics.router, checkpoints.router, docs):
+        app.include_router(router)
+    return app

@@ -1,0 +1,62 @@
+"""`Settings`: the API server's configuration, read from `A2C_*` environment variables."""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_ray_cpus() -> int:
+    # A 2-worker job needs 3 actors of 1 CPU each; they mostly wait on each other, so a
+    # 2-core machine runs one fine with 4 logical CPUs declared.
+    return max(os.cpu_count() or 1, 4)
+
+
+class Settings(BaseSettings):
+    """Server settings; each field is also the environment variable `A2C_<FIELD>`."""
+
+    model_config = SettingsConfigDict(env_prefix="A2C_", frozen=True, use_attribute_docstrings=True)
+
+    host: str = "127.0.0.1"
+    """Interface to bind; the default keeps the API on this machine."""
+    port: int = Field(8000, ge=0, le=65535)
+    """TCP port."""
+    data_dir: Path = Path("a2c-data")
+    """Job database (jobs.sqlite3) and each job's checkpoints (jobs/<id>/checkpoints/)."""
+    address: str | None = None
+    """Ray cluster to join (auto, host:port, ray://...); default RAY_ADDRESS, else embedded Ray."""
+    api_token: SecretStr | None = None
+    """When set, every route but /healthz needs `Authorization: Bearer <token>`."""
+    max_total_steps: int = Field(50_000_000, ge=1)
+    """Largest total_steps a job may ask for."""
+    max_workers_per_job: int = Field(64, ge=1)
+    """Most rollout workers one job may ask for."""
+    max_concurrent_jobs: int = Field(4, ge=1)
+    """Jobs running at once; more wait in PENDING."""
+    max_body_bytes: int = Field(1 << 20, ge=1024)
+    """Largest request body accepted (413 above)."""
+    ray_num_cpus: int = Field(default_factory=_default_ray_cpus, ge=1)
+    """Logical CPUs of the embedded Ray (ignored when joining a cluster)."""
+    resource_timeout_s: float = Field(600.0, gt=0)
+    """How long a job's actors may wait for cluster resources before the job fails."""
+    max_recoveries: int = Field(3, ge=0)
+    """Times a job RUNNING when the server died is resumed before it is marked FAILED."""
+    shutdown_grace_s: float = Field(30.0, ge=0)
+    """On shutdown, how long running jobs get to write a final checkpoint."""
+    sse_poll_s: float = Field(0.5, gt=0)
+    """How often a metrics stream looks for new rows."""
+
+    @field_validator("api_token", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value):
+        return None if value in ("", None) else value
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The settings from the environment, read once."""
+    return Settings()

@@ -1,0 +1,57 @@
+"""Injected dependencies of the routes: settings, the job store and manager, token auth."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from api.config import Settings
+from api.errors import ServiceNotReady
+from service.jobs import JobManager
+from service.store import JobStore
+
+
+def get_app_settings(request: Request) -> Settings:
+    """The settings the app was created with."""
+    return request.app.state.settings
+
+
+def get_store(request: Request) -> JobStore:
+    """The job store opened by the app's lifespan."""
+    store = getattr(request.app.state, "store", None)
+    if store is None:
+        raise ServiceNotReady("the job store is not open")
+    return store
+
+
+def get_manager(request: Request) -> JobManager:
+    """The job manager started by the app's lifespan."""
+    manager = getattr(request.app.state, "manager", None)
+    if manager is None:
+        raise ServiceNotReady("the job manager is not running")
+    return manager
+
+
+SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+StoreDep = Annotated[JobStore, Depends(get_store)]
+ManagerDep = Annotated[JobManager, Depends(get_manager)]
+
+_bearer = HTTPBearer(auto_error=False, description="The server's A2C_API_TOKEN, when it has one.")
+
+
+def require_token(settings: SettingsDep,
+                  credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
+    """401 unless the request carries `Authorization: Bearer <A2C_API_TOKEN>` (when a token is set)."""
+    if settings.api_token is None:
+        return
+    given = credentials.credentials.encode() if credentials else b""
+    if not hmac.compare_digest(given, settings.api_token.get_secret_value().encode()):
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing or wrong bearer token",
+                            headers={"WWW-Authenticate": "Bearer"})
+
+
+Authenticated = Depends(require_token)
+"""Put in a router's `dependencies=[...]` to protect all its routes."""

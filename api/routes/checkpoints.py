@@ -1,0 +1,34 @@
+"""Routes of /jobs/{id}/checkpoints: the list, and each archive as a download."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path
+from fastapi.responses import FileResponse
+
+from api.deps import Authenticated, ManagerDep
+from api.schemas import CheckpointPublic, CheckpointsPublic
+from service.jobs import CHECKPOINT_ID_PATTERN, JOB_ID_PATTERN
+
+router = APIRouter(prefix="/jobs/{job_id}/checkpoints", tags=["checkpoints"], dependencies=[Authenticated])
+
+JobId = Annotated[str, Path(pattern=JOB_ID_PATTERN, description="A job id (12 hex digits).")]
+CheckpointId = Annotated[str, Path(pattern=CHECKPOINT_ID_PATTERN,
+                                   description="A checkpoint id (`step-0000051200`) or `latest`.")]
+
+
+@router.get("", response_model=CheckpointsPublic, responses={404: {"description": "Unknown job"}})
+def list_checkpoints(job_id: JobId, manager: ManagerDep) -> CheckpointsPublic:
+    """The job's checkpoints in step order: id, step, mean return, size, creation time."""
+    return CheckpointsPublic(job_id=job_id, checkpoints=[
+        CheckpointPublic.from_row(job_id, c) for c in manager.checkpoints(job_id)])
+
+
+@router.get("/{ckpt_id}/archive", response_class=FileResponse, responses={
+    200: {"content": {"application/gzip": {}}, "description": "The .tar.gz; `a2c evaluate` loads it."},
+    404: {"description": "Unknown job or checkpoint"}})
+def download_archive(job_id: JobId, ckpt_id: CheckpointId, manager: ManagerDep) -> FileResponse:
+    """The checkpoint archive as a download, named `<job>-<checkpoint>.tar.gz`."""
+    path, filename = manager.archive(job_id, ckpt_id)
+    return FileResponse(path, media_type="application/gzip", filename=filename)

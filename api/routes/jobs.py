@@ -1,0 +1,54 @@
+"""Routes of /jobs: submit, list, describe, stop."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Header, Path, Query, Response, status
+from pydantic import SkipValidation
+
+from api.deps import Authenticated, ManagerDep
+from api.schemas import JobCreate, JobDetail, JobPublic, JobsPublic, JobStatus
+from service.jobs import JOB_ID_PATTERN
+
+router = APIRouter(prefix="/jobs", tags=["jobs"], dependencies=[Authenticated])
+
+JobId = Annotated[str, Path(pattern=JOB_ID_PATTERN, description="A job id (12 hex digits).")]
+IdempotencyKey = Annotated[str | None, Header(
+    alias="Idempotency-Key", min_length=1, max_length=255, pattern=r"^[\x21-\x7e]+$",
+    description="Any unique string; a retry with the same key and body returns the same job.")]
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=JobPublic,
+             responses={404: {"description": "Unknown job"}, 422: {"description": "The field at fault is in `loc`"}})
+def create_job(body: Annotated[JobCreate, SkipValidation, Body(title="JobCreate")], manager: ManagerDep,
+               response: Response, idempotency_key: IdempotencyKey = None) -> JobPublic:
+    """Submit a training job; it starts in the background (PENDING until its actors run)."""
+    job, replayed = manager.submit(body, idempotency_key)
+    response.headers["Location"] = f"/jobs/{job.id}"
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return JobPublic.from_row(job)
+
+
+@router.get("", response_model=JobsPublic)
+def list_jobs(manager: ManagerDep,
+              status_: Annotated[list[JobStatus] | None, Query(alias="status", description="Only these states (repeatable).")] = None,
+              max_results: Annotated[int, Query(ge=1, le=500)] = 50,
+              page_token: Annotated[str | None, Query(max_length=200)] = None) -> JobsPublic:
+    """Jobs, newest first, a page at a time."""
+    jobs, token = manager.list(status_, max_results, page_token)
+    return JobsPublic(jobs=[JobPublic.from_row(j) for j in jobs], next_page_token=token)
+
+
+@router.get("/{job_id}", response_model=JobDetail, response_model_exclude_unset=True, responses={404: {"description": "Unknown job"}})
+def get_job(job_id: JobId, manager: ManagerDep) -> JobDetail:
+    """Status, progress, latest metrics, timings, error if it failed, and recent events."""
+    return JobDetail.from_details(manager.describe(job_id))
+
+
+@router.post("/{job_id}/stop", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic,
+             responses={404: {"description": "Unknown job"}, 409: {"description": "The job already finished"}})
+def stop_job(job_id: JobId, manager: ManagerDep) -> JobPublic:
+    """Stop gracefully: the job ends after its current update with a final checkpoint, then STOPPED."""
+    return JobPublic.from_row(manager.stop(job_id))

@@ -1,0 +1,185 @@
+"""Request and response models of the HTTP API, split by role (create, public, list)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from service.jobs import JobDetails, ResumeFrom
+from service.spec import JobSpec
+from service.store import CheckpointRow, EventRow, JobRow
+
+JobStatus = Literal["PENDING", "RUNNING", "SUCCEEDED", "FAILED", "STOPPED"]
+
+
+def _time(ts: float | None) -> datetime | None:
+    return datetime.fromtimestamp(ts, tz=timezone.utc) if ts is not None else None
+
+
+def _job_create_model() -> type[BaseModel]:
+    """The POST /jobs body: JobSpec's fields (less the service-set `tuned`) plus `resume_from`.
+
+    Only for the OpenAPI schema: the route takes the raw JSON and validates it once, with
+    `build_spec`, so that fields left out can come from the tuned table or, on resume, from
+    the checkpoint's config.
+    """
+    fields: dict[str, Any] = {name: (f.annotation, f) for name, f in JobSpec.model_fields.items()
+                              if name != "tuned"}
+    fields["env"] = (str | None, Field(None, examples=["CartPole-v1"], description=(
+        "A registered gymnasium env id (see `a2c envs`). Required unless `resume_from` is given.")))
+    return create_model(
+        "JobCreate", __config__=ConfigDict(extra="forbid"),
+        __doc__=("A job spec (the schema of `a2c train --config`). With `resume_from`, training "
+                 "continues from that checkpoint and fields left out come from its config."),
+        resume_from=(ResumeFrom | None, Field(None, description="Continue from a checkpoint of an earlier job.")),
+        **fields)
+
+
+JobCreate = _job_create_model()
+
+
+class Progress(BaseModel):
+    """How far a job is: env steps trained of the total."""
+
+    step: int
+    total_steps: int
+    fraction: float
+
+
+class ErrorInfo(BaseModel):
+    """Why a job FAILED."""
+
+    type: str
+    message: str
+
+
+class MetricsRow(BaseModel):
+    """One metrics row per update (ARCHITECTURE.md's keys); `eval_return_mean` on eval rows."""
+
+    model_config = ConfigDict(extra="allow")
+
+    step: int
+    wall_s: float | None = None
+    env_steps_per_s: float | None = None
+    episode_return_mean: float | None = None
+    episode_return_min: float | None = None
+    episode_return_max: float | None = None
+    episode_length_mean: float | None = None
+    episodes: int | None = None
+    policy_loss: float | None = None
+    value_loss: float | None = None
+    entropy: float | None = None
+    loss: float | None = None
+    grad_norm: float | None = None
+    explained_variance: float | None = None
+    learning_rate: float | None = None
+    weights_version: int | None = None
+    policy_lag: int | None = None
+    eval_return_mean: float | None = None
+
+
+class EventPublic(BaseModel):
+    """A line of a job's history (submitted, device, started, checkpoint, stop, ...)."""
+
+    time: datetime
+    kind: str
+    message: str
+
+    @classmethod
+    def from_row(cls, row: EventRow) -> "EventPublic":
+        """From the store's record."""
+        return cls(time=_time(row.time), kind=row.kind, message=row.message)
+
+
+class JobPublic(BaseModel):
+    """A job as listed: id, state, spec, progress, timings, error."""
+
+    id: str
+    status: JobStatus
+    env: str
+    spec: JobSpec
+    progress: Progress
+    created: datetime
+    started: datetime | None = Field(description="When it first became RUNNING.")
+    ended: datetime | None
+    error: ErrorInfo | None = None
+    stop_requested: bool = False
+    resumed_from: ResumeFrom | None = None
+
+    @classmethod
+    def from_row(cls, job: JobRow, **extra: Any) -> "JobPublic":
+        """From the store's record."""
+        return cls(
+            id=job.id, status=job.status, env=job.env, spec=job.spec,
+            progress=Progress(step=job.step, total_steps=job.total_steps,
+                              fraction=round(min(job.step / job.total_steps, 1.0), 4)),
+            created=_time(job.created), started=_time(job.started), ended=_time(job.ended),
+            error=ErrorInfo(type=job.error_type or "Error", message=job.error) if job.error else None,
+            stop_requested=job.stop_requested,
+            resumed_from=(ResumeFrom(job_id=job.resumed_from_job, checkpoint=job.resumed_from_checkpoint)
+                          if job.resumed_from_job else None),
+            **extra)
+
+
+class JobDetail(JobPublic):
+    """One job in full: also its latest metrics row, summary when finished, and history."""
+
+    latest_metrics: MetricsRow | None = None
+    summary: dict[str, Any] | None = Field(None, description="The trainer's summary once the job ended.")
+    events: list[EventPublic] = []
+
+    @classmethod
+    def from_details(cls, details: JobDetails) -> "JobDetail":
+        """From the manager's view of a job."""
+        return cls.from_row(details.job, latest_metrics=details.latest_metrics,
+                            summary=details.job.summary,
+                            events=[EventPublic.from_row(e) for e in details.events])
+
+
+class JobsPublic(BaseModel):
+    """A page of jobs, newest first."""
+
+    jobs: list[JobPublic]
+    next_page_token: str | None = Field(description="Pass as page_token for the next page; null at the end.")
+
+
+class MetricsPublic(BaseModel):
+    """Metrics rows of a job in step order."""
+
+    job_id: str
+    status: JobStatus
+    rows: list[MetricsRow]
+    next_since_step: int = Field(description="Pass as since_step to get only newer rows.")
+
+
+class CheckpointPublic(BaseModel):
+    """A checkpoint archive of a job."""
+
+    id: str
+    step: int
+    return_mean: float | None
+    size_bytes: int
+    created: datetime
+    archive_url: str
+
+    @classmethod
+    def from_row(cls, job_id: str, row: CheckpointRow) -> "CheckpointPublic":
+        """From the store's record."""
+        return cls(id=row.id, step=row.step, return_mean=row.return_mean, size_bytes=row.size_bytes,
+                   created=_time(row.created), archive_url=f"/jobs/{job_id}/checkpoints/{row.id}/archive")
+
+
+class CheckpointsPublic(BaseModel):
+    """A job's checkpoints in step order."""
+
+    job_id: str
+    checkpoints: list[CheckpointPublic]
+
+
+class Health(BaseModel):
+    """Liveness or readiness, with the reason for each check."""
+
+    status: Literal["ok", "unavailable"]
+    checks: dict[str, str] = {}

@@ -1,0 +1,226 @@
+"""Fixtures for the API tests: real `a2c serve` processes on loopback ports, each with its own
+embedded Ray, driven over HTTP with httpx.
+
+One server is shared by the whole session; the restart and auth tests start their own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+START_TIMEOUT_S = 180.0
+JOB_TIMEOUT_S = 300.0
+
+SMALL_JOB: dict[str, Any] = {
+    "env": "CartPole-v1", "total_steps": 20_000, "workers": 2, "envs_per_worker": 4,
+    "a2c": {"steps_per_batch": 512}, "eval_every": 0, "eval_episodes": 2, "checkpoint_every": 10,
+}
+"""40 updates of 512 steps; checkpoints every 10 updates and at the end."""
+LONG_JOB: dict[str, Any] = {**SMALL_JOB, "total_steps": 4_000_000, "checkpoint_every": 5}
+"""Runs for minutes unless stopped (tests stop it)."""
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class JobsClient(httpx.Client):
+    """An httpx client with the waits the job tests need."""
+
+    def wait_for(self, job_id: str, done: Callable[[dict], bool], timeout: float = JOB_TIMEOUT_S) -> dict:
+        """Poll GET /jobs/{id} until `done(job)`; fail with the job's last state otherwise."""
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.get(f"/jobs/{job_id}").raise_for_status().json()
+            if done(job):
+                return job
+            if time.monotonic() > deadline:
+                pytest.fail(f"job {job_id} did not get there in {timeout}s: {json.dumps(job)[:2000]}")
+            time.sleep(0.5)
+
+    def wait_status(self, job_id: str, *statuses: str, timeout: float = JOB_TIMEOUT_S) -> dict:
+        """Poll until the job is in one of `statuses`."""
+        return self.wait_for(job_id, lambda j: j["status"] in statuses, timeout)
+
+    def wait_finished(self, job_id: str, timeout: float = JOB_TIMEOUT_S) -> dict:
+        """Poll until the job is in a terminal state."""
+        return self.wait_status(job_id, "SUCCEEDED", "FAILED", "STOPPED", timeout=timeout)
+
+    def all_metrics(self, job_id: str) -> list[dict]:
+        """Every metrics row of the job."""
+        return self.get(f"/jobs/{job_id}/metrics", params={"limit": 10_000}).raise_for_status().json()["rows"]
+
+
+def read_sse(response: httpx.Response) -> list[tuple[str, dict]]:
+    """(event, data) of each server-sent event, until the server closes the stream."""
+    events, kind, data = [], None, []
+    for line in response.iter_lines():
+        if line.startswith("event:"):
+            kind = line[6:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].strip())
+        elif line == "" and data:
+            events.append((kind or "message", json.loads("\n".join(data))))
+            kind, data = None, []
+    return events
+
+
+class ServerProcess:
+    """`python -m service.cli serve` in a subprocess, on a free loopback port."""
+
+    def __init__(self, data_dir: Path, token: str | None = None, env: dict[str, str] | None = None) -> None:
+        self.data_dir, self.token = data_dir, token
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        # A short private Ray temp dir: the embedded Ray cannot join another test's `ray start`
+        # cluster, and its socket paths stay under the 107-byte limit.
+        self.ray_tmp = tempfile.mkdtemp(prefix="a2c-api-", dir="/tmp")
+        self.log_path = data_dir.parent / f"server-{self.port}.log"
+        base = {k: v for k, v in os.environ.items() if not k.startswith("A2C_") and k != "RAY_ADDRESS"}
+        self.env = {**base, "RAY_TMPDIR": self.ray_tmp, "A2C_RAY_NUM_CPUS": "4", "A2C_SSE_POLL_S": "0.2",
+                    "A2C_MAX_TOTAL_STEPS": "5000000", "PYTHONUNBUFFERED": "1", **(env or {})}
+        if token:
+            self.env["A2C_API_TOKEN"] = token
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "ServerProcess":
+        """Start and wait until /healthz answers (the lifespan has joined Ray and recovered jobs)."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "service.cli", "serve", "--port", str(self.port),
+             "--data-dir", str(self.data_dir)],
+            cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(f"server did not answer within {START_TIMEOUT_S}s:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 60) -> str:
+        """The end of the server's output, for failure messages."""
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def client(self, token: str | None = None) -> JobsClient:
+        """A client of this server, with `token` (default: the server's; "" for none) as bearer."""
+        token = self.token if token is None else token
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return JobsClient(base_url=self.url, headers=headers, timeout=60)
+
+    def kill(self) -> None:
+        """SIGKILL the server, as a crash would; its embedded Ray goes down with it."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(30)
+
+    def stop(self) -> None:
+        """SIGTERM (graceful: jobs checkpoint), then SIGKILL if it hangs; clean up Ray's dir."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(90)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        if self.proc is not None:
+            try:  # Ray processes this server started, in its session, if any outlived it
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        shutil.rmtree(self.ray_tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def spawn_server(tmp_path_factory) -> Iterator[Callable[..., ServerProcess]]:
+    """A factory of started servers; all are stopped at the end of the session."""
+    started: list[ServerProcess] = []
+
+    def spawn(data_dir: Path | None = None, token: str | None = None, **env: str) -> ServerProcess:
+        server = ServerProcess(data_dir or tmp_path_factory.mktemp("server") / "data", token, env)
+        started.append(server)
+        return server.start()
+
+    yield spawn
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def server(spawn_server) -> ServerProcess:
+    """The shared server (no token) for the lifecycle, stop, resume and error tests."""
+    return spawn_server()
+
+
+@pytest.fixture(scope="session")
+def client(server) -> Iterator[JobsClient]:
+    """A client of the shared server."""
+    with server.client() as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def sse_reader() -> Callable[[httpx.Response], list[tuple[str, dict]]]:
+    """`read_sse`, for tests that open their own streams."""
+    return read_sse
+
+
+@pytest.fixture(scope="session")
+def finished_job(client) -> dict:
+    """A SMALL_JOB run to the end while its metrics stream was read: {"id", "post", "sse", "job"}."""
+    post = client.post("/jobs", json=SMALL_JOB)
+    assert post.status_code == 201, post.text
+    job_id = post.json()["id"]
+    with client.stream("GET", f"/jobs/{job_id}/metrics/stream", timeout=JOB_TIMEOUT_S) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        sse = read_sse(response)
+    job = client.wait_finished(job_id)
+    return {"id": job_id, "post": post, "sse": sse, "job": job}
+
+
+@pytest.fixture(scope="session")
+def stopped_job(client) -> dict:
+    """A LONG_JOB stopped once it had trained a little: {"id", "stop", "job"}."""
+    job_id = client.post("/jobs", json=LONG_JOB).raise_for_status().json()["id"]
+    client.wait_for(job_id, lambda j: j["status"] == "RUNNING" and j["progress"]["step"] >= 5 * 512)
+    stop = client.post(f"/jobs/{job_id}/stop")
+    job = client.wait_finished(job_id)
+    return {"id": job_id, "stop": stop, "job": job}
+
+
+@pytest.fixture
+def small_job() -> dict[str, Any]:
+    """A copy of SMALL_JOB to modify."""
+    return json.loads(json.dumps(SMALL_JOB))
+
+
+@pytest.fixture
+def long_job() -> dict[str, Any]:
+    """A copy of LONG_JOB to modify."""
+    return json.loads(json.dumps(LONG_JOB))

@@ -1,0 +1,72 @@
+"""/jobs/{id}/metrics and its server-sent event stream, on a real server."""
+
+from __future__ import annotations
+
+import threading
+
+METRIC_KEYS = {"step", "wall_s", "env_steps_per_s", "episode_return_mean", "episode_return_min",
+               "episode_return_max", "episode_length_mean", "episodes", "policy_loss", "value_loss",
+               "entropy", "loss", "grad_norm", "explained_variance", "learning_rate", "weights_version",
+               "policy_lag"}
+
+
+def test_rows_have_the_documented_keys_in_increasing_step_order(client, finished_job):
+    rows = client.all_metrics(finished_job["id"])
+    steps = [r["step"] for r in rows]
+    assert len(rows) == 40 and steps == list(range(512, 20_480 + 1, 512))
+    assert all(METRIC_KEYS <= set(r) for r in rows)
+    assert ["eval_return_mean" in r for r in rows] == [False] * 39 + [True]  # eval rows only
+
+
+def test_since_step_and_limit_page_through_the_rows(client, finished_job):
+    url = f"/jobs/{finished_job['id']}/metrics"
+    first = client.get(url, params={"limit": 5}).json()
+    assert [r["step"] for r in first["rows"]] == [512, 1024, 1536, 2048, 2560]
+    assert first["next_since_step"] == 2560 and first["status"] == "SUCCEEDED"
+    rest = client.get(url, params={"since_step": first["next_since_step"], "limit": 10_000}).json()
+    assert rest["rows"][0]["step"] == 3072 and len(first["rows"]) + len(rest["rows"]) == 40
+    empty = client.get(url, params={"since_step": 10**9}).json()
+    assert empty["rows"] == [] and empty["next_since_step"] == 10**9
+    assert client.get(url, params={"limit": 0}).status_code == 422
+    assert client.get(url, params={"since_step": -1}).status_code == 422
+
+
+def test_stream_delivers_every_row_in_order_then_ends_with_the_status(client, finished_job):
+    sse = finished_job["sse"]
+    kinds = [kind for kind, _ in sse]
+    assert kinds == ["metrics"] * 40 + ["end"]
+    streamed = [data for kind, data in sse if kind == "metrics"]
+    assert streamed == client.all_metrics(finished_job["id"])
+    assert sse[-1][1] == {"status": "SUCCEEDED", "step": 20_480}
+
+
+def test_stream_resumes_after_last_event_id(client, finished_job, sse_reader):
+    url = f"/jobs/{finished_job['id']}/metrics/stream"
+    with client.stream("GET", url, headers={"Last-Event-ID": "19456"}) as r:
+        events = sse_reader(r)
+    assert [d["step"] for k, d in events if k == "metrics"] == [19_968, 20_480]
+    with client.stream("GET", url, params={"since_step": 20_480}) as r:
+        assert [k for k, _ in sse_reader(r)] == ["end"]
+
+
+def test_stream_of_a_running_job_is_live_and_api_keeps_answering(client, long_job, sse_reader):
+    """While a job trains and one client streams, other requests are served (no blocked loop)."""
+    job_id = client.post("/jobs", json=long_job).raise_for_status().json()["id"]
+    events: list = []
+
+    def consume() -> None:
+        with client.stream("GET", f"/jobs/{job_id}/metrics/stream", timeout=300) as r:
+            events.extend(sse_reader(r))
+
+    reader = threading.Thread(target=consume)
+    reader.start()
+    client.wait_for(job_id, lambda j: j["progress"]["step"] >= 20 * 512)
+    for _ in range(5):  # the API answers while training and streaming go on
+        assert client.get("/healthz").status_code == 200
+        assert client.get(f"/jobs/{job_id}").json()["status"] == "RUNNING"
+    assert client.post(f"/jobs/{job_id}/stop").status_code == 202
+    reader.join(300)
+    assert not reader.is_alive()
+    steps = [d["step"] for k, d in events if k == "metrics"]
+    assert steps == sorted(set(steps)) and steps[0] == 512 and len(steps) >= 20
+    assert events[-1] == ("end", {"status": "STOPPED", "step": steps[-1]})
