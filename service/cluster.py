@@ -1,4 +1,16 @@
-"""Connecting to Ray: an embedded local instance by default, or an existing cluster."""
+"""Connecting to Ray: an embedded local instance by default, or an existing cluster.
+
+Where the cluster is, in order: the `address` argument (`auto`, `host:port`, `ray://host:10001`),
+then RAY_ADDRESS (which `ray job submit` sets for the job's driver), else an embedded local Ray
+that lives and dies with this process.
+
+Token authentication (Ray >= 2.52; `ray start --head` turns it on when a token exists, and
+`ray.init()` of an embedded instance always does): every process that talks to the cluster
+needs RAY_AUTH_MODE=token and the cluster's token, from RAY_AUTH_TOKEN, the file named by
+RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token. Ray turns token mode on by itself only for
+`address="auto"`; for an explicit address or RAY_ADDRESS, `connect` does it when a token is
+available, and a refused connection is reported with what to set.
+"""
 
 from __future__ import annotations
 
@@ -10,27 +22,92 @@ import ray
 
 log = logging.getLogger(__name__)
 
+DEFAULT_TOKEN_PATH = Path.home() / ".ray" / "auth_token"
+"""Where `ray start --head`, `ray.init()` and `ray get-auth-token --generate` keep the token."""
+
+
+class ClusterUnreachable(ConnectionError):
+    """The Ray cluster named by the address could not be joined; the message says what to fix."""
+
+
+def auth_token() -> str | None:
+    """The Ray auth token this process would present: RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, or
+    ~/.ray/auth_token, in Ray's own order of precedence; None when there is none."""
+    if os.environ.get("RAY_AUTH_TOKEN", "").strip():
+        return os.environ["RAY_AUTH_TOKEN"].strip()
+    path = Path(os.environ["RAY_AUTH_TOKEN_PATH"]) if os.environ.get("RAY_AUTH_TOKEN_PATH") else DEFAULT_TOKEN_PATH
+    try:
+        token = path.read_text().strip()
+    except OSError:
+        return None
+    return token or None
+
+
+def auth_headers() -> dict[str, str]:
+    """HTTP headers for Ray's dashboard and Jobs API (e.g. `JobSubmissionClient(headers=...)`)."""
+    token = auth_token()
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def _enable_token_auth_if_possible() -> None:
+    """Turn on token mode when RAY_AUTH_MODE is unset and a token is at hand.
+
+    Ray does this itself only for address="auto". Setting the variable is not enough once
+    `ray` is imported: its C++ config has already read the mode, so reload it as Ray does.
+    """
+    if "RAY_AUTH_MODE" in os.environ or auth_token() is None:
+        return
+    try:
+        from ray._private.authentication.authentication_token_setup import _enable_token_auth
+    except ImportError:  # a Ray without token auth: nothing to turn on
+        return
+    _enable_token_auth()
+
 
 def connect(address: str | None = None, num_cpus: int | None = None) -> str:
     """Make sure this process is a Ray driver; returns a description of the cluster it joined.
 
     With no address and no RAY_ADDRESS, start an embedded local Ray that dies with this
     process. `num_cpus` sets the embedded instance's logical CPUs (ignored for a cluster).
-    Against a cluster started with `ray start` (token auth on by default since Ray 2.5x), the
-    token in ~/.ray/auth_token is used when RAY_AUTH_MODE is unset.
+    Raises ClusterUnreachable, naming the address and the likely fix, when joining fails.
     """
     if ray.is_initialized():
         return "already connected"
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        if "RAY_AUTH_MODE" not in os.environ and (
-                os.environ.get("RAY_AUTH_TOKEN") or (Path.home() / ".ray" / "auth_token").exists()):
-            os.environ["RAY_AUTH_MODE"] = "token"
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if not address:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING,
+                 configure_logging=False)
+        return f"embedded local Ray ({_resources()})"
+    _enable_token_auth_if_possible()
+    try:
         ray.init(address=address, logging_level=logging.WARNING)
-        return f"cluster at {address}"
-    ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING,
-             configure_logging=False)
-    return f"embedded local Ray ({int(ray.cluster_resources().get('CPU', 0))} CPUs)"
+    except ray.exceptions.AuthenticationError as exc:
+        raise ClusterUnreachable(
+            f"the Ray cluster at {address} refused this process's token ({_first_line(exc)}); "
+            f"set RAY_AUTH_MODE=token and the cluster's token in RAY_AUTH_TOKEN or "
+            f"{DEFAULT_TOKEN_PATH} (on the head node: `ray get-auth-token`)") from None
+    except ConnectionError as exc:
+        if address == "auto":
+            hint = "no running cluster was found on this machine; start one with `ray start --head` or pass --address"
+        else:
+            # A wrong token looks the same from here: GCS keeps answering "Unauthenticated".
+            hint = ("is the head node up, its port reachable, and this process's token the cluster's? "
+                    f"(RAY_AUTH_MODE={os.environ.get('RAY_AUTH_MODE', 'unset')}; token from RAY_AUTH_TOKEN, "
+                    f"RAY_AUTH_TOKEN_PATH or {DEFAULT_TOKEN_PATH})")
+        raise ClusterUnreachable(f"cannot join the Ray cluster at {address}: {_first_line(exc)}; {hint}") from None
+    return f"cluster at {address} ({_resources()})"
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _resources() -> str:
+    """E.g. "3 nodes, 5 CPUs, 1 GPU"."""
+    total = ray.cluster_resources()
+    nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+    gpus = int(total.get("GPU", 0))
+    return f"{nodes} node{'s' * (nodes != 1)}, {int(total.get('CPU', 0))} CPUs, {gpus} GPU{'s' * (gpus != 1)}"
 
 
 def cluster_has_gpu() -> bool:

@@ -1,0 +1,155 @@
+"""The trainer on a real multi-node Ray cluster on loopback, submitted with `ray job submit`.
+
+One cluster for the module (see conftest.py): head (2 CPUs), `gpu` (1 CPU, 1 GPU declared; torch
+here may have no CUDA) and `cpu` (2 CPUs). The node-loss test comes last: it kills a raylet.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from learner.checkpoint import read_archive
+
+pytestmark = pytest.mark.cluster
+
+SUMMARY_KEYS = {"job_id", "env", "steps", "wall_s", "startup_s", "env_steps_per_s",
+                "final_return_mean", "best_return_mean", "checkpoint"}
+
+
+def train_entrypoint(out: Path, total_steps: int, *extra: str) -> list[str]:
+    """`python -m service.train ...` for a small CartPole job writing to `out`."""
+    return ["python", "-m", "service.train", "--env", "CartPole-v1", "--total-steps", str(total_steps),
+            "--workers", "2", "--envs-per-worker", "4", "--steps-per-batch", "512",
+            "--out", str(out), *extra]
+
+
+def summary_of(logs: str) -> dict:
+    """The job's last non-empty log line, which must be the JSON summary."""
+    last = [line for line in logs.splitlines() if line.strip()][-1]
+    return json.loads(last)
+
+
+def events_of(out: Path) -> list[dict]:
+    """The job's events.jsonl, as the CLI's sink wrote it."""
+    return [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+
+
+def placement(cluster, ray_job_id: str) -> dict[str, list[str]]:
+    """class name -> names of the raylets its actors ran on (dead actors included)."""
+    names = cluster.node_names()
+    where: dict[str, list[str]] = {}
+    for actor in cluster.actors(ray_job_id):
+        where.setdefault(actor["class_name"], []).append(names.get(actor["node_id"], actor["node_id"]))
+    return where
+
+
+def test_jobs_api_refuses_requests_without_the_cluster_token(ray_cluster):
+    assert ray_cluster.http("/api/jobs/", token=None)[0] == 401
+    assert ray_cluster.http("/api/jobs/", token="not-the-token")[0] == 403
+    assert ray_cluster.http("/api/jobs/")[0] == 200
+
+
+def test_connect_finds_the_token_without_ray_auth_mode(ray_cluster):
+    """`connect(address)` turns token mode on itself: Ray does so only for address="auto"."""
+    env = {k: v for k, v in ray_cluster.env.items() if k != "RAY_AUTH_MODE"}
+    code = ("from service.cluster import connect, cluster_has_gpu; "
+            f"print(connect({ray_cluster.gcs_address!r})); print('gpu', cluster_has_gpu())")
+    result = subprocess.run([sys.executable, "-c", code], env=env, cwd=Path(__file__).parents[2],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"cluster at {ray_cluster.gcs_address} (3 nodes, 5 CPUs, 1 GPU)" in result.stdout
+    assert "gpu True" in result.stdout
+
+
+def test_ray_job_submit_trains_with_learner_on_gpu_node_and_workers_elsewhere(ray_cluster, tmp_path):
+    out = tmp_path / "run"
+    t0 = time.monotonic()
+    ray_cluster.submit("a2c-cluster-train", train_entrypoint(out, 8192))
+    info = ray_cluster.wait_job("a2c-cluster-train", timeout=480)
+    logs = ray_cluster.logs("a2c-cluster-train")
+    print(f"job {info['status']} in {time.monotonic() - t0:.1f}s")
+    assert info["status"] == "SUCCEEDED", f"{info['message']}\n{logs[-4000:]}"
+
+    summary = summary_of(logs)
+    assert SUMMARY_KEYS <= summary.keys() and summary["steps"] == 8192
+    archive = Path(summary["checkpoint"])
+    assert archive.parent == out / "checkpoints" and archive.is_file()
+    assert read_archive(archive).state.step == 8192
+
+    import torch
+    device = next(e["message"] for e in events_of(out) if e["kind"] == "device")
+    if torch.cuda.is_available():
+        assert device.startswith("cuda:0"), device
+    else:  # Ray gave the learner the declared GPU; torch cannot use it here, and says so.
+        assert device.startswith("cpu: fell back from GPU") and "CUDA_VISIBLE_DEVICES=0" in device, device
+        assert f"[device] {device}" in logs
+
+    where = placement(ray_cluster, info["job_id"])
+    assert where["Learner"] == ["gpu"], where
+    assert len(where["RolloutWorker"]) == 2 and "gpu" not in where["RolloutWorker"], where
+
+
+BLOCKER = """
+import time, ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+ray.init()
+@ray.remote(num_cpus=1)
+class Hold:
+    def ready(self):
+        return True
+here = ray.get_runtime_context().get_node_id()
+hold = Hold.options(scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)).remote()
+ray.get(hold.ready.remote())
+print("holding one CPU on", here, flush=True)
+time.sleep(3600)
+"""
+
+
+@pytest.mark.xfail(reason="issue 4: the trainer treats ActorUnavailableError from a worker lost with its "
+                          "node as fatal (service/trainer.py _get); see the cluster notes", strict=False)
+def test_job_finishes_when_the_raylet_of_a_worker_dies(ray_cluster, tmp_path):
+    # Hold one head CPU during start-up so that at least one worker must go to the `cpu` raylet
+    # (the scheduler keeps CPU-only actors off the GPU node while others have room).
+    ray_cluster.submit("a2c-cluster-blocker", ["python", "-c", BLOCKER], working_dir=None)
+    ray_cluster.wait_for(lambda: "holding" in ray_cluster.logs("a2c-cluster-blocker"),
+                         "the blocker to hold a head CPU", 180, every=2)
+    out = tmp_path / "run"
+    ray_cluster.submit("a2c-cluster-node-loss", train_entrypoint(out, 150_000, "--eval-every", "0"))
+    ray_job = ray_cluster.wait_for(lambda: ray_cluster.job("a2c-cluster-node-loss").get("job_id"),
+                                   "the training driver to start", 180)
+
+    def workers_placed():
+        where = placement(ray_cluster, ray_job)
+        alive = [a for a in ray_cluster.actors(ray_job) if a["state"] == "ALIVE"]
+        return len(alive) == 3 and where
+
+    where = ray_cluster.wait_for(workers_placed, "the learner and 2 workers to be alive", 240)
+    assert where["Learner"] == ["gpu"] and "cpu" in where["RolloutWorker"], where
+    metrics = out / "metrics.jsonl"
+    ray_cluster.wait_for(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 3,
+                         "3 updates", 240, every=0.5)
+    # Free the held CPU so the lost worker has somewhere to go, then lose the `cpu` node.
+    ray_cluster.ray("job", "stop", "--address", ray_cluster.dashboard_url, "a2c-cluster-blocker")
+    ray_cluster.wait_job("a2c-cluster-blocker", timeout=120)
+    assert ray_cluster.job("a2c-cluster-node-loss")["status"] == "RUNNING", "the job ended before the node loss"
+    step_at_kill = json.loads(metrics.read_text().splitlines()[-1])["step"]
+    killed_at = time.monotonic()
+    ray_cluster.raylets["cpu"].kill()
+
+    info = ray_cluster.wait_job("a2c-cluster-node-loss", timeout=600)
+    logs = ray_cluster.logs("a2c-cluster-node-loss")
+    print(f"node lost at step {step_at_kill}; job {info['status']} {time.monotonic() - killed_at:.1f}s later")
+    assert info["status"] == "SUCCEEDED", f"{info['message'][:300]}\n...\n{logs[-3000:]}"
+    assert summary_of(logs)["steps"] >= 150_000
+    workers = [a for a in ray_cluster.actors(ray_job) if a["class_name"] == "RolloutWorker"]
+    names = ray_cluster.node_names()
+    print("workers:", [(names.get(a["node_id"]), a["state"], a.get("num_restarts")) for a in workers])
+    print("events:", [e for e in events_of(out) if e["kind"] not in ("checkpoint",)][-6:])
+    # The lost worker came back: Ray restarted the actor elsewhere, or the trainer replaced it.
+    assert len(workers) > 2 or any(int(a.get("num_restarts") or 0) > 0 for a in workers), workers
