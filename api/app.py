@@ -33,12 +33,15 @@ class BodySizeLimit:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+        if declared is not None and not declared.isdigit():
+            return await JSONResponse({"detail": "invalid Content-Length"}, status_code=400)(scope, receive, send)
+        if declared is not None and int(declared) > self.max_bytes:
             response = JSONResponse({"detail": f"request body over {self.max_bytes} bytes"}, status_code=413)
             return await response(scope, receive, send)
         received = 0
 
         async def limited() -> Message:
+            """`receive`, counting body bytes."""
             nonlocal received
             message = await receive()
             if message["type"] == "http.request":
@@ -80,7 +83,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     where = connect(settings.address, num_cpus=settings.ray_num_cpus)
     if threading.current_thread() is threading.main_thread() and sigterm is not None:
         signal.signal(signal.SIGTERM, sigterm)
-    log.warning("a2c-service: Ray: %s; data dir %s", where, settings.data_dir.resolve())
+    log.info("a2c-service: Ray: %s; data dir %s", where, settings.data_dir.resolve())
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = JobStore(settings.data_dir / "jobs.sqlite3")
     manager = JobManager(store, settings.data_dir, JobLimits(

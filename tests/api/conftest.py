@@ -162,6 +162,7 @@ def spawn_server(tmp_path_factory) -> Iterator[Callable[..., ServerProcess]]:
     started: list[ServerProcess] = []
 
     def spawn(data_dir: Path | None = None, token: str | None = None, **env: str) -> ServerProcess:
+        """Start a server on `data_dir` (default: a fresh one), with `token` and extra env."""
         server = ServerProcess(data_dir or tmp_path_factory.mktemp("server") / "data", token, env)
         started.append(server)
         return server.start()

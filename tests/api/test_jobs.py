@@ -63,6 +63,21 @@ def test_stop_of_a_finished_job_is_409(client, finished_job, stopped_job):
         assert r.status_code == 409 and "already finished" in r.json()["detail"]
 
 
+def test_jobs_run_side_by_side_and_wait_in_pending_when_cpus_run_out(client, long_job):
+    one_worker = {**long_job, "workers": 1}  # a worker and a learner: 2 of the cluster's 4 CPUs
+    first, second, third = (client.post("/jobs", json=one_worker).raise_for_status().json()["id"]
+                            for _ in range(3))
+    for job_id in (first, second):
+        client.wait_status(job_id, "RUNNING")
+    assert client.get(f"/jobs/{third}").json()["status"] == "PENDING"  # waits; does not fail
+    assert client.post(f"/jobs/{first}/stop").status_code == 202
+    assert client.wait_finished(first)["status"] == "STOPPED"
+    client.wait_status(third, "RUNNING")
+    for job_id in (second, third):
+        assert client.post(f"/jobs/{job_id}/stop").status_code == 202
+    assert {client.wait_finished(j)["status"] for j in (second, third)} == {"STOPPED"}
+
+
 def test_resume_continues_from_the_checkpoint_with_its_config(client, stopped_job):
     ckpt = client.get(f"/jobs/{stopped_job['id']}/checkpoints").json()["checkpoints"][-1]
     r = client.post("/jobs", json={"resume_from": {"job_id": stopped_job["id"], "checkpoint": "latest"},
