@@ -44,7 +44,8 @@ def _parse_value(annotation: Any):
 def _add_model_flags(parser: argparse.ArgumentParser, model: type, dest_prefix: str) -> None:
     """One flag per field of a pydantic model; help from the field's docstring."""
     for name, field in model.model_fields.items():
-        parser.add_argument(_flag(name), dest=f"{dest_prefix}{name}", type=_parse_value(field.annotation),
+        parser.add_argument(_flag(name), dest=f"{dest_prefix}{name}", metavar=name.upper(),
+                            type=_parse_value(field.annotation),
                             default=None, help=(field.description or "") + f" (default {field.default})")
 
 
@@ -152,7 +153,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         sink.event("ray", where)
         if spec.tuned:
             sink.event("tuned", f"from the tuned table for {spec.env}: "
-                       + ", ".join(f"{k}={getattr(spec.a2c, k)}" for k in spec.tuned))
+                       + ", ".join(f"{k}={getattr(getattr(spec, k.split('.')[0]), k.split('.')[1])}"
+                                   for k in spec.tuned))
         summary = Trainer(spec, out, sink, job_id=job_id, resume=resume).run()
     finally:
         sink.close()

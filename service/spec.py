@@ -68,9 +68,11 @@ class JobSpec(FrozenModel):
         spb = self.a2c.steps_per_batch
         if spb % per_step:
             lower, upper = max(per_step, spb - spb % per_step), spb - spb % per_step + per_step
-            raise ValueError(
-                f"a2c.steps_per_batch ({spb}) must be a multiple of workers x envs_per_worker "
-                f"({self.workers} x {self.envs_per_worker} = {per_step}); use {lower} or {upper}")
+            raise InvalidSpec("a2c.steps_per_batch",
+                f"{spb} must be a multiple of workers x envs_per_worker "
+                f"({self.workers} x {self.envs_per_worker} = {per_step}); use {lower} or {upper}"
+                + (" (the value came from the tuned table; set it to override)"
+                   if "a2c.steps_per_batch" in self.tuned else ""))
         return self
 
     @property
@@ -106,6 +108,9 @@ def build_spec(data: dict[str, Any]) -> JobSpec:
         return JobSpec.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
+        cause = (err.get("ctx") or {}).get("error")
+        if isinstance(cause, InvalidSpec):  # a cross-field check that knows its field
+            raise cause from None
         field = ".".join(str(p) for p in err["loc"]) or "spec"
         msg = err["msg"].removeprefix("Value error, ")
         raise InvalidSpec(field, msg) from None

@@ -30,9 +30,10 @@ def test_unknown_field_is_an_error_not_ignored():
 
 
 def test_batch_that_does_not_divide_suggests_sizes():
-    with pytest.raises(InvalidSpec, match=r"steps_per_batch \(100\).*3 x 1 = 3.*use 99 or 102"):
+    with pytest.raises(InvalidSpec, match=r"100 must be a multiple.*3 x 1 = 3.*use 99 or 102") as err:
         build_spec({"env": "CartPole-v1", "workers": 3, "envs_per_worker": 1,
                     "a2c": {"steps_per_batch": 100, "mini_batch_size": None}})
+    assert err.value.field == "a2c.steps_per_batch"
 
 
 def test_sizes_derive_in_one_place():

@@ -113,3 +113,10 @@ def test_too_many_workers_fail_before_any_actor_starts(ray_session, tmp_path):
     with pytest.raises(InvalidSpec) as err:
         Trainer(build_spec({**SMALL, "workers": 64, "a2c": {"steps_per_batch": 512}}), tmp_path).run()
     assert err.value.field == "workers" and "64 workers" in err.value.message
+
+
+def test_async_mode_reports_a_policy_lag_of_one(ray_session, tmp_path):
+    sink = Recorder()
+    summary = Trainer(build_spec({**SMALL, "total_steps": 4 * 256, "mode": "async"}), tmp_path, sink).run()
+    assert [r["policy_lag"] for r in sink.rows] == [0, 1, 1, 1]
+    assert [r["step"] for r in sink.rows] == [256, 512, 768, 1024] and summary["steps"] == 1024
