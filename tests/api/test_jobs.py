@@ -149,8 +149,9 @@ def test_batch_that_does_not_split_over_workers_is_422_naming_steps_per_batch(cl
                                    "a2c": {"steps_per_batch": 512}})
     assert r.status_code == 422
     detail = r.json()["detail"][0]
-    # A check across fields: the message names the field (and says what would fit).
-    assert detail["loc"][0] == "body" and detail["msg"].startswith("a2c.steps_per_batch (512)")
+    # A check across fields still names its field, and says what would fit.
+    assert detail["loc"] == ["body", "a2c", "steps_per_batch"]
+    assert detail["msg"].startswith("512 must be a multiple") and "use 510 or 525" in detail["msg"]
 
 
 def test_resume_from_a_missing_checkpoint_is_422_naming_it(client, finished_job):
