@@ -75,8 +75,10 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> str:
         return "already connected"
     address = address or os.environ.get("RAY_ADDRESS") or None
     if not address:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING,
-                 configure_logging=False)
+        # "local", not None: None would join whatever `ray start` last ran on this machine (and
+        # then refuse num_cpus), which is not what a user who gave no address asked for.
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
+                 logging_level=logging.WARNING, configure_logging=False)
         return f"embedded local Ray ({_resources()})"
     _enable_token_auth_if_possible()
     try:
@@ -105,9 +107,9 @@ def _first_line(exc: BaseException) -> str:
 def _resources() -> str:
     """E.g. "3 nodes, 5 CPUs, 1 GPU"."""
     total = ray.cluster_resources()
-    nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
-    gpus = int(total.get("GPU", 0))
-    return f"{nodes} node{'s' * (nodes != 1)}, {int(total.get('CPU', 0))} CPUs, {gpus} GPU{'s' * (gpus != 1)}"
+    counts = {"node": sum(1 for n in ray.nodes() if n.get("Alive")),
+              "CPU": int(total.get("CPU", 0)), "GPU": int(total.get("GPU", 0))}
+    return ", ".join(f"{n} {name}{'s' * (n != 1)}" for name, n in counts.items())
 
 
 def cluster_has_gpu() -> bool:

@@ -67,6 +67,22 @@ def test_connect_finds_the_token_without_ray_auth_mode(ray_cluster):
     assert "gpu True" in result.stdout
 
 
+def _connect_in_subprocess(env: dict, address: str | None) -> str:
+    code = f"from service.cluster import connect; print(connect({address!r}, num_cpus=1))"
+    result = subprocess.run([sys.executable, "-c", code], env=env, cwd=Path(__file__).parents[2],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_no_address_means_embedded_ray_even_beside_a_ray_start_cluster(ray_cluster):
+    """`ray start` recorded this cluster as the machine's latest; plain ray.init() would join it."""
+    env = {**ray_cluster.env, "RAY_TMPDIR": str(ray_cluster.root)}  # where ray_current_cluster is
+    assert (ray_cluster.temp_dir / "ray_current_cluster").exists()
+    assert "embedded local Ray (1 node, 1 CPU, 0 GPUs)" in _connect_in_subprocess(env, None)
+    assert "(3 nodes, 5 CPUs, 1 GPU)" in _connect_in_subprocess(env, "auto")
+
+
 def test_ray_job_submit_trains_with_learner_on_gpu_node_and_workers_elsewhere(ray_cluster, tmp_path):
     out = tmp_path / "run"
     t0 = time.monotonic()
