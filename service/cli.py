@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -155,7 +156,17 @@ def cmd_train(args: argparse.Namespace) -> int:
             sink.event("tuned", f"from the tuned table for {spec.env}: "
                        + ", ".join(f"{k}={getattr(getattr(spec, k.split('.')[0]), k.split('.')[1])}"
                                    for k in spec.tuned))
-        summary = Trainer(spec, out, sink, job_id=job_id, resume=resume).run()
+        trainer = Trainer(spec, out, sink, job_id=job_id, resume=resume)
+
+        def stop_gracefully(signum, frame):
+            # First Ctrl-C/SIGTERM: finish the update, write a final checkpoint, print the summary.
+            sink.event("stop", f"signal {signum}: stopping after this update")
+            trainer.request_stop()
+            signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
+
+        signal.signal(signal.SIGINT, stop_gracefully)
+        signal.signal(signal.SIGTERM, stop_gracefully)
+        summary = trainer.run()
     finally:
         sink.close()
     print(json.dumps(summary), flush=True)

@@ -68,3 +68,24 @@ def test_evaluate_refuses_a_tampered_archive(tmp_path):
     bad.write_bytes(b"not an archive")
     result = a2c("evaluate", str(bad), timeout=60)
     assert result.returncode == 1 and "CheckpointRejected" in result.stderr
+
+
+def test_sigint_stops_with_a_final_checkpoint_and_summary(tmp_path):
+    import signal
+    import time
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "train", "--env", "CartPole-v1",
+                             "--total-steps", "50000000", "--workers", "1", "--envs-per-worker", "4",
+                             "--steps-per-batch", "256", "--eval-every", "0", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = out / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 3):
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    assert summary["status"] == "STOPPED" and summary["steps"] >= 3 * 256
+    from learner.checkpoint import read_archive
+    assert read_archive(summary["checkpoint"]).state.step == summary["steps"]
