@@ -155,7 +155,7 @@ class Learner:
         size = cfg.mini_batch_size or steps
         order = torch.randperm(steps, generator=self.generator).to(self.device)
         totals: dict[str, torch.Tensor] = {}
-        n_steps = 0
+        n_steps = skipped = 0
         for start in range(0, steps, size):
             idx = order[start:start + size]
             loss, parts = a2c_loss(self.policy, obs[idx], actions[idx], advantages[idx],
@@ -163,6 +163,10 @@ class Learner:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             parts["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
+            # NaN/inf in observations, loss or gradients: skip the step, keep the weights finite.
+            if not bool(torch.isfinite(loss) & torch.isfinite(parts["grad_norm"])):
+                skipped += 1
+                continue
             self.optimizer.step()
             for k, v in parts.items():
                 totals[k] = totals.get(k, 0) + v
@@ -170,8 +174,10 @@ class Learner:
         stats = {k: float(v) / n_steps for k, v in totals.items()}  # one host sync per key
         self.step += steps
         self.updates += 1
-        self.version += 1
+        if n_steps:
+            self.version += 1
         stats.update(explained_variance=explained_variance(b["values"].reshape(-1), returns),
                      learning_rate=lr, entropy_coef=ent_coef, policy_lag=policy_lag,
-                     weights_version=self.version, step=self.step)
+                     weights_version=self.version, step=self.step, nonfinite_steps=skipped,
+                     skipped=n_steps == 0)
         return stats

@@ -75,9 +75,9 @@ class ActorCritic(nn.Module):
         latent = self.torso(obs.reshape(obs.shape[0], -1))
         out = self.action_head(latent)
         if self.discrete:
-            dist: torch.distributions.Distribution = Categorical(logits=out)
+            dist: torch.distributions.Distribution = Categorical(logits=out, validate_args=False)
         else:
-            dist = Normal(out, self.log_std.exp().expand_as(out))
+            dist = Normal(out, self.log_std.exp().expand_as(out), validate_args=False)
         if self.value_torso is not None:
             latent = self.value_torso(obs.reshape(obs.shape[0], -1))
         return dist, self.value_head(latent).squeeze(-1)

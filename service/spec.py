@@ -44,6 +44,8 @@ class JobSpec(FrozenModel):
     """Episodes per evaluation."""
     checkpoint_every: int = Field(25, ge=1)
     """Write a checkpoint archive every this many updates, and always at the end."""
+    max_nonfinite_updates: int = Field(3, ge=1)
+    """Fail the job after this many updates in a row were skipped for NaN/inf."""
     learner_device: Literal["auto", "cpu", "cuda"] = "auto"
     """auto: a GPU when the cluster has one, else CPU. cuda fails when the cluster has none."""
     use_tuned: bool = True

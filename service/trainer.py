@@ -70,6 +70,11 @@ class NullSink:
         """Drop the record."""
 
 
+def _finite(value: Any) -> Any:
+    """A metric value as JSON can carry it: NaN and inf become None."""
+    return None if isinstance(value, float) and not np.isfinite(value) else value
+
+
 def _mean(values) -> float | None:
     return float(np.mean(values)) if len(values) else None
 
@@ -82,7 +87,7 @@ class Trainer:
 
     def __init__(self, spec: JobSpec, out_dir: Path, sink: TrainingSink | None = None,
                  job_id: str | None = None, resume: Checkpoint | None = None,
-                 resource_timeout_s: float = 600.0) -> None:
+                 resource_timeout_s: float = 600.0, max_worker_replacements: int = 10) -> None:
         self.spec, self.out_dir = spec, Path(out_dir)
         self.sink = sink or NullSink()
         self.job_id = job_id or uuid.uuid4().hex[:12]
@@ -92,6 +97,10 @@ class Trainer:
         self.returns: collections.deque[float] = collections.deque(maxlen=RETURN_WINDOW)
         self.best_return_mean: float | None = None
         self.last_checkpoint: CheckpointInfo | None = None
+        self.workers: list[Any] = []
+        self.worker_replacements = 0
+        self.max_worker_replacements = max_worker_replacements
+        self.nonfinite_in_a_row = 0
 
     def request_stop(self) -> None:
         """Ask the loop to stop after the current update; it then writes a final checkpoint."""
@@ -114,7 +123,7 @@ class Trainer:
             raise InvalidSpec("resume", f"checkpoint spaces {self.resume.spaces} do not match {self.spec.env}")
         return spaces
 
-    def _start_actors(self, spaces: SpacesSpec) -> tuple[Any, list[Any]]:
+    def _start_actors(self, spaces: SpacesSpec) -> Any:
         """One Learner (GPU when the cluster has one and the spec allows) and W RolloutWorkers."""
         spec = self.spec
         total_cpus = ray.cluster_resources().get("CPU", 0)
@@ -128,32 +137,75 @@ class Trainer:
         learner = ray.remote(Learner).options(num_cpus=1, num_gpus=1 if use_gpu else 0).remote(
             spaces, spec.policy, spec.a2c, spec.total_steps, spec.seed, spec.learner_device,
             use_gpu, self.resume.state if self.resume else None)
-        worker_cls = ray.remote(RolloutWorker).options(num_cpus=1, max_restarts=3, max_task_retries=3)
-        workers = [worker_cls.remote(spec.env, spec.env_kwargs, spec.envs_per_worker,
-                                     spec.steps_per_env, spaces, spec.policy, spec.seed, i)
-                   for i in range(spec.workers)]
-        return learner, workers
+        self.workers = [self._new_worker(spaces, i) for i in range(spec.workers)]
+        return learner
 
-    def _get(self, refs, what: str, timeout: float | None = None):
-        """ray.get with a timeout, turning a hang or a dead actor into TrainingFailed."""
+    def _new_worker(self, spaces: SpacesSpec, index: int) -> Any:
+        """Rollout worker `index` (a replacement gets the same index, hence the same env seeds)."""
+        spec = self.spec
+        return ray.remote(RolloutWorker).options(num_cpus=1).remote(
+            spec.env, spec.env_kwargs, spec.envs_per_worker, spec.steps_per_env, spaces,
+            spec.policy, spec.seed, index)
+
+    def _sample(self, weights, indices=None) -> dict[int, tuple[Any, Any]]:
+        """Start a rollout on each worker (or those in `indices`): {index: (rollout, episodes)}."""
+        indices = range(len(self.workers)) if indices is None else indices
+        return {i: tuple(self.workers[i].sample.options(num_returns=2).remote(weights)) for i in indices}
+
+    def _gather(self, pending: dict[int, tuple[Any, Any]], weights, spaces: SpacesSpec
+                ) -> tuple[list[Any], list[Episodes]]:
+        """Wait for every worker's rollout; a worker that died is replaced and samples again.
+
+        Each worker contributes exactly one rollout per update, so a replacement neither
+        double-counts nor skips steps.
+        """
+        episodes: list[Episodes] = []
+        for i in range(len(self.workers)):
+            while True:
+                try:
+                    episodes.append(self._get(pending[i][1], f"worker {i}'s rollout", raw=True))
+                    break
+                except ray.exceptions.RayActorError as exc:
+                    self._replace_worker(i, spaces, exc)
+                    pending.update(self._sample(weights, [i]))
+        return [pending[i][0] for i in range(len(self.workers))], episodes
+
+    def _replace_worker(self, index: int, spaces: SpacesSpec, exc: Exception) -> None:
+        """Swap a dead worker for a new actor (Ray places it on any node with a free CPU)."""
+        self.worker_replacements += 1
+        if self.worker_replacements > self.max_worker_replacements:
+            raise TrainingFailed(f"rollout workers died {self.worker_replacements} times "
+                                 f"(limit {self.max_worker_replacements}); last: {exc}")
+        ray.kill(self.workers[index])
+        self.workers[index] = self._new_worker(spaces, index)
+        self.sink.event("worker_replaced", f"worker {index} died ({type(exc).__name__}); "
+                        f"started a replacement ({self.worker_replacements} so far)")
+
+    def _get(self, refs, what: str, timeout: float | None = None, raw: bool = False):
+        """ray.get with a timeout, turning a hang or a dead actor into TrainingFailed.
+
+        With `raw`, actor deaths are raised as they are, for the caller to recover from.
+        """
         try:
             return ray.get(refs, timeout=timeout or self.timeout_s)
         except ray.exceptions.GetTimeoutError:
             raise TrainingFailed(f"timed out after {timeout or self.timeout_s:.0f}s waiting for {what}") from None
         except ray.exceptions.RayActorError as exc:
+            if raw:
+                raise
             raise TrainingFailed(f"{what} failed: actor died: {exc}") from None
 
     def run(self) -> dict[str, Any]:
         """Train; returns the summary (keys of ARCHITECTURE.md plus `status`)."""
         spec, t0 = self.spec, time.monotonic()
         spaces = self._spaces()
-        learner, workers = self._start_actors(spaces)
+        learner = self._start_actors(spaces)
         try:
             weights = learner.weights.remote()
             _, reason = self._get(learner.device_info.remote(), "the learner to start (are CPUs free?)",
                                   self.resource_timeout_s)
             self.sink.event("device", reason)
-            self._get([w.set_weights.remote(weights) for w in workers],
+            self._get([w.set_weights.remote(weights) for w in self.workers],
                       "rollout workers to start (are CPUs free?)", self.resource_timeout_s)
             startup_s = time.monotonic() - t0
             self.sink.event("started", f"{spec.workers} workers x {spec.envs_per_worker} envs, "
@@ -161,24 +213,24 @@ class Trainer:
             step = self.resume.state.step if self.resume else 0
             updates = self.resume.state.updates if self.resume else 0
             loop_t0 = time.monotonic()
-            pending = [w.sample.options(num_returns=2).remote(weights) for w in workers]
+            pending, pending_weights = self._sample(weights), weights
             while step < spec.total_steps and not self._stop.is_set():
                 tick = time.monotonic()
-                rollouts, episode_refs = zip(*pending)
+                rollouts, episodes = self._gather(pending, pending_weights, spaces)
                 stats_ref = learner.update.remote(*rollouts)
                 next_weights = learner.weights.remote()
                 if step + spec.a2c.steps_per_batch < spec.total_steps:
                     # Sync waits for the new weights (exact A2C); async samples with the old (lag 1).
-                    use = next_weights if spec.mode == "sync" else weights
-                    pending = [w.sample.options(num_returns=2).remote(use) for w in workers]
+                    pending_weights = next_weights if spec.mode == "sync" else weights
+                    pending = self._sample(pending_weights)
                 weights = next_weights
-                episodes: list[Episodes] = self._get(list(episode_refs), "rollouts")
                 stats = self._get(stats_ref, "the learner's update")
                 step, updates = stats["step"], updates + 1
+                self._count_nonfinite(stats)
                 last = step >= spec.total_steps or self._stop.is_set()
                 row = self._row(stats, episodes, tick, loop_t0)
                 if last or (spec.eval_every and updates % spec.eval_every == 0):
-                    row["eval_return_mean"] = self._evaluate(workers[0], weights, updates)
+                    row["eval_return_mean"] = self._evaluate(weights, updates, spaces)
                 self.sink.metrics(row)
                 if updates % spec.checkpoint_every == 0 or last:
                     self._checkpoint(learner, spaces)
@@ -186,7 +238,7 @@ class Trainer:
             if self.last_checkpoint is None or self.last_checkpoint.step != step:
                 self._checkpoint(learner, spaces)
         finally:
-            for actor in [learner, *workers]:
+            for actor in [learner, *self.workers]:
                 ray.kill(actor)
         trained = step - (self.resume.state.step if self.resume else 0)
         return {
@@ -216,20 +268,37 @@ class Trainer:
             "episode_return_min": float(np.min(window)) if window else None,
             "episode_return_max": float(np.max(window)) if window else None,
             "episode_length_mean": _mean(lengths), "episodes": int(finished.size),
-            **{k: stats[k] for k in ("policy_loss", "value_loss", "entropy", "loss", "grad_norm",
+            **{k: _finite(stats.get(k)) for k in ("policy_loss", "value_loss", "entropy", "loss", "grad_norm",
                                      "explained_variance", "learning_rate", "entropy_coef",
                                      "weights_version", "policy_lag")},
         }
 
-    def _evaluate(self, worker, weights, updates: int) -> float:
-        """Mean return of the deterministic policy over eval_episodes fresh episodes."""
+    def _count_nonfinite(self, stats: dict[str, Any]) -> None:
+        """Fail the job after `max_nonfinite_updates` updates in a row skipped for NaN/inf."""
+        if stats["nonfinite_steps"]:
+            self.sink.event("nonfinite", f"update at step {stats['step']}: skipped "
+                            f"{stats['nonfinite_steps']} gradient step(s) with NaN/inf")
+        self.nonfinite_in_a_row = self.nonfinite_in_a_row + 1 if stats["skipped"] else 0
+        if self.nonfinite_in_a_row >= self.spec.max_nonfinite_updates:
+            raise TrainingFailed(f"{self.nonfinite_in_a_row} updates in a row had NaN/inf in "
+                                 "observations, loss or gradients; the weights were kept finite")
+
+    def _evaluate(self, weights, updates: int, spaces: SpacesSpec) -> float:
+        """Mean return of the deterministic policy over eval_episodes fresh episodes (worker 0)."""
         seed = self.spec.seed + 1_000_003 * (updates + 1)
-        returns = self._get(worker.evaluate.remote(weights, self.spec.eval_episodes, seed), "evaluation")
-        return float(np.mean(returns))
+        while True:
+            try:
+                returns = self._get(self.workers[0].evaluate.remote(weights, self.spec.eval_episodes, seed),
+                                    "evaluation", raw=True)
+                return float(np.mean(returns))
+            except ray.exceptions.RayActorError as exc:
+                self._replace_worker(0, spaces, exc)
 
     def _checkpoint(self, learner, spaces: SpacesSpec) -> CheckpointInfo:
         """Write the learner's state as an archive (by the driver, wherever the learner runs)."""
         state = self._get(learner.state.remote(), "the learner's state")
+        if not all(np.isfinite(t).all() for t in state.weights.tensors.values()):
+            raise TrainingFailed(f"weights at step {state.step} are not finite; not checkpointed")
         ckpt_id = f"step-{state.step:010d}"
         path = self.out_dir / "checkpoints" / f"{ckpt_id}.tar.gz"
         mean = _mean(self.returns)

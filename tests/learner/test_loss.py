@@ -104,3 +104,16 @@ def test_config_is_immutable_and_keeps_the_seed_defaults():
     assert (cfg.steps_per_batch, cfg.mini_batch_size, cfg.learning_rate, cfg.gamma, cfg.gae_lambda,
             cfg.entropy_coef, cfg.value_coef, cfg.max_grad_norm, cfg.normalize_advantages) == (
         2048, 32, 3e-4, 0.99, 0.95, 0.01, 0.5, 0.5, False)
+
+
+def test_nonfinite_observations_skip_the_step_and_keep_weights_finite():
+    learner = Learner(DISCRETE, PolicyConfig(), A2CConfig(steps_per_batch=16, mini_batch_size=None), 1000, 0)
+    before = {k: v.clone() for k, v in learner.policy.state_dict().items()}
+    bad = _rollout()
+    bad.obs[3, 1, 0] = np.nan
+    stats = learner.update(bad)
+    assert stats["skipped"] and stats["nonfinite_steps"] == 1 and stats["weights_version"] == 0
+    assert all(torch.equal(before[k], v) for k, v in learner.policy.state_dict().items())
+    good = learner.update(_rollout())
+    assert not good["skipped"] and good["weights_version"] == 1
+    assert all(torch.isfinite(v).all() for v in learner.policy.state_dict().values())

@@ -120,3 +120,36 @@ def test_async_mode_reports_a_policy_lag_of_one(ray_session, tmp_path):
     summary = Trainer(build_spec({**SMALL, "total_steps": 4 * 256, "mode": "async"}), tmp_path, sink).run()
     assert [r["policy_lag"] for r in sink.rows] == [0, 1, 1, 1]
     assert [r["step"] for r in sink.rows] == [256, 512, 768, 1024] and summary["steps"] == 1024
+
+
+class KillWorkerAfter(Recorder):
+    """Kills rollout worker 1 after `n` rows, with ray.kill or SIGKILL of its process."""
+
+    def __init__(self, n, how):
+        super().__init__()
+        self.n, self.how, self.trainer = n, how, None
+
+    def metrics(self, row):
+        super().metrics(row)
+        if len(self.rows) == self.n:
+            import os
+            import signal
+
+            import ray
+            victim = self.trainer.workers[1]
+            if self.how == "ray.kill":
+                ray.kill(victim)
+            else:
+                pid = ray.get(victim.__ray_call__.remote(lambda self: os.getpid()))
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("how", ["ray.kill", "SIGKILL"])
+def test_killed_worker_is_replaced_and_no_rollout_is_lost_or_doubled(ray_session, tmp_path, how):
+    sink = KillWorkerAfter(2, how)
+    sink.trainer = Trainer(build_spec({**SMALL, "total_steps": 6 * 256}), tmp_path, sink)
+    summary = sink.trainer.run()
+    assert summary["status"] == "SUCCEEDED" and summary["steps"] == 6 * 256
+    assert [r["step"] for r in sink.rows] == [256 * k for k in range(1, 7)]
+    assert [r["weights_version"] for r in sink.rows] == list(range(1, 7))
+    assert any(kind == "worker_replaced" and "worker 1 died" in msg for kind, msg in sink.events)
