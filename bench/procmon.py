@@ -1,0 +1,165 @@
+"""Memory and load of a process tree, read from /proc (Linux), sampled in a background thread."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+
+def _children_map() -> dict[int, list[int]]:
+    """Parent pid -> child pids, for every process visible in /proc."""
+    kids: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(entry.path, "stat").read_text()
+        except OSError:
+            continue
+        # The command name may hold spaces and parentheses: the fields start after the last ')'.
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        kids.setdefault(ppid, []).append(int(entry.name))
+    return kids
+
+
+def tree_pids(root: int) -> list[int]:
+    """`root` and all its descendants (Ray's raylet, GCS and worker processes included)."""
+    kids, out, todo = _children_map(), [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo += kids.get(pid, [])
+    return out
+
+
+def _kib(path: Path, key: str) -> int:
+    """The value in KiB of `key:` in a /proc status-like file; 0 when the process is gone."""
+    try:
+        for line in path.read_text().splitlines():
+            if line.startswith(key):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def tree_memory_mb(root: int) -> tuple[float, float]:
+    """(RSS, PSS) of the tree in MB. RSS counts shared pages once per process; PSS splits them."""
+    rss = pss = 0
+    for pid in tree_pids(root):
+        rss += _kib(Path(f"/proc/{pid}/status"), "VmRSS:")
+        pss += _kib(Path(f"/proc/{pid}/smaps_rollup"), "Pss:")
+    return rss / 1024, pss / 1024
+
+
+def process_memory_mb(pid: int) -> float:
+    """RSS of one process in MB (0 when it is gone)."""
+    return _kib(Path(f"/proc/{pid}/status"), "VmRSS:") / 1024
+
+
+def load_average() -> tuple[float, float, float]:
+    """The 1, 5 and 15 minute load averages, as `uptime` shows them."""
+    one, five, fifteen = Path("/proc/loadavg").read_text().split()[:3]
+    return float(one), float(five), float(fifteen)
+
+
+class TreeMonitor:
+    """Samples a process tree's memory every `interval_s` and keeps the peaks (a context manager)."""
+
+    def __init__(self, root: int, interval_s: float = 0.5, roles_every_s: float | None = None) -> None:
+        self.root, self.interval_s, self.roles_every_s = root, interval_s, roles_every_s
+        self.peak_rss_mb = self.peak_pss_mb = 0.0
+        self.samples = 0
+        self.roles: list[tuple[float, dict[str, float]]] = []
+        """(seconds since start, RSS by role), every `roles_every_s` when that is set."""
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self) -> None:
+        t0, next_roles = time.monotonic(), 0.0
+        while not self._stop.is_set():
+            if self.roles_every_s and time.monotonic() - t0 >= next_roles:
+                self.roles.append((round(time.monotonic() - t0, 1), roles_memory_mb(self.root)))
+                next_roles += self.roles_every_s
+            rss, pss = tree_memory_mb(self.root)
+            self.peak_rss_mb, self.peak_pss_mb = max(self.peak_rss_mb, rss), max(self.peak_pss_mb, pss)
+            self.samples += 1
+            self._stop.wait(self.interval_s)
+
+    def __enter__(self) -> "TreeMonitor":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def role_of(pid: int, root: int) -> str:
+    """What a process in a training tree is: driver, learner, worker, or ray (system)."""
+    if pid == root:
+        return "driver"
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return "gone"
+    # Ray names an actor's process after its class: "ray::Learner", "ray::RolloutWorker.sample".
+    if cmd.startswith("ray::"):
+        for marker, role in (("Learner", "learner"), ("RolloutWorker", "worker"),
+                             ("EnvRunner", "worker")):
+            if marker in cmd.split()[0]:
+                return role
+    return "ray"
+
+
+def roles_memory_mb(root: int) -> dict[str, float]:
+    """RSS in MB by role (driver, learner, one worker, ray system total) of a training tree."""
+    out: dict[str, float] = {}
+    for pid in tree_pids(root):
+        role, rss = role_of(pid, root), process_memory_mb(pid)
+        if role == "worker":  # one worker is representative; report the largest
+            out[role] = max(out.get(role, 0.0), rss)
+        else:
+            out[role] = out.get(role, 0.0) + rss
+    return {k: round(v, 1) for k, v in out.items() if k != "gone"}
+
+
+class Launched:
+    """A benchmark subprocess in its own session, watched by a TreeMonitor while it runs."""
+
+    def __init__(self, cmd: list[str], log_path: Path, cwd: Path | None = None,
+                 env: dict[str, str] | None = None, roles_every_s: float | None = None) -> None:
+        import subprocess
+        self.launched_at = time.time()
+        self.log_path = log_path
+        self._log = open(log_path, "wb")
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, cwd=cwd,
+                                     env=env, start_new_session=True)
+        self.monitor = TreeMonitor(self.proc.pid, roles_every_s=roles_every_s).__enter__()
+        self.load_before = load_average()
+
+    def wait(self, timeout_s: float) -> int | None:
+        """The exit code, or None after killing this process's tree on timeout."""
+        import signal
+        import subprocess
+        try:
+            code = self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            pids = tree_pids(self.proc.pid)  # only processes this benchmark started
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            self.proc.wait()
+            code = None
+        self.monitor.__exit__(None, None, None)
+        self._log.close()
+        self.load_after = load_average()
+        return code
+
+    def tail(self, lines: int = 15) -> str:
+        """The last lines of the process's output, for error reports."""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])

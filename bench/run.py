@@ -1,0 +1,288 @@
+"""One command for the whole benchmark: ours vs SB3 A2C vs RLlib PPO-as-A2C, on this machine.
+
+    python -m bench.run --quick      # ~3 min: every runner and section on tiny budgets
+    python -m bench.run              # ~20 min: the comparison, scaling, learner, sample efficiency
+    python -m bench.run --only compare --seeds 0 1 2
+
+Each runner is its own process tree (ours: `python -m service.cli train`), launched one after
+another, so they never compete with each other; the machine's load average is recorded before
+and after each run, because nothing else is stopped. Env steps/s and time-to-target count only
+the training loop; start-up (process launch to the first env step: imports, Ray, actors, envs)
+is reported on its own. Results go to bench/results/<time>-<mode>.json (curves thinned).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.ours import REPO, run_ours
+from bench.procmon import Launched, load_average
+from bench.record import RunRecord, thin
+
+RESULTS = Path(__file__).resolve().parent / "results"
+TARGET = {"CartPole-v1": 475.0}
+"""Return (mean of the last 20 episodes) whose first crossing is timed."""
+ZOO_A2C = {"CartPole-v1": (500.0, 500_000), "Acrobot-v1": (-83.0, 500_000)}
+"""rl-zoo's published A2C results: env -> (mean return, env-step budget)."""
+
+PLANS = {
+    "quick": {"steps": {"ours": 60_000, "sb3-a2c": 15_000, "rllib-ppo": 15_000}, "max_wall_s": 30,
+              "grid": [(1, 8), (2, 8), (2, 64)], "grid_s": 3, "async": [(2, 8)],
+              "batches": [256, 4096], "efficiency": []},
+    "full": {"steps": {"ours": 200_000, "sb3-a2c": 300_000, "rllib-ppo": 300_000}, "max_wall_s": 200,
+             "grid": [(w, n) for w in (1, 2, 4) for n in (8, 64, 256)], "grid_s": 8,
+             "async": [(2, 8), (2, 64)], "batches": [256, 1024, 4096, 16384, 65536],
+             "efficiency": [("CartPole-v1", 500_000), ("Acrobot-v1", 500_000)]},
+}
+
+
+def _peer(module: str, runner: str, env: str, steps: int, seed: int, max_wall_s: float,
+          log_dir: Path) -> RunRecord:
+    """Run a peer library's runner module in its own process tree and read its record."""
+    with tempfile.TemporaryDirectory(prefix="a2c-bench-") as tmp:
+        out = Path(tmp) / "record.json"
+        # Start-up counts from here, as for ours (whose clock starts at Popen too).
+        cmd = [sys.executable, "-m", module, "--env", env, "--steps", str(steps), "--seed", str(seed),
+               "--max-wall-s", str(max_wall_s), "--out", str(out), "--launched-at", repr(time.time())]
+        proc = Launched(cmd, log_dir / f"{runner}-{env}-s{seed}.log", cwd=REPO)
+        code = proc.wait(max_wall_s + 240)
+        try:
+            record = RunRecord.from_json(out.read_text())
+        except (OSError, json.JSONDecodeError, TypeError) as exc:
+            record = RunRecord(runner, env, seed, error=f"exit {code}, no record ({exc!r}): {proc.tail()}")
+        record.peak_rss_mb, record.peak_pss_mb = proc.monitor.peak_rss_mb, proc.monitor.peak_pss_mb
+        record.load_before, record.load_after = proc.load_before, proc.load_after
+        return record
+
+
+def run_one(runner: str, env: str, steps: int, seed: int, max_wall_s: float, log_dir: Path) -> RunRecord:
+    """One training run of `runner` (ours, sb3-a2c or rllib-ppo)."""
+    if runner == "ours":
+        return run_ours(env, steps, seed, timeout_s=max_wall_s + 240, log_dir=log_dir)
+    module = {"sb3-a2c": "bench.sb3_a2c", "rllib-ppo": "bench.rllib_ppo"}[runner]
+    return _peer(module, runner, env, steps, seed, max_wall_s, log_dir)
+
+
+def aggregate(records: list[RunRecord], target: float | None) -> dict[str, Any]:
+    """Median over seeds of a runner's headline numbers (max for memory)."""
+    rows = [r.summary(target) for r in records if not r.error]
+
+    def med(key):
+        vals = [r[key] for r in rows if r[key] is not None]
+        return round(statistics.median(vals), 2) if vals else None
+
+    reached = [r for r in rows if r["time_to_target_s"] is not None]
+    return {"runner": records[0].runner, "runs": len(rows), "reached": len(reached),
+            "env_steps_per_s": med("env_steps_per_s"), "startup_s": med("startup_s"),
+            "time_to_target_s": med("time_to_target_s"), "steps_to_target": med("steps_to_target"),
+            "final_return_mean": med("final_return_mean"), "loop_wall_s": med("loop_wall_s"),
+            "peak_rss_mb": max((r["peak_rss_mb"] for r in rows if r["peak_rss_mb"]), default=None),
+            "peak_pss_mb": max((r["peak_pss_mb"] for r in rows if r["peak_pss_mb"]), default=None),
+            "load_1m": [r["load_before"][0] for r in rows if r["load_before"]],
+            "errors": [r.error[:400] for r in records if r.error]}
+
+
+def ratios(ours: dict[str, Any], peer: dict[str, Any]) -> dict[str, float | None]:
+    """ours / peer for each headline number (steps/s: higher is better; the others: lower)."""
+    def div(key):
+        a, b = ours.get(key), peer.get(key)
+        return round(a / b, 2) if a is not None and b else None
+    return {k: div(k) for k in ("env_steps_per_s", "time_to_target_s", "startup_s", "peak_rss_mb")}
+
+
+def compare(plan: dict, seeds: list[int], runners: list[str], log_dir: Path) -> dict[str, Any]:
+    """The side-by-side CartPole-v1 comparison: each runner for each seed, then medians, ratios."""
+    env, target = "CartPole-v1", TARGET["CartPole-v1"]
+    records: dict[str, list[RunRecord]] = {r: [] for r in runners}
+    for seed in seeds:  # interleave runners so that a burst of load hits all of them alike
+        for runner in runners:
+            rec = run_one(runner, env, plan["steps"][runner], seed, plan["max_wall_s"], log_dir)
+            records[runner].append(rec)
+            s = rec.summary(target)
+            print(f"  {runner:10s} seed {seed}: {s['env_steps_per_s']} steps/s, startup {s['startup_s']}s, "
+                  f"475 at {s['time_to_target_s']}s, final {s['final_return_mean']}, "
+                  f"load {s['load_before']}{'  ERROR ' + rec.error[:300] if rec.error else ''}", flush=True)
+    agg = {r: aggregate(recs, target) for r, recs in records.items() if recs}
+    out: dict[str, Any] = {"env": env, "target": target, "aggregate": agg,
+                           "runs": [dict(rec.summary(target), curve=thin(rec.curve), config=rec.config)
+                                    for recs in records.values() for rec in recs]}
+    if "ours" in agg:
+        out["ratios"] = {f"ours/{p}": ratios(agg["ours"], agg[p]) for p in agg if p != "ours"}
+    return out
+
+
+def scaling(plan: dict, log_dir: Path) -> dict[str, Any]:
+    """Env steps/s over workers x envs per worker (sync, plus async points), and learner times."""
+    from bench.scaling import grid_point, learner_update_times
+    points = []
+    for workers, envs in plan["grid"]:
+        points.append(grid_point(workers, envs, plan["grid_s"], log_dir=log_dir))
+        print(f"  grid {workers}x{envs} sync: {points[-1]['env_steps_per_s']} steps/s "
+              f"(load {points[-1]['load_before']})", flush=True)
+    for workers, envs in plan["async"]:
+        points.append(grid_point(workers, envs, plan["grid_s"], mode="async", log_dir=log_dir))
+        print(f"  grid {workers}x{envs} async: {points[-1]['env_steps_per_s']} steps/s", flush=True)
+    learner = learner_update_times(plan["batches"])
+    learner += learner_update_times([2048], mini_batch_size=32)  # the seed's default layout
+    return {"grid": points, "learner_update": learner}
+
+
+def efficiency(plan: dict, log_dir: Path) -> list[dict[str, Any]]:
+    """Ours at rl-zoo's A2C budgets (seed 0, the service's defaults plus its tuned table)."""
+    rows = []
+    for env, steps in plan["efficiency"]:
+        rec = run_ours(env, steps, 0, timeout_s=600, log_dir=log_dir)
+        zoo_return, zoo_steps = ZOO_A2C[env]
+        best = max((m for _, _, m in rec.curve if m is not None), default=None)
+        rows.append({"env": env, "steps": rec.steps, "final_return_mean": rec.final_return_mean,
+                     "best_return_mean": best, "zoo_a2c_return": zoo_return, "zoo_steps": zoo_steps,
+                     "env_steps_per_s": rec.summary(None)["env_steps_per_s"],
+                     "loop_wall_s": round(rec.loop_wall_s, 1), "tuned": rec.config.get("tuned"),
+                     "load_before": rec.load_before, "error": rec.error})
+        print(f"  {env} {rec.steps} steps: final {rec.final_return_mean} (zoo {zoo_return})", flush=True)
+    return rows
+
+
+def profile_section() -> dict[str, Any]:
+    """The in-process breakdown of one env step (see bench/profile.py)."""
+    from bench.profile import env_step_rates, policy_forward_rates, sample_breakdown
+    return {"sample_breakdown": [sample_breakdown(8, 16), sample_breakdown(64, 16, 10),
+                                 sample_breakdown(256, 16, 4)],
+            "env_step_rates": env_step_rates([8, 64, 256], seconds=0.5),
+            "policy_forward": policy_forward_rates([8, 64, 256])}
+
+
+def _fmt(v, digits=0) -> str:
+    if v is None:
+        return "-"
+    return f"{v:,.{digits}f}" if isinstance(v, (int, float)) else str(v)
+
+
+def table(result: dict[str, Any]) -> str:
+    """The comparison (and, when present, scaling and efficiency) as plain-text tables."""
+    lines = []
+    cmp_ = result.get("compare")
+    if cmp_:
+        agg = cmp_["aggregate"]
+        lines.append(f"CartPole-v1, median over seeds; start-up excluded from steps/s and time to {cmp_['target']:g}")
+        lines.append(f"{'runner':10s} {'runs':>4s} {'env steps/s':>12s} {'start-up s':>10s} "
+                     f"{'to 475 s':>9s} {'(steps)':>9s} {'reached':>7s} {'final ret':>9s} "
+                     f"{'peak RSS MB':>11s} {'(PSS)':>7s}  load 1m")
+        for a in agg.values():
+            lines.append(f"{a['runner']:10s} {a['runs']:4d} {_fmt(a['env_steps_per_s']):>12s} "
+                         f"{_fmt(a['startup_s'], 1):>10s} {_fmt(a['time_to_target_s'], 1):>9s} "
+                         f"{_fmt(a['steps_to_target']):>9s} {a['reached']:>3d}/{a['runs']:<3d} "
+                         f"{_fmt(a['final_return_mean'], 1):>9s} {_fmt(a['peak_rss_mb']):>11s} "
+                         f"{_fmt(a['peak_pss_mb']):>7s}  {a['load_1m']}")
+        for name, r in cmp_.get("ratios", {}).items():
+            lines.append(f"{name:16s} steps/s x{_fmt(r['env_steps_per_s'], 2)}, time to 475 x"
+                         f"{_fmt(r['time_to_target_s'], 2)}, start-up x{_fmt(r['startup_s'], 2)}, "
+                         f"peak RSS x{_fmt(r['peak_rss_mb'], 2)}")
+    sc = result.get("scaling")
+    if sc:
+        lines.append("\nours, CartPole-v1 env steps/s (T=16 per env, batch = W x N x 16)")
+        for p in sc["grid"]:
+            lines.append(f"  {p['workers']} workers x {p['envs_per_worker']:3d} envs {p['mode']:5s} "
+                         f"batch {p['batch']:6d}: {_fmt(p['env_steps_per_s']):>9s} steps/s  "
+                         f"(load {p['load_before'][0] if p['load_before'] else '-'})"
+                         f"{'  ERROR ' + p['error'][:200] if p['error'] else ''}")
+        lines.append("learner update (GAE + loss + Adam, 1 thread)")
+        for u in sc["learner_update"]:
+            lines.append(f"  batch {u['batch']:6d} minibatch {str(u['mini_batch_size'] or 'full'):>4s}: "
+                         f"{u['update_ms']:8.2f} ms ({u['update_us_per_sample']} us/sample), "
+                         f"weights export {u['weights_export_ms']} ms")
+    eff = result.get("efficiency")
+    if eff:
+        lines.append("\nsample efficiency (ours, seed 0) vs rl-zoo A2C")
+        for e in eff:
+            lines.append(f"  {e['env']:12s} {e['steps']:>8,d} steps: final {_fmt(e['final_return_mean'], 1)}, "
+                         f"best {_fmt(e['best_return_mean'], 1)}  | zoo {e['zoo_a2c_return']:g} at "
+                         f"{e['zoo_steps']:,d}")
+    pr = result.get("profile")
+    if pr:
+        lines.append("\nin-process worker breakdown, us per env step (CartPole, 1 thread)")
+        for b in pr["sample_breakdown"]:
+            parts = ", ".join(f"{k} {v}" for k, v in b["parts_us_per_step"].items())
+            lines.append(f"  N={b['num_envs']:3d}: sample {b['sample_us_per_step']} ({parts}); "
+                         f"learner update {b['update_us_per_step']}")
+    return "\n".join(lines)
+
+
+def _git() -> str:
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "learner", "workers", "service"],
+                               cwd=REPO, capture_output=True, text=True).stdout.strip()
+        return head + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the chosen sections, print the tables, write the JSON result."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="tiny budgets (~3 min); exercises every runner")
+    p.add_argument("--only", nargs="+", choices=["compare", "scaling", "efficiency", "profile"],
+                   help="run only these sections (default: all)")
+    p.add_argument("--runners", nargs="+", default=["ours", "sb3-a2c", "rllib-ppo"],
+                   choices=["ours", "sb3-a2c", "rllib-ppo"])
+    p.add_argument("--seeds", nargs="+", type=int, default=None,
+                   help="seeds of the comparison (default: 0 for --quick, 0 1 for the full run)")
+    p.add_argument("--out", type=Path, help="JSON result path (default bench/results/<time>-<mode>.json)")
+    args = p.parse_args(argv)
+    mode = "quick" if args.quick else "full"
+    plan = PLANS[mode]
+    sections = args.only or ["compare", "scaling", "efficiency", "profile"]
+    seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1])
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    log_dir = Path(tempfile.mkdtemp(prefix="a2c-bench-logs-"))
+    t0 = time.monotonic()
+    result: dict[str, Any] = {
+        "mode": mode, "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "git": _git(),
+        "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version(),
+                    "platform": platform.platform(), "load_at_start": load_average()},
+        "versions": _versions(), "seeds": seeds, "plan": plan,
+    }
+    print(f"bench ({mode}): sections {sections}, logs in {log_dir}, load {load_average()}", flush=True)
+    if "compare" in sections:
+        result["compare"] = compare(plan, seeds, args.runners, log_dir)
+    if "scaling" in sections:
+        result["scaling"] = scaling(plan, log_dir)
+    if "efficiency" in sections and plan["efficiency"]:
+        result["efficiency"] = efficiency(plan, log_dir)
+    if "profile" in sections:
+        result["profile"] = profile_section()
+    result["machine"]["load_at_end"] = load_average()
+    result["total_s"] = round(time.monotonic() - t0, 1)
+    out = args.out or RESULTS / f"{time.strftime('%Y%m%d-%H%M%S')}-{mode}.json"
+    out.write_text(json.dumps(result, indent=1, default=str))
+    print("\n" + table(result))
+    print(f"\nwrote {out} ({result['total_s']}s; load at start {result['machine']['load_at_start']}, "
+          f"at end {result['machine']['load_at_end']})")
+    return 0
+
+
+def _versions() -> dict[str, str | None]:
+    """Installed versions of the libraries compared."""
+    from importlib.metadata import PackageNotFoundError, version
+    out = {}
+    for name in ("torch", "ray", "gymnasium", "numpy", "stable-baselines3"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())

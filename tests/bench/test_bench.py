@@ -1,0 +1,92 @@
+"""Fast checks of the benchmark's bookkeeping: curves, targets, medians, ratios, run parsing.
+
+No timing is asserted; the runners themselves are exercised by `python -m bench.run --quick`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from bench.ours import parse_run
+from bench.procmon import tree_memory_mb, tree_pids
+from bench.profile import summarize_stacks
+from bench.record import RunRecord, thin
+from bench.run import aggregate, ratios
+
+
+def _record(runner="ours", curve=((1.0, 100, 20.0), (2.0, 200, 480.0), (3.0, 300, 500.0)), **kw):
+    return RunRecord(runner, "CartPole-v1", 0, steps=300, loop_wall_s=3.0, startup_s=2.0,
+                     curve=list(curve), **kw)
+
+
+def test_time_to_target_is_the_first_crossing_of_the_20_episode_mean():
+    assert _record().time_to(475) == (2.0, 200)
+    assert _record().time_to(501) is None
+
+
+def test_steps_per_second_counts_only_the_training_loop():
+    assert _record().env_steps_per_s == 100.0
+
+
+def test_record_round_trips_through_json():
+    rec = _record(extra={"x": 1})
+    assert RunRecord.from_json(rec.to_json()) == rec
+
+
+def test_thin_keeps_first_and_last_points():
+    curve = [(float(i), i, None) for i in range(1000)]
+    out = thin(curve, 60)
+    assert len(out) == 60 and out[0] == curve[0] and out[-1] == curve[-1]
+
+
+def test_aggregate_takes_medians_and_counts_runs_that_reached_the_target():
+    recs = [_record(), _record(curve=((1.0, 100, 10.0),)), _record(error="boom")]
+    agg = aggregate(recs, 475)
+    assert (agg["runs"], agg["reached"]) == (2, 1)
+    assert agg["time_to_target_s"] == 2.0
+    assert agg["errors"] == ["boom"]
+
+
+def test_ratios_are_ours_over_peer():
+    r = ratios({"env_steps_per_s": 300, "time_to_target_s": 1, "startup_s": None, "peak_rss_mb": 2},
+               {"env_steps_per_s": 100, "time_to_target_s": 4, "startup_s": 1, "peak_rss_mb": 0})
+    assert r == {"env_steps_per_s": 3.0, "time_to_target_s": 0.25, "startup_s": None, "peak_rss_mb": None}
+
+
+def test_parse_run_reads_metrics_and_events_of_a_cli_run(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(
+        {"step": 256 * i, "wall_s": 0.01 * i, "episode_return_mean": 10.0 * i, "policy_lag": 0})
+        for i in range(1, 5)) + "\n")
+    (tmp_path / "events.jsonl").write_text(
+        json.dumps({"time": 105.0, "kind": "ray", "message": ""}) + "\n"
+        + json.dumps({"time": 107.5, "kind": "started", "message": ""}) + "\n")
+    (tmp_path / "config.json").write_text(json.dumps(
+        {"workers": 2, "envs_per_worker": 8, "mode": "sync", "a2c": {}, "policy": {}, "tuned": []}))
+    rec = parse_run(tmp_path, launched_at=100.0, env="CartPole-v1", seed=0)
+    assert (rec.steps, rec.loop_wall_s, rec.startup_s) == (1024, 0.04, 7.5)
+    assert rec.extra["actors_ready_s"] == 2.5 and rec.curve[-1] == (0.04, 1024, 40.0)
+
+
+def test_process_tree_memory_includes_this_process():
+    assert os.getpid() in tree_pids(os.getpid())
+    rss, pss = tree_memory_mb(os.getpid())
+    assert rss > 0
+
+
+def test_py_spy_stacks_are_grouped_by_process_role():
+    raw = ("process 1:\"ray::RolloutWorker.sample\";sample (workers/worker.py:60);act (learner/policy.py:90) 3\n"
+           "process 2:\"ray::Learner.update\";update (learner/learner.py:150);backward (torch) 1\n")
+    out = summarize_stacks(raw)
+    assert out["worker"]["samples"] == 3 and out["worker"]["inclusive_pct"]["act"] == 100.0
+    assert out["learner"]["inclusive_pct"]["backward"] == 100.0
+
+
+def test_rllib_config_is_one_full_batch_epoch_without_kl():
+    pytest.importorskip("ray.rllib")
+    from bench.rllib_ppo import build_config
+    cfg = build_config("CartPole-v1", 0, 2, 8, 256)
+    assert (cfg.num_epochs, cfg.minibatch_size, cfg.train_batch_size_per_learner) == (1, 256, 256)
+    assert cfg.use_kl_loss is False and cfg.clip_param >= 1e3
