@@ -84,7 +84,7 @@ function setConn(ok, text) {
 /** Read a server-sent event stream with fetch (so the token goes in a header, not the URL). */
 async function readEvents(path, onEvent, signal) {
   const res = await api(path, {signal, headers: {Accept: "text/event-stream"}});
-  if (!res.ok) throw new Error(`${res.status} ${res.statusText}`);
+  if (!res.ok) throw Object.assign(new Error(`${res.status} ${res.statusText}`), {status: res.status});
   const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
   let buf = "", data = [], event = "message", id = null;
   for (;;) {
@@ -156,9 +156,15 @@ const steps = n => n.toLocaleString("en-US");
 // ---------------------------------------------------------------- jobs view
 
 const returns = new Map();  // job id -> latest mean return; final once the job has finished
-let jobsTimer = null, jobsPageToken = null, olderJobs = [];
+let jobsTimer = null, jobsPageToken = null, olderJobs = [], jobsLoading = null;
 
-async function refreshJobs() {
+/** Reload the jobs table (one load at a time: a slow server does not pile up requests). */
+function refreshJobs() {
+  if (!jobsLoading) jobsLoading = loadJobs().finally(() => { jobsLoading = null; });
+  return jobsLoading;
+}
+
+async function loadJobs() {
   const page = await apiJson("/jobs?max_results=50");
   renderJobs(page.jobs.concat(olderJobs.filter(o => !page.jobs.some(j => j.id === o.id))));
   if (!olderJobs.length) jobsPageToken = page.next_page_token;
@@ -345,6 +351,7 @@ async function followMetrics(v) {
       }, v.abort.signal);
     } catch (err) {
       if (err.name === "AbortError") return;
+      if (err.status === 404) { state.textContent = "no such job"; return; }
     }
     if (ended) { state.textContent = "job ended: all rows shown"; pollJob(v); return; }
     state.textContent = "reconnecting…";

@@ -199,6 +199,12 @@ def test_job_from_the_form_draws_live_curves_stops_and_its_checkpoint_downloads(
     from learner.checkpoint import read_archive
     assert read_archive(saved).state.step == final["step"]
 
+    with page.expect_download() as info:
+        page.click("#job-png")
+    png = tmp_path / info.value.suggested_filename
+    info.value.save_as(png)
+    assert png.name == f"{job_id}-learning-curve.png" and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
     page.goto(page.url.split("#")[0] + "#/")
     row = page.locator(f"tr[data-job='{job_id}']")
     row.locator(".badge.stopped").wait_for()
