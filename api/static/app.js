@@ -166,11 +166,13 @@ function refreshJobs() {
 
 async function loadJobs() {
   const page = await apiJson("/jobs?max_results=50");
-  renderJobs(page.jobs.concat(olderJobs.filter(o => !page.jobs.some(j => j.id === o.id))));
+  const shown = page.jobs.concat(olderJobs.filter(o => !page.jobs.some(j => j.id === o.id)));
+  renderJobs(shown);
   if (!olderJobs.length) jobsPageToken = page.next_page_token;
   $("#jobs-more").hidden = !jobsPageToken;
-  // Mean return is in each job's detail: fetch it for running jobs, and once for finished ones.
-  const need = page.jobs.filter(j => !FINISHED.has(j.status) || !returns.has(j.id));
+  // Mean return is in each job's detail: fetch it for running jobs, and once for finished ones
+  // (at most 20 per refresh, so a long list fills in over a few refreshes).
+  const need = shown.filter(j => !FINISHED.has(j.status) || !returns.has(j.id));
   await Promise.all(need.slice(0, 20).map(async j => {
     const d = await apiJson(`/jobs/${j.id}`).catch(() => null);
     if (!d) return;
