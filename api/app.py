@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api.config import Settings, get_settings
 from api.deps import Authenticated
 from api.errors import install_error_handlers
-from api.routes import checkpoints, health, jobs, metrics
+from api.routes import checkpoints, dashboard, health, jobs, metrics, plots, prometheus
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +109,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings or get_settings()
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=app.state.settings.max_body_bytes)
-    for router in (health.router, jobs.router, metrics.router, checkpoints.router, docs):
+    app.state.request_latency = prometheus.request_latency_histogram()
+    app.add_middleware(prometheus.RequestLatency, histogram=app.state.request_latency)
+    for router in (health.router, jobs.router, metrics.router, checkpoints.router, plots.router,
+                   prometheus.router, dashboard.router, docs):
         app.include_router(router)
+    app.mount("/static", dashboard.static_files, name="static")
     return app

@@ -30,7 +30,8 @@ class Settings(BaseSettings):
     address: str | None = None
     """Ray cluster to join (auto, host:port, ray://...); default RAY_ADDRESS, else embedded Ray."""
     api_token: SecretStr | None = None
-    """When set, every route but /healthz needs `Authorization: Bearer <token>`."""
+    """When set, every route but /healthz and the dashboard's page (/, /static) needs
+    `Authorization: Bearer <token>`."""
     max_total_steps: int = Field(50_000_000, ge=1)
     """Largest total_steps a job may ask for."""
     max_workers_per_job: int = Field(64, ge=1)

@@ -93,11 +93,15 @@ def _is_terminal() -> bool:
 
 
 class ConsoleSink:
-    """Writes metrics/events as JSON lines under the run dir and shows progress on stderr."""
+    """Writes metrics/events as JSON lines and TensorBoard events under the run dir, and shows
+    progress on stderr: a tqdm bar on a terminal, else a plain line every few seconds."""
 
     def __init__(self, out_dir: Path, total_steps: int) -> None:
+        from service.tensorboard_log import TensorBoardLog
         out_dir.mkdir(parents=True, exist_ok=True)
+        self.total_steps = total_steps
         self.metrics_file = open(out_dir / "metrics.jsonl", "a", buffering=1)
+        self.tensorboard = TensorBoardLog(out_dir)
         self.events_file = open(out_dir / "events.jsonl", "a", buffering=1)
         self.bar = None
         if _is_terminal():
@@ -113,6 +117,7 @@ class ConsoleSink:
     def metrics(self, row: dict[str, Any]) -> None:
         """Record a row and advance the progress display."""
         self.metrics_file.write(json.dumps(row) + "\n")
+        self.tensorboard.write(row)
         ret = row["episode_return_mean"]
         desc = f"return {ret:.1f}" if ret is not None else "return -"
         if self.bar is not None:
@@ -121,7 +126,8 @@ class ConsoleSink:
         elif time.monotonic() - self.last_print > 5 or "eval_return_mean" in row:
             self.last_print = time.monotonic()
             extra = f" eval {row['eval_return_mean']:.1f}" if "eval_return_mean" in row else ""
-            print(f"step {row['step']} {desc}{extra} sps {row['env_steps_per_s']:.0f}", file=sys.stderr)
+            print(f"step {row['step']}/{self.total_steps} {desc}{extra} sps {row['env_steps_per_s']:.0f}",
+                  file=sys.stderr)
 
     def checkpoint(self, info) -> None:
         """Note a written checkpoint."""

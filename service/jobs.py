@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from learner.checkpoint import CheckpointRejected, read_archive
 from service.spec import InvalidSpec, JobSpec, build_spec
 from service.store import CheckpointRow, EventRow, JobRow, JobStore
+from service.tensorboard_log import TensorBoardLog
 from service.trainer import CheckpointInfo, Trainer
 from workers.env import UnknownEnvironment, describe_spaces
 
@@ -151,11 +152,17 @@ def _invalid(prefix: str, exc: ValidationError) -> InvalidSpec:
     return InvalidSpec(".".join([prefix, *map(str, err["loc"])]), err["msg"])
 
 
+def job_dir(data_dir: Path, job_id: str) -> Path:
+    """A job's directory: its checkpoints/ and TensorBoard event files."""
+    return Path(data_dir) / "jobs" / job_id
+
+
 class StoreSink:
     """The trainer's sink for one job: events, metrics rows and checkpoints go to the store."""
 
     def __init__(self, store: JobStore, job_id: str, data_dir: Path) -> None:
         self.store, self.job_id, self.data_dir = store, job_id, data_dir.resolve()
+        self.tensorboard = TensorBoardLog(job_dir(data_dir, job_id))
 
     def event(self, kind: str, message: str) -> None:
         """Record the event; "started" is when the job becomes RUNNING."""
@@ -164,8 +171,9 @@ class StoreSink:
             self.store.mark_running(self.job_id)
 
     def metrics(self, row: dict[str, Any]) -> None:
-        """Record one metrics row."""
+        """Record one metrics row (the store, then the job's TensorBoard log)."""
         self.store.append_metrics(self.job_id, row)
+        self.tensorboard.write(row)
 
     def checkpoint(self, info: CheckpointInfo) -> None:
         """Record a written archive, by its path relative to the data dir."""
@@ -191,7 +199,7 @@ class JobManager:
 
     def job_dir(self, job_id: str) -> Path:
         """Where a job's trainer writes (its checkpoints/ live here)."""
-        return self.data_dir / "jobs" / job_id
+        return job_dir(self.data_dir, job_id)
 
     # Lifecycle of the manager
 

@@ -352,6 +352,14 @@ class JobStore:
                           (job_id, since_step, limit))
         return [json.loads(r[0]) for r in rows]
 
+    def status_counts(self) -> dict[str, int]:
+        """How many jobs are in each state (states with none are left out)."""
+        return {r[0]: r[1] for r in self._read("SELECT status, COUNT(*) FROM jobs GROUP BY status")}
+
+    def update_counts(self) -> dict[str, int]:
+        """How many metrics rows (one per update) each job has, by job id."""
+        return {r[0]: r[1] for r in self._read("SELECT job_id, COUNT(*) FROM metrics GROUP BY job_id")}
+
     def latest_metrics(self, job_id: str) -> dict[str, Any] | None:
         """The row with the highest step, or None."""
         rows = self._read("SELECT row FROM metrics WHERE job_id = ? ORDER BY step DESC LIMIT 1", (job_id,))

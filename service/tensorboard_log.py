@@ -1,0 +1,60 @@
+"""`TensorBoardLog`: a job's metrics rows as a TensorBoard event file in the job's directory.
+
+Each row becomes one event at `step` holding one scalar per numeric metrics key, under the key's
+own name (`episode_return_mean`, `policy_loss`, ...), so `tensorboard --logdir <data-dir>` (or
+`--logdir runs`) shows the same series as `GET /jobs/{id}/metrics`.
+
+The file is opened, appended to and closed for every row: nothing to close when a job ends or its
+server dies, no writer thread, and every row is in the file once `write` returns. A row per
+update is small, so the cost is one short append. The record framing is TFRecord's; the protocol
+buffers and the checksum are tensorboardX's.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import socket
+import struct
+import time
+from pathlib import Path
+from typing import Any
+
+from tensorboardX.proto.event_pb2 import Event
+from tensorboardX.proto.summary_pb2 import Summary
+from tensorboardX.record_writer import masked_crc32c
+
+
+_opened = itertools.count()
+
+
+def _record(data: bytes) -> bytes:
+    """One TFRecord: length, its checksum, the data, its checksum."""
+    header = struct.pack("<Q", len(data))
+    return header + struct.pack("<I", masked_crc32c(header)) + data + struct.pack("<I", masked_crc32c(data))
+
+
+class TensorBoardLog:
+    """Appends metrics rows to a new event file under `log_dir` (one file per log, as TensorBoard
+    expects: a resumed job adds a file next to the earlier ones and the series continue)."""
+
+    def __init__(self, log_dir: Path) -> None:
+        log_dir = Path(log_dir)
+        log_dir.mkdir(parents=True, exist_ok=True)
+        # TensorBoard's naming. Readers take a directory's files in name order, so names sort by
+        # creation: seconds, then a per-process counter for logs opened in the same second.
+        self.path = log_dir / (f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}"
+                               f".{os.getpid()}.{next(_opened):06d}")
+        self._append(Event(wall_time=time.time(), file_version="brain.Event:2"))
+
+    def write(self, row: dict[str, Any]) -> None:
+        """One event at `row["step"]`: a scalar per finite number in the row (step aside)."""
+        values = [Summary.Value(tag=key, simple_value=float(value)) for key, value in row.items()
+                  if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool)
+                  and math.isfinite(value)]
+        self._append(Event(wall_time=time.time(), step=int(row["step"]), summary=Summary(value=values)))
+
+    def _append(self, event: Event) -> None:
+        with open(self.path, "ab") as f:
+            f.write(_record(event.SerializeToString()))

@@ -1,0 +1,102 @@
+"""What `a2c train` shows and writes as it goes: progress on stderr (a tqdm bar on a terminal,
+plain lines otherwise) and TensorBoard event files in the run directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from service import cli
+from service.cli import ConsoleSink
+from service.tensorboard_log import TensorBoardLog
+
+
+def rows(n: int) -> list[dict]:
+    return [{"step": 256 * i, "env_steps_per_s": 1000.0 + i, "episode_return_mean": 10.0 + i,
+             "policy_loss": -0.5 * i, "loss": None, "weights_version": i} for i in range(1, n + 1)]
+
+
+def read_scalars(log_dir: Path) -> dict[str, dict[int, float]]:
+    """{tag: {step: value}} of every scalar in the event files under `log_dir`, read by TensorBoard."""
+    acc = EventAccumulator(str(log_dir))
+    acc.Reload()
+    return {tag: {e.step: e.value for e in acc.Scalars(tag)} for tag in acc.Tags()["scalars"]}
+
+
+def test_plain_lines_show_step_of_total_return_and_sps_when_not_on_a_terminal(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(cli, "_is_terminal", lambda: False)
+    sink = ConsoleSink(tmp_path, total_steps=1024)
+    for row in rows(3):
+        sink.metrics(row)
+    sink.metrics({**rows(4)[-1], "eval_return_mean": 50.0})  # eval rows always print
+    sink.close()
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == "step 256/1024 return 11.0 sps 1001"
+    assert lines[-1] == "step 1024/1024 return 14.0 eval 50.0 sps 1004"
+    assert "\r" not in "".join(lines)  # no bar redraws in logs
+
+
+def test_progress_bar_shows_steps_return_and_sps_on_a_terminal(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(cli, "_is_terminal", lambda: True)
+    sink = ConsoleSink(tmp_path, total_steps=1024)
+    for row in rows(2):
+        sink.metrics(row)
+    sink.close()
+    err = capsys.readouterr().err
+    assert "512/1.02k" in err and "return 12.0 sps 1002" in err
+
+
+def test_console_sink_writes_the_rows_to_tensorboard_under_their_metric_names(tmp_path, monkeypatch):
+    monkeypatch.setattr(cli, "_is_terminal", lambda: False)
+    sink = ConsoleSink(tmp_path, total_steps=1024)
+    for row in rows(3):
+        sink.metrics(row)
+    sink.close()
+    scalars = read_scalars(tmp_path)
+    assert set(scalars) == {"env_steps_per_s", "episode_return_mean", "policy_loss", "weights_version"}
+    assert scalars["episode_return_mean"] == {256: 11.0, 512: 12.0, 768: 13.0}
+    assert scalars["policy_loss"] == {256: -0.5, 512: -1.0, 768: -1.5}
+
+
+def test_a_second_log_in_the_same_dir_continues_the_series_and_replaces_rewritten_steps(tmp_path):
+    """As after a restart from a checkpoint at step 512: rows past it are trained again."""
+    first = TensorBoardLog(tmp_path)
+    for row in rows(3):
+        first.write(row)
+    second = TensorBoardLog(tmp_path)
+    second.write({"step": 768, "episode_return_mean": 99.0})
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([first.path.name, second.path.name])
+    assert first.path.name < second.path.name  # readers take files in name order
+    assert read_scalars(tmp_path)["episode_return_mean"] == {256: 11.0, 512: 12.0, 768: 99.0}
+
+
+def test_nan_inf_none_and_bools_are_not_logged(tmp_path):
+    log = TensorBoardLog(tmp_path)
+    log.write({"step": 1, "a": float("nan"), "b": float("inf"), "c": None, "d": True, "e": 2})
+    assert read_scalars(tmp_path) == {"e": {1: 2.0}}
+
+
+@pytest.mark.ray
+def test_a2c_train_prints_plain_progress_and_logs_tensorboard_in_its_run_dir(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "service.cli", "train", "--env", "CartPole-v1", "--total-steps", "1024",
+         "--workers", "1", "--envs-per-worker", "4", "--steps-per-batch", "256", "--eval-every", "0"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    run = tmp_path / "runs" / summary["job_id"]
+    progress = [line for line in result.stderr.splitlines() if line.startswith("step ")]
+    assert progress and progress[0].startswith("step 256/1024 return ") and " sps " in progress[0]
+    assert progress[-1].startswith("step 1024/1024 ") and " eval " in progress[-1]
+    rows_written = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    scalars = read_scalars(run)
+    assert scalars["episode_return_mean"] == pytest.approx(
+        {r["step"]: r["episode_return_mean"] for r in rows_written if r["episode_return_mean"] is not None})
+    assert scalars["eval_return_mean"] == pytest.approx({1024: rows_written[-1]["eval_return_mean"]})
