@@ -26,7 +26,12 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535)
     """TCP port."""
     data_dir: Path = Path("a2c-data")
-    """Job database (jobs.sqlite3) and each job's checkpoints (jobs/<id>/checkpoints/)."""
+    """Job database (jobs.sqlite3), and each job's checkpoints (jobs/<id>/checkpoints/) unless
+    `storage` says otherwise."""
+    storage: str | None = None
+    """Where job checkpoints go: a path, a file:// URI or an fsspec/pyarrow URI such as
+    s3://bucket/prefix (archives land in <storage>/<job id>/checkpoints/); default
+    <data_dir>/jobs. The job database always stays in data_dir."""
     address: str | None = None
     """Ray cluster to join (auto, host:port, ray://...); default RAY_ADDRESS, else embedded Ray."""
     api_token: SecretStr | None = None
@@ -50,7 +55,7 @@ class Settings(BaseSettings):
     sse_poll_s: float = Field(0.5, gt=0)
     """How often a metrics stream looks for new rows."""
 
-    @field_validator("api_token", mode="before")
+    @field_validator("api_token", "storage", mode="before")
     @classmethod
     def _empty_is_unset(cls, value):
         return None if value in ("", None) else value
