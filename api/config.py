@@ -47,7 +47,8 @@ class Settings(BaseSettings):
     ray_num_cpus: int = Field(default_factory=_default_ray_cpus, ge=1)
     """Logical CPUs of the embedded Ray (ignored when joining a cluster)."""
     resource_timeout_s: float = Field(600.0, gt=0)
-    """How long a job's actors may wait for cluster resources before the job fails."""
+    """How long a job's actors may wait for cluster resources before the job fails: at start, and
+    for the replacement of a rollout worker lost with its node."""
     max_recoveries: int = Field(3, ge=0)
     """Times a job RUNNING when the server died is resumed before it is marked FAILED."""
     shutdown_grace_s: float = Field(30.0, ge=0)
