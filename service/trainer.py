@@ -292,6 +292,8 @@ class Trainer:
         returns, self.best_return_mean = self._returns_at_checkpoint if restore else ([], None)
         self.returns = collections.deque(returns, maxlen=RETURN_WINDOW)
         self.nonfinite_in_a_row = 0
+        if self.spec.learner_device == "auto":  # the GPU node may be what was lost: then use a CPU
+            self.use_gpu = cluster_has_gpu()
         self._start_learner(spaces, restore)
         self.sink.event("learner_restarted", f"the learner runs again on node {self.learner_node[:12]} "
                         f"from step {step}; metrics rows after step {step} are recorded again")
