@@ -3,9 +3,9 @@
 Each admitted job runs `Trainer.run()` in its own thread; the trainer's sink writes its events,
 metrics rows and checkpoint records into the `JobStore`. The archives themselves go to the
 storage root (`A2C_STORAGE`: a path or a URI such as `s3://bucket/prefix`; by default
-`<data dir>/jobs`), under `<root>/<job id>/checkpoints/`. A job is admitted when the cluster has CPUs
-left for its workers and learner (so jobs wait in PENDING instead of half-starting and starving
-each other), and at most `max_concurrent_jobs` run at once.
+`<data dir>/jobs`), under `<root>/<job id>/checkpoints/`. A job is admitted when the cluster
+has CPUs left for its workers and learner (so jobs wait in PENDING instead of half-starting and
+starving each other), and at most `max_concurrent_jobs` run at once.
 
 States: PENDING -> RUNNING (on the trainer's "started" event) -> SUCCEEDED | FAILED | STOPPED.
 """
