@@ -72,24 +72,28 @@ def swagger_ui() -> HTMLResponse:
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Join Ray (embedded by default), open the store, recover unfinished jobs; undo on exit."""
+    from service import storage
     from service.cluster import connect
     from service.jobs import JobLimits, JobManager
     from service.store import JobStore
 
     settings: Settings = app.state.settings
+    if settings.storage:  # an unusable URI stops the server now, not a job at its first checkpoint
+        storage.check_available(settings.storage)
     # ray.init installs a SIGTERM handler that exits at once; keep uvicorn's graceful one, so
     # running jobs get to write a final checkpoint on shutdown.
     sigterm = signal.getsignal(signal.SIGTERM)
     where = connect(settings.address, num_cpus=settings.ray_num_cpus)
     if threading.current_thread() is threading.main_thread() and sigterm is not None:
         signal.signal(signal.SIGTERM, sigterm)
-    log.info("a2c-service: Ray: %s; data dir %s", where, settings.data_dir.resolve())
+    log.info("a2c-service: Ray: %s; data dir %s; checkpoints in %s", where, settings.data_dir.resolve(),
+             settings.storage or settings.data_dir.resolve() / "jobs")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = JobStore(settings.data_dir / "jobs.sqlite3")
     manager = JobManager(store, settings.data_dir, JobLimits(
         max_total_steps=settings.max_total_steps, max_workers_per_job=settings.max_workers_per_job,
         max_concurrent_jobs=settings.max_concurrent_jobs, resource_timeout_s=settings.resource_timeout_s,
-        max_recoveries=settings.max_recoveries))
+        max_recoveries=settings.max_recoveries), storage_root=settings.storage)
     await asyncio.to_thread(manager.start)
     app.state.store, app.state.manager = store, manager
     try:

@@ -26,7 +26,12 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535)
     """TCP port."""
     data_dir: Path = Path("a2c-data")
-    """Job database (jobs.sqlite3) and each job's checkpoints (jobs/<id>/checkpoints/)."""
+    """Job database (jobs.sqlite3), and each job's checkpoints (jobs/<id>/checkpoints/) unless
+    `storage` says otherwise."""
+    storage: str | None = None
+    """Where job checkpoints go: a path, a file:// URI or an fsspec/pyarrow URI such as
+    s3://bucket/prefix (archives land in <storage>/<job id>/checkpoints/); default
+    <data_dir>/jobs. The job database always stays in data_dir."""
     address: str | None = None
     """Ray cluster to join (auto, host:port, ray://...); default RAY_ADDRESS, else embedded Ray."""
     api_token: SecretStr | None = None
@@ -43,7 +48,8 @@ class Settings(BaseSettings):
     ray_num_cpus: int = Field(default_factory=_default_ray_cpus, ge=1)
     """Logical CPUs of the embedded Ray (ignored when joining a cluster)."""
     resource_timeout_s: float = Field(600.0, gt=0)
-    """How long a job's actors may wait for cluster resources before the job fails."""
+    """How long a job's actors may wait for cluster resources before the job fails: at start, and
+    for the replacement of a rollout worker lost with its node."""
     max_recoveries: int = Field(3, ge=0)
     """Times a job RUNNING when the server died is resumed before it is marked FAILED."""
     shutdown_grace_s: float = Field(30.0, ge=0)
@@ -51,7 +57,7 @@ class Settings(BaseSettings):
     sse_poll_s: float = Field(0.5, gt=0)
     """How often a metrics stream looks for new rows."""
 
-    @field_validator("api_token", mode="before")
+    @field_validator("api_token", "storage", mode="before")
     @classmethod
     def _empty_is_unset(cls, value):
         return None if value in ("", None) else value

@@ -16,7 +16,7 @@ def serve(args: argparse.Namespace) -> int:
 
     One uvicorn worker only: each worker would start its own Ray and job manager.
     """
-    overrides = {name: getattr(args, name, None) for name in ("host", "port", "data_dir", "address")}
+    overrides = {name: getattr(args, name, None) for name in ("host", "port", "data_dir", "address", "storage")}
     settings = get_settings().model_copy(update={k: v for k, v in overrides.items() if v is not None})
     logging.getLogger("api").setLevel(logging.INFO)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, workers=1,

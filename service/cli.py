@@ -15,10 +15,11 @@ from typing import Any, get_args
 import yaml
 
 from learner.config import A2CConfig, PolicyConfig
+from service import storage
 from service.spec import InvalidSpec, JobSpec, build_spec
 
 SPEC_FLAGS = ("env", "total_steps", "workers", "envs_per_worker", "seed", "mode", "eval_every",
-              "eval_episodes", "checkpoint_every", "learner_device")
+              "eval_episodes", "checkpoint_every", "learner_device", "max_learner_restarts")
 
 
 NULL = object()
@@ -59,8 +60,13 @@ def _train_parser(sub) -> None:
                    help="ignore the tuned hyperparameter table; use A2CConfig defaults for unset fields")
     p.add_argument("--config", type=Path, help="YAML/JSON job spec (the schema of POST /jobs); flags override it")
     p.add_argument("--address", help="Ray cluster address (auto, host:port, ray://...); default RAY_ADDRESS or embedded")
-    p.add_argument("--out", type=Path, help="run directory (default runs/<job id>)")
-    p.add_argument("--resume", type=Path, help="checkpoint archive to continue from")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--out", metavar="DIR_OR_URI",
+                       help="run directory, a path or a storage URI (default <storage>/<job id>)")
+    where.add_argument("--storage", metavar="PATH_OR_URI", default="runs",
+                       help="where runs go, each in <storage>/<job id>/: a path, file:///..., or an fsspec/"
+                            "pyarrow URI such as s3://bucket/prefix (default runs)")
+    p.add_argument("--resume", metavar="ARCHIVE", help="checkpoint archive (path or storage URI) to continue from")
     p.add_argument("--num-cpus", type=int, help="logical CPUs of the embedded Ray (default: enough for the job)")
     _add_model_flags(p, A2CConfig, "a2c.")
     _add_model_flags(p, PolicyConfig, "policy.")
@@ -93,16 +99,19 @@ def _is_terminal() -> bool:
 
 
 class ConsoleSink:
-    """Writes metrics/events as JSON lines and TensorBoard events under the run dir, and shows
-    progress on stderr: a tqdm bar on a terminal, else a plain line every few seconds."""
+    """Writes metrics/events as JSON lines and TensorBoard events in the run's location, and shows
+    progress on stderr: a tqdm bar on a terminal, else a plain line every few seconds.
 
-    def __init__(self, out_dir: Path, total_steps: int) -> None:
+    The run's location is a path or a storage URI; on an object store the files are rewritten
+    at each checkpoint and at the end (see `storage.JsonLines`).
+    """
+
+    def __init__(self, location: str, total_steps: int) -> None:
         from service.tensorboard_log import TensorBoardLog
-        out_dir.mkdir(parents=True, exist_ok=True)
         self.total_steps = total_steps
-        self.metrics_file = open(out_dir / "metrics.jsonl", "a", buffering=1)
-        self.tensorboard = TensorBoardLog(out_dir)
-        self.events_file = open(out_dir / "events.jsonl", "a", buffering=1)
+        self.metrics_file = storage.JsonLines(storage.join(location, "metrics.jsonl"))
+        self.events_file = storage.JsonLines(storage.join(location, "events.jsonl"))
+        self.tensorboard = TensorBoardLog(location)
         self.bar = None
         if _is_terminal():
             from tqdm import tqdm
@@ -111,12 +120,12 @@ class ConsoleSink:
 
     def event(self, kind: str, message: str) -> None:
         """Record and show an event."""
-        self.events_file.write(json.dumps({"time": time.time(), "kind": kind, "message": message}) + "\n")
+        self.events_file.append({"time": time.time(), "kind": kind, "message": message})
         (self.bar.write if self.bar else lambda m: print(m, file=sys.stderr))(f"[{kind}] {message}")
 
     def metrics(self, row: dict[str, Any]) -> None:
         """Record a row and advance the progress display."""
-        self.metrics_file.write(json.dumps(row) + "\n")
+        self.metrics_file.append(row)
         self.tensorboard.write(row)
         ret = row["episode_return_mean"]
         desc = f"return {ret:.1f}" if ret is not None else "return -"
@@ -130,8 +139,15 @@ class ConsoleSink:
                   file=sys.stderr)
 
     def checkpoint(self, info) -> None:
-        """Note a written checkpoint."""
-        self.event("checkpoint", f"{info.path} (step {info.step})")
+        """Note a written checkpoint; the metrics and events so far go to storage with it."""
+        self.event("checkpoint", f"{info.location} (step {info.step})")
+        self.metrics_file.flush()
+        self.events_file.flush()
+        self.tensorboard.flush()
+
+    def rewind(self, step: int) -> None:
+        """Drop the rows past `step` from metrics.jsonl: the resumed run records them again."""
+        self.metrics_file.keep(lambda row: row["step"] <= step)
 
     def close(self) -> None:
         """Flush files and end the progress bar."""
@@ -139,21 +155,21 @@ class ConsoleSink:
             self.bar.close()
         self.metrics_file.close()
         self.events_file.close()
+        self.tensorboard.flush()
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     """`a2c train`: validate, connect to Ray, run one job, print the summary JSON line."""
-    from learner.checkpoint import read_archive
-    from service.cluster import connect
-    from service.trainer import Trainer
-
-    resume = read_archive(args.resume) if args.resume else None
-    spec = spec_from_args(args, base=resume.config if resume else None)
     import uuid
+
+    from service.cluster import connect
+    from service.trainer import Trainer, read_checkpoint
+
+    resume = read_checkpoint(args.resume) if args.resume else None
+    spec = spec_from_args(args, base=resume.config if resume else None)
     job_id = uuid.uuid4().hex[:12]
-    out = args.out or Path("runs") / job_id
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(spec.model_dump_json(indent=2))
+    out = args.out or storage.join(args.storage, job_id)
+    storage.write_bytes_atomic(storage.join(out, "config.json"), spec.model_dump_json(indent=2).encode())
     sink = ConsoleSink(out, spec.total_steps)
     try:
         where = connect(args.address, num_cpus=args.num_cpus or max(os.cpu_count() or 1, spec.workers + 1))
@@ -183,16 +199,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     """`a2c evaluate`: play deterministic episodes with a checkpoint's policy, without Ray."""
     import numpy as np
 
-    from learner.checkpoint import read_archive
+    from service.trainer import read_checkpoint
     from workers.evaluate import evaluate_policy
 
     path = args.archive
-    if path.is_dir():
-        found = sorted(path.rglob("*.tar.gz"))
+    if not path.endswith(".tar.gz") or (storage.is_local(path) and storage.local_path(path).is_dir()):
+        # A run directory (or a storage prefix): its newest archive; names sort by step.
+        found = [loc for loc in storage.list_files(path) if loc.endswith(".tar.gz")]
         if not found:
             raise FileNotFoundError(f"no checkpoint archive under {path}")
-        path = found[-1]
-    ckpt = read_archive(path)
+        path = max(found, key=lambda loc: loc.rsplit("/", 1)[-1])
+    ckpt = read_checkpoint(path)
     env = args.env or ckpt.env_id
     returns = evaluate_policy(ckpt.policy(), env, ckpt.config.get("env_kwargs", {}), args.episodes, args.seed)
     mean, std = float(np.mean(returns)), float(np.std(returns))
@@ -222,7 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _train_parser(sub)
     ev = sub.add_parser("evaluate", help="evaluate a checkpoint archive (or the newest under a dir)")
-    ev.add_argument("archive", type=Path)
+    ev.add_argument("archive", metavar="ARCHIVE_OR_DIR",
+                    help="an archive or a run directory: a path or a storage URI (s3://..., file://...)")
     ev.add_argument("--episodes", type=int, default=10)
     ev.add_argument("--env", help="env id (default: the checkpoint's)")
     ev.add_argument("--seed", type=int, default=12345)
@@ -231,6 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--port", type=int, default=None)
     sv.add_argument("--data-dir", type=Path, default=None)
     sv.add_argument("--address", default=None)
+    sv.add_argument("--storage", default=None, metavar="PATH_OR_URI",
+                    help="where job checkpoints go (A2C_STORAGE); default <data-dir>/jobs")
     sub.add_parser("envs", help="list the registered gymnasium env ids")
     return parser
 
@@ -248,7 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - users get one clear line, not a traceback
         from learner.checkpoint import CheckpointRejected
         from service.trainer import TrainingFailed
-        if isinstance(exc, (CheckpointRejected, TrainingFailed, FileNotFoundError)):
+        if isinstance(exc, (CheckpointRejected, TrainingFailed, FileNotFoundError,
+                            storage.StorageUnavailable)):
             print(f"a2c: {type(exc).__name__}: {exc}", file=sys.stderr)
             return 1
         raise

@@ -1,9 +1,11 @@
 """`JobManager`: submits, queues, runs, stops and recovers training jobs for the API.
 
 Each admitted job runs `Trainer.run()` in its own thread; the trainer's sink writes its events,
-metrics rows and checkpoints into the `JobStore`. A job is admitted when the cluster has CPUs
-left for its workers and learner (so jobs wait in PENDING instead of half-starting and starving
-each other), and at most `max_concurrent_jobs` run at once.
+metrics rows and checkpoint records into the `JobStore`. The archives themselves go to the
+storage root (`A2C_STORAGE`: a path or a URI such as `s3://bucket/prefix`; by default
+`<data dir>/jobs`), under `<root>/<job id>/checkpoints/`. A job is admitted when the cluster
+has CPUs left for its workers and learner (so jobs wait in PENDING instead of half-starting and
+starving each other), and at most `max_concurrent_jobs` run at once.
 
 States: PENDING -> RUNNING (on the trainer's "started" event) -> SUCCEEDED | FAILED | STOPPED.
 """
@@ -28,11 +30,12 @@ from typing import Any, Callable
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from learner.checkpoint import CheckpointRejected, read_archive
+from learner.checkpoint import Checkpoint, CheckpointRejected
+from service import storage
 from service.spec import InvalidSpec, JobSpec, build_spec
 from service.store import CheckpointRow, EventRow, JobRow, JobStore
 from service.tensorboard_log import TensorBoardLog
-from service.trainer import CheckpointInfo, Trainer
+from service.trainer import CheckpointInfo, Trainer, read_checkpoint
 from workers.env import UnknownEnvironment, describe_spaces
 
 log = logging.getLogger(__name__)
@@ -152,17 +155,12 @@ def _invalid(prefix: str, exc: ValidationError) -> InvalidSpec:
     return InvalidSpec(".".join([prefix, *map(str, err["loc"])]), err["msg"])
 
 
-def job_dir(data_dir: Path, job_id: str) -> Path:
-    """A job's directory: its checkpoints/ and TensorBoard event files."""
-    return Path(data_dir) / "jobs" / job_id
-
-
 class StoreSink:
-    """The trainer's sink for one job: events, metrics rows and checkpoints go to the store."""
+    """The trainer's sink for one job: events, metrics rows and checkpoint records go to the store."""
 
-    def __init__(self, store: JobStore, job_id: str, data_dir: Path) -> None:
-        self.store, self.job_id, self.data_dir = store, job_id, data_dir.resolve()
-        self.tensorboard = TensorBoardLog(job_dir(data_dir, job_id))
+    def __init__(self, store: JobStore, job_id: str, record: Callable[[str], str], location: str) -> None:
+        self.store, self.job_id, self.record = store, job_id, record
+        self.tensorboard = TensorBoardLog(location)
 
     def event(self, kind: str, message: str) -> None:
         """Record the event; "started" is when the job becomes RUNNING."""
@@ -176,18 +174,28 @@ class StoreSink:
         self.tensorboard.write(row)
 
     def checkpoint(self, info: CheckpointInfo) -> None:
-        """Record a written archive, by its path relative to the data dir."""
-        rel = Path(info.path).resolve().relative_to(self.data_dir)
+        """Record a written archive (by its location as `record` writes it down); the TensorBoard
+        log so far goes to storage with it."""
         self.store.add_checkpoint(self.job_id, CheckpointRow(
-            info.id, info.step, info.return_mean, info.size_bytes, info.created, rel.as_posix()))
+            info.id, info.step, info.return_mean, info.size_bytes, info.created, self.record(info.location)))
+        self.tensorboard.flush()
+
+    def rewind(self, step: int) -> None:
+        """Drop the rows past `step`: the restarted learner records those steps again."""
+        dropped = self.store.rewind(self.job_id, step)
+        if dropped:
+            self.store.add_event(self.job_id, "metrics_rewound", f"{dropped} metrics row(s) after step "
+                                 f"{step} dropped; the resumed run records them again")
 
 
 class JobManager:
     """Runs the service's jobs: submit, list, describe, stop, and recovery after a restart."""
 
     def __init__(self, store: JobStore, data_dir: Path, limits: JobLimits | None = None,
-                 cluster_cpus: Callable[[], float] = ray_cluster_cpus) -> None:
+                 cluster_cpus: Callable[[], float] = ray_cluster_cpus, storage_root: str | None = None) -> None:
         self.store, self.data_dir = store, Path(data_dir)
+        self.storage_root = str(storage_root or self.data_dir / "jobs")
+        """Where jobs' archives go: a path or a storage URI; `<data dir>/jobs` by default."""
         self.limits = limits or JobLimits()
         self.cluster_cpus = cluster_cpus
         self._cond = threading.Condition()
@@ -197,9 +205,30 @@ class JobManager:
         self._closing = False
         self._scheduler: threading.Thread | None = None
 
-    def job_dir(self, job_id: str) -> Path:
-        """Where a job's trainer writes (its checkpoints/ live here)."""
-        return job_dir(self.data_dir, job_id)
+    def job_location(self, job_id: str) -> str:
+        """Where a job's trainer writes (its checkpoints/ live here): a path or a storage URI."""
+        return storage.join(self.storage_root, job_id)
+
+    def _record(self, location: str) -> str:
+        """How a storage location is written down in the store: relative to the data dir when
+        it lies under it (as before storage was configurable; the data dir may then move),
+        else the path or URI as it is."""
+        if storage.is_local(location):
+            path = Path(storage.local_path(location)).resolve()
+            if path.is_relative_to(self.data_dir.resolve()):
+                return path.relative_to(self.data_dir.resolve()).as_posix()
+            return str(path)
+        return location
+
+    def _location(self, recorded: str) -> str:
+        """The location a recorded checkpoint path stands for (the inverse of `_record`)."""
+        if storage.scheme(recorded) or Path(recorded).is_absolute():
+            return recorded
+        return str(self.data_dir / recorded)
+
+    def _read_checkpoint(self, recorded: str) -> Checkpoint:
+        """The archive at a recorded location, read and verified."""
+        return read_checkpoint(self._location(recorded))
 
     # Lifecycle of the manager
 
@@ -313,8 +342,8 @@ class JobManager:
             raise InvalidSpec("resume_from.checkpoint",
                               str(CheckpointNotFound(resume_from.job_id, resume_from.checkpoint)))
         try:
-            archive = read_archive(self.data_dir / ckpt.path)
-        except (CheckpointRejected, OSError) as exc:
+            archive = self._read_checkpoint(ckpt.path)
+        except (CheckpointRejected, OSError, storage.StorageUnavailable) as exc:
             raise InvalidSpec("resume_from.checkpoint", f"{ckpt.id} cannot be read: {exc}") from None
         return resume_from, ckpt, archive
 
@@ -379,11 +408,12 @@ class JobManager:
         """Train one job to its end and record the outcome (runs in the job's thread)."""
         try:
             try:
-                resume = read_archive(self.data_dir / job.resume_path) if job.resume_path else None
-            except (CheckpointRejected, OSError) as exc:
+                resume = self._read_checkpoint(job.resume_path) if job.resume_path else None
+            except (CheckpointRejected, OSError, storage.StorageUnavailable) as exc:
                 raise CheckpointRejected(f"cannot resume from {job.resume_path}: {exc}") from None
-            trainer = Trainer(JobSpec.model_validate(job.spec), self.job_dir(job.id),
-                              StoreSink(self.store, job.id, self.data_dir), job_id=job.id, resume=resume,
+            location = self.job_location(job.id)
+            trainer = Trainer(JobSpec.model_validate(job.spec), location,
+                              StoreSink(self.store, job.id, self._record, location), job_id=job.id, resume=resume,
                               resource_timeout_s=self.limits.resource_timeout_s)
             with self._cond:
                 active.trainer = trainer
@@ -393,8 +423,7 @@ class JobManager:
             ckpt = trainer.last_checkpoint
             summary["checkpoint"] = ckpt.id if ckpt else None  # an id, not a server path
             if summary["status"] == "STOPPED" and self._closing and not active.stop and ckpt:
-                rel = Path(ckpt.path).resolve().relative_to(self.data_dir.resolve()).as_posix()
-                self.store.requeue(job.id, rel, ckpt.step, reason=(
+                self.store.requeue(job.id, self._record(ckpt.location), ckpt.step, reason=(
                     f"the server shut down; the job resumes from {ckpt.id} at its next start"))
             else:
                 self.store.finish(job.id, summary["status"], summary=summary)
@@ -481,20 +510,23 @@ class JobManager:
         self.get(job_id)
         return self.store.checkpoints(job_id)
 
-    def archive(self, job_id: str, ckpt_id: str) -> tuple[Path, str]:
-        """(path of the checkpoint archive, download file name); `latest` works.
+    def archive(self, job_id: str, ckpt_id: str) -> tuple[str, str]:
+        """(location of the checkpoint archive, download file name); `latest` works.
 
-        The file name is made from the stored ids, never from request text.
+        Only a location ending in `<job id>/checkpoints/<checkpoint id>.tar.gz` is served, and
+        the file name is made from the stored ids, never from request text.
         """
         job = self.get(job_id)
         ckpt = self.store.checkpoint(job.id, ckpt_id) if re.fullmatch(CHECKPOINT_ID_PATTERN, ckpt_id) else None
         if ckpt is None:
             raise CheckpointNotFound(job_id, ckpt_id)
-        job_dir = self.job_dir(job.id).resolve()
-        path = (self.data_dir / ckpt.path).resolve()
-        if not path.is_relative_to(job_dir) or not path.is_file():
+        location = self._location(ckpt.path)
+        if storage.is_local(location):
+            location = str(Path(storage.local_path(location)).resolve())
+        if location.split("/")[-3:] != [job.id, "checkpoints", f"{ckpt.id}.tar.gz"] \
+                or not storage.exists(location):
             raise CheckpointNotFound(job_id, ckpt.id)
-        return path, f"{job.id}-{ckpt.id}.tar.gz"
+        return location, f"{job.id}-{ckpt.id}.tar.gz"
 
 
 def _encode_token(created: float, job_id: str) -> str:

@@ -46,6 +46,9 @@ class JobSpec(FrozenModel):
     """Write a checkpoint archive every this many updates, and always at the end."""
     max_nonfinite_updates: int = Field(3, ge=1)
     """Fail the job after this many updates in a row were skipped for NaN/inf."""
+    max_learner_restarts: int = Field(3, ge=0, le=100)
+    """Restart a lost learner (process or node died, or hung) from the last checkpoint at most
+    this many times; then the job fails."""
     learner_device: Literal["auto", "cpu", "cuda"] = "auto"
     """auto: a GPU when the cluster has one, else CPU. cuda fails when the cluster has none."""
     use_tuned: bool = True

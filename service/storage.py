@@ -14,12 +14,13 @@ and the API server reads the same locations back.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import posixpath
 import re
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Callable, Iterator
 from urllib.parse import unquote, urlsplit
 
 _SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
@@ -101,6 +102,33 @@ def read_bytes(location: str | os.PathLike) -> bytes:
         return stream.read()
 
 
+@contextlib.contextmanager
+def open_read(location: str | os.PathLike) -> Iterator[BinaryIO]:
+    """A binary stream of a file, to read in chunks (a download is served without loading it
+    whole); FileNotFoundError when there is none."""
+    if is_local(location):
+        with open(local_path(location), "rb") as stream:
+            yield stream
+        return
+    fs, path = _filesystem(location)
+    if hasattr(fs, "cat_file"):  # fsspec
+        with fs.open(path, "rb") as stream:
+            yield stream
+        return
+    from pyarrow import fs as pafs
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        raise FileNotFoundError(location)
+    with fs.open_input_stream(path) as stream:
+        yield stream
+
+
+def check_available(location: str | os.PathLike) -> None:
+    """Raise StorageUnavailable now if no installed library can open the location's scheme,
+    rather than at a job's first checkpoint."""
+    if not is_local(location):
+        _filesystem(location)
+
+
 def exists(location: str | os.PathLike) -> bool:
     """Whether a file (or directory) exists at the location."""
     if is_local(location):
@@ -140,6 +168,64 @@ def list_files(prefix: str | os.PathLike) -> list[str]:
         if not rel.startswith("..") and not _is_temp(posixpath.basename(rel)):
             rels.append(rel)
     return [join(prefix, rel) for rel in sorted(rels)]
+
+
+class JsonLines:
+    """A JSON-lines file in storage that only grows by whole records (metrics.jsonl, events.jsonl).
+
+    On a local path each record is appended and flushed as it comes, so readers (`tail -f`)
+    see it at once. An object store cannot append: there the records are kept in memory and
+    the whole object is rewritten at `flush()` (the CLI flushes at each checkpoint and at the
+    end), so a crash loses at most the records since the last flush.
+    """
+
+    def __init__(self, location: str) -> None:
+        self.location = location
+        self._file = None
+        self._lines: list[str] = []
+        self._dirty = False
+        if is_local(location):
+            local_path(location).parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(local_path(location), "a", buffering=1)
+        elif exists(location):  # continue the file, as "a" does locally
+            self._lines = read_bytes(location).decode().splitlines(keepends=True)
+
+    def append(self, record: dict[str, Any]) -> None:
+        """Add one record (one line)."""
+        line = json.dumps(record) + "\n"
+        if self._file is not None:
+            self._file.write(line)
+        else:
+            self._lines.append(line)
+            self._dirty = True
+
+    def keep(self, predicate: Callable[[dict[str, Any]], bool]) -> None:
+        """Drop the records for which `predicate` is false, rewriting the file atomically."""
+        if self._file is not None:
+            self._file.close()
+            lines = local_path(self.location).read_text().splitlines(keepends=True)
+        else:
+            lines = self._lines
+        self._lines = [line for line in lines if line.strip() and predicate(json.loads(line))]
+        write_bytes_atomic(self.location, "".join(self._lines).encode())
+        self._dirty = False
+        if self._file is not None:
+            self._lines = []
+            self._file = open(local_path(self.location), "a", buffering=1)
+
+    def flush(self) -> None:
+        """Make every record so far visible in storage."""
+        if self._file is not None:
+            self._file.flush()
+        elif self._dirty:
+            write_bytes_atomic(self.location, "".join(self._lines).encode())
+            self._dirty = False
+
+    def close(self) -> None:
+        """Flush and release the file."""
+        self.flush()
+        if self._file is not None:
+            self._file.close()
 
 
 def _is_temp(name: str) -> bool:

@@ -308,11 +308,27 @@ class JobStore:
         repeats those steps and rows must keep increasing.
         """
         with self._write() as conn:
-            conn.execute("DELETE FROM metrics WHERE job_id = ? AND step > ?", (job_id, from_step))
-            conn.execute("UPDATE jobs SET status = 'PENDING', resume_path = ?, resume_step = ?, step = ?,"
+            self._rewind(conn, job_id, from_step)
+            conn.execute("UPDATE jobs SET status = 'PENDING', resume_path = ?, resume_step = ?,"
                          " recoveries = recoveries + ? WHERE id = ? AND status IN ('PENDING', 'RUNNING')",
-                         (resume_path, from_step, from_step, int(count_recovery), job_id))
+                         (resume_path, from_step, int(count_recovery), job_id))
             self._event(conn, job_id, "requeued", reason)
+
+    def rewind(self, job_id: str, step: int) -> int:
+        """Drop the job's metrics rows past `step` and set its progress back to `step`.
+
+        For a run that goes back to the checkpoint at `step` (a restarted learner): it records
+        those steps again, so the rows past it would otherwise be stale or, under the unique
+        (job, step) index, half old and half new. Returns how many rows were dropped.
+        """
+        with self._write() as conn:
+            return self._rewind(conn, job_id, step)
+
+    @staticmethod
+    def _rewind(conn: sqlite3.Connection, job_id: str, step: int) -> int:
+        dropped = conn.execute("DELETE FROM metrics WHERE job_id = ? AND step > ?", (job_id, step)).rowcount
+        conn.execute("UPDATE jobs SET step = ? WHERE id = ?", (step, job_id))
+        return dropped
 
     def request_stop(self, job_id: str) -> bool:
         """Record that a stop was asked for (it survives a restart); False if already terminal."""

@@ -4,10 +4,11 @@ Each row becomes one event at `step` holding one scalar per numeric metrics key,
 own name (`episode_return_mean`, `policy_loss`, ...), so `tensorboard --logdir <data-dir>` (or
 `--logdir runs`) shows the same series as `GET /jobs/{id}/metrics`.
 
-The file is opened, appended to and closed for every row: nothing to close when a job ends or its
-server dies, no writer thread, and every row is in the file once `write` returns. A row per
-update is small, so the cost is one short append. The record framing is TFRecord's; the protocol
-buffers and the checksum are tensorboardX's.
+On a local path the file is opened, appended to and closed for every row: nothing to close when
+a job ends or its server dies, no writer thread, and every row is in the file once `write`
+returns. An object store cannot append: there the records are kept in memory and the whole
+object is rewritten at `flush()` (at each checkpoint), as `storage.JsonLines` does. The record
+framing is TFRecord's; the protocol buffers and the checksum are tensorboardX's.
 """
 
 from __future__ import annotations
@@ -18,12 +19,13 @@ import os
 import socket
 import struct
 import time
-from pathlib import Path
 from typing import Any
 
 from tensorboardX.proto.event_pb2 import Event
 from tensorboardX.proto.summary_pb2 import Summary
 from tensorboardX.record_writer import masked_crc32c
+
+from service import storage
 
 
 _opened = itertools.count()
@@ -36,16 +38,22 @@ def _record(data: bytes) -> bytes:
 
 
 class TensorBoardLog:
-    """Appends metrics rows to a new event file under `log_dir` (one file per log, as TensorBoard
-    expects: a resumed job adds a file next to the earlier ones and the series continue)."""
+    """Appends metrics rows to a new event file under `log_dir`, a path or a storage URI (one file
+    per log, as TensorBoard expects: a resumed job adds a file next to the earlier ones and the
+    series continue)."""
 
-    def __init__(self, log_dir: Path) -> None:
-        log_dir = Path(log_dir)
-        log_dir.mkdir(parents=True, exist_ok=True)
+    def __init__(self, log_dir: str | os.PathLike) -> None:
+        log_dir = os.fspath(log_dir)
         # TensorBoard's naming. Readers take a directory's files in name order, so names sort by
         # creation: seconds, then a per-process counter for logs opened in the same second.
-        self.path = log_dir / (f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}"
-                               f".{os.getpid()}.{next(_opened):06d}")
+        name = (f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}"
+                f".{os.getpid()}.{next(_opened):06d}")
+        self.location = storage.join(log_dir, name)
+        self._buffer: list[bytes] | None = None
+        if storage.is_local(log_dir):
+            storage.local_path(log_dir).mkdir(parents=True, exist_ok=True)
+        else:
+            self._buffer = []
         self._append(Event(wall_time=time.time(), file_version="brain.Event:2"))
 
     def write(self, row: dict[str, Any]) -> None:
@@ -55,6 +63,15 @@ class TensorBoardLog:
                   and math.isfinite(value)]
         self._append(Event(wall_time=time.time(), step=int(row["step"]), summary=Summary(value=values)))
 
+    def flush(self) -> None:
+        """Make every event so far visible in storage (a no-op on a local path)."""
+        if self._buffer is not None:
+            storage.write_bytes_atomic(self.location, b"".join(self._buffer))
+
     def _append(self, event: Event) -> None:
-        with open(self.path, "ab") as f:
-            f.write(_record(event.SerializeToString()))
+        record = _record(event.SerializeToString())
+        if self._buffer is not None:
+            self._buffer.append(record)
+            return
+        with open(storage.local_path(self.location), "ab") as f:
+            f.write(record)

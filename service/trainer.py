@@ -1,35 +1,49 @@
-"""The training driver: starts the actors, runs the A2C loop, records metrics and checkpoints."""
+"""The training driver: starts the actors, runs the A2C loop, records metrics and checkpoints.
+
+Faults (each reported as an event of the job):
+- a rollout worker lost with its process or node, or hung, is replaced by `WorkerGroup` and
+  samples its share of the batch again;
+- a rollout lost before the learner fetched it is sampled again by every worker;
+- a learner lost with its process or node, or hung, is restarted from the last checkpoint, at
+  most `spec.max_learner_restarts` times; the sink is told to rewind to the checkpoint's step,
+  so the metrics rows past it are replaced by those of the resumed run, never duplicated.
+
+The driver itself writes every checkpoint archive (through `service.storage`), so it does not
+matter on which node the learner ran.
+"""
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import threading
 import time
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import ray
+from ray.exceptions import GetTimeoutError
 
-from learner.checkpoint import Checkpoint, write_archive
-from learner.learner import Learner
+from learner.checkpoint import Checkpoint, archive_bytes, read_archive
+from learner.learner import Learner, LearnerState
 from learner.policy import SpacesSpec
+from service import storage
 from service.cluster import cluster_has_gpu
 from service.spec import InvalidSpec, JobSpec
+from service.worker_group import (LearnerLost, RolloutsLost, TrainingFailed, WorkerGroup, actor_node_id,
+                                  first_line, loss_of)
 from workers.env import UnknownEnvironment, describe_spaces
-from workers.worker import Episodes, RolloutWorker
+from workers.worker import Episodes
 
 log = logging.getLogger(__name__)
 
+__all__ = ["CheckpointInfo", "NullSink", "Trainer", "TrainingFailed", "TrainingSink"]
+
 RETURN_WINDOW = 20
 """Episode returns and summary means are over the last this many finished episodes."""
-
-
-class TrainingFailed(RuntimeError):
-    """The job could not go on; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -37,7 +51,8 @@ class CheckpointInfo:
     """A checkpoint archive that was written, as job stores and listings report it."""
 
     id: str
-    path: Path
+    location: str
+    """Where the archive is: a path or a storage URI (see `service.storage`)."""
     step: int
     return_mean: float | None
     size_bytes: int
@@ -56,6 +71,10 @@ class TrainingSink(Protocol):
     def checkpoint(self, info: CheckpointInfo) -> None:
         """A checkpoint archive was written."""
 
+    def rewind(self, step: int) -> None:
+        """The job goes back to `step` (a restarted learner resumed from that checkpoint): the
+        rows recorded after it are void, and rows for those steps will come again."""
+
 
 class NullSink:
     """A sink that drops everything."""
@@ -69,6 +88,9 @@ class NullSink:
     def checkpoint(self, info: CheckpointInfo) -> None:
         """Drop the record."""
 
+    def rewind(self, step: int) -> None:
+        """Nothing to drop."""
+
 
 def _finite(value: Any) -> Any:
     """A metric value as JSON can carry it: NaN and inf become None."""
@@ -79,27 +101,41 @@ def _mean(values) -> float | None:
     return float(np.mean(values)) if len(values) else None
 
 
+def read_checkpoint(location: str) -> Checkpoint:
+    """A checkpoint archive read (and verified) from a path or a storage URI."""
+    return read_archive(storage.read_bytes(location))
+
+
 class Trainer:
-    """Runs one job: `run()` trains to `spec.total_steps` or until `request_stop()`."""
+    """Runs one job: `run()` trains to `spec.total_steps` or until `request_stop()`.
 
-    timeout_s: float = 600.0
-    """Longest wait for any one actor call; a lost actor must not hang the job."""
+    `location` is the job's run directory, a path or a storage URI: checkpoints go to
+    `<location>/checkpoints/step-<10 digits>.tar.gz`.
+    """
 
-    def __init__(self, spec: JobSpec, out_dir: Path, sink: TrainingSink | None = None,
+    def __init__(self, spec: JobSpec, location, sink: TrainingSink | None = None,
                  job_id: str | None = None, resume: Checkpoint | None = None,
-                 resource_timeout_s: float = 600.0, max_worker_replacements: int = 10) -> None:
-        self.spec, self.out_dir = spec, Path(out_dir)
+                 resource_timeout_s: float = 600.0, call_timeout_s: float = 600.0,
+                 max_worker_replacements: int = 10) -> None:
+        self.spec, self.location = spec, str(location)
         self.sink = sink or NullSink()
         self.job_id = job_id or uuid.uuid4().hex[:12]
         self.resume = resume
         self.resource_timeout_s = resource_timeout_s
+        """Longest wait for cluster resources: for the actors at start and for replacements."""
+        self.call_timeout_s = call_timeout_s
+        """Longest wait for any one actor call; an actor that hangs past it counts as lost."""
+        self.max_worker_replacements = max_worker_replacements
         self._stop = threading.Event()
         self.returns: collections.deque[float] = collections.deque(maxlen=RETURN_WINDOW)
         self.best_return_mean: float | None = None
+        self._returns_at_checkpoint: tuple[list[float], float | None] = ([], None)
         self.last_checkpoint: CheckpointInfo | None = None
-        self.workers: list[Any] = []
-        self.worker_replacements = 0
-        self.max_worker_replacements = max_worker_replacements
+        self.use_gpu = False
+        self.learner: Any = None
+        self.learner_node = ""
+        self.learner_restarts = 0
+        self.workers: WorkerGroup | None = None
         self.nonfinite_in_a_row = 0
 
     def request_stop(self) -> None:
@@ -123,8 +159,8 @@ class Trainer:
             raise InvalidSpec("resume", f"checkpoint spaces {self.resume.spaces} do not match {self.spec.env}")
         return spaces
 
-    def _start_actors(self, spaces: SpacesSpec) -> Any:
-        """One Learner (GPU when the cluster has one and the spec allows) and W RolloutWorkers."""
+    def _check_cluster(self) -> bool:
+        """Refuse a job the cluster can never hold; returns whether the learner gets a GPU."""
         spec = self.spec
         total_cpus = ray.cluster_resources().get("CPU", 0)
         if total_cpus < spec.workers + 1:
@@ -133,122 +169,135 @@ class Trainer:
         has_gpu = cluster_has_gpu()
         if spec.learner_device == "cuda" and not has_gpu:
             raise InvalidSpec("learner_device", "cuda was requested but the cluster has no GPU; use auto or cpu")
-        use_gpu = has_gpu and spec.learner_device != "cpu"
-        learner = ray.remote(Learner).options(num_cpus=1, num_gpus=1 if use_gpu else 0).remote(
-            spaces, spec.policy, spec.a2c, spec.total_steps, spec.seed, spec.learner_device,
-            use_gpu, self.resume.state if self.resume else None)
-        self.workers = [self._new_worker(spaces, i) for i in range(spec.workers)]
-        return learner
+        return has_gpu and spec.learner_device != "cpu"
 
-    def _new_worker(self, spaces: SpacesSpec, index: int) -> Any:
-        """Rollout worker `index` (a replacement gets the same index, hence the same env seeds)."""
+    def _start_learner(self, spaces: SpacesSpec, restore: LearnerState | None) -> None:
+        """Start the Learner (1 GPU when `self.use_gpu`) and report its device and node."""
         spec = self.spec
-        return ray.remote(RolloutWorker).options(num_cpus=1).remote(
-            spec.env, spec.env_kwargs, spec.envs_per_worker, spec.steps_per_env, spaces,
-            spec.policy, spec.seed, index)
-
-    def _sample(self, weights, indices=None) -> dict[int, tuple[Any, Any]]:
-        """Start a rollout on each worker (or those in `indices`): {index: (rollout, episodes)}."""
-        indices = range(len(self.workers)) if indices is None else indices
-        return {i: tuple(self.workers[i].sample.options(num_returns=2).remote(weights)) for i in indices}
-
-    def _gather(self, pending: dict[int, tuple[Any, Any]], weights, spaces: SpacesSpec
-                ) -> tuple[list[Any], list[Episodes]]:
-        """Wait for every worker's rollout; a worker that died is replaced and samples again.
-
-        Each worker contributes exactly one rollout per update, so a replacement neither
-        double-counts nor skips steps.
-        """
-        episodes: list[Episodes] = []
-        for i in range(len(self.workers)):
-            while True:
-                try:
-                    episodes.append(self._get(pending[i][1], f"worker {i}'s rollout", raw=True))
-                    break
-                except ray.exceptions.RayActorError as exc:
-                    self._replace_worker(i, spaces, exc)
-                    pending.update(self._sample(weights, [i]))
-        return [pending[i][0] for i in range(len(self.workers))], episodes
-
-    def _replace_worker(self, index: int, spaces: SpacesSpec, exc: Exception) -> None:
-        """Swap a dead worker for a new actor (Ray places it on any node with a free CPU)."""
-        self.worker_replacements += 1
-        if self.worker_replacements > self.max_worker_replacements:
-            raise TrainingFailed(f"rollout workers died {self.worker_replacements} times "
-                                 f"(limit {self.max_worker_replacements}); last: {exc}")
-        ray.kill(self.workers[index])
-        self.workers[index] = self._new_worker(spaces, index)
-        self.sink.event("worker_replaced", f"worker {index} died ({type(exc).__name__}); "
-                        f"started a replacement ({self.worker_replacements} so far)")
-
-    def _get(self, refs, what: str, timeout: float | None = None, raw: bool = False):
-        """ray.get with a timeout, turning a hang or a dead actor into TrainingFailed.
-
-        With `raw`, actor deaths are raised as they are, for the caller to recover from.
-        """
+        self.learner = ray.remote(Learner).options(num_cpus=1, num_gpus=1 if self.use_gpu else 0).remote(
+            spaces, spec.policy, spec.a2c, spec.total_steps, spec.seed, spec.learner_device,
+            self.use_gpu, restore)
         try:
-            return ray.get(refs, timeout=timeout or self.timeout_s)
-        except ray.exceptions.GetTimeoutError:
-            raise TrainingFailed(f"timed out after {timeout or self.timeout_s:.0f}s waiting for {what}") from None
-        except ray.exceptions.RayActorError as exc:
-            if raw:
-                raise
-            raise TrainingFailed(f"{what} failed: actor died: {exc}") from None
+            _, reason = ray.get(self.learner.device_info.remote(), timeout=self.resource_timeout_s)
+            node = ray.get(self.learner.__ray_call__.remote(actor_node_id), timeout=self.call_timeout_s)
+        except GetTimeoutError:
+            raise TrainingFailed(f"the learner did not start within {self.resource_timeout_s:g}s "
+                                 f"(resource_timeout_s; are CPUs{' and a GPU' * self.use_gpu} free?)") from None
+        except Exception as exc:  # noqa: BLE001 - a learner that cannot start fails the job
+            raise TrainingFailed(f"the learner failed to start: {first_line(exc)}") from exc
+        log.info("learner on node %s: %s", node, reason)
+        self.sink.event("device", reason)
+        self.learner_node = node
+
+    def _learner_get(self, ref, what: str):
+        """ray.get of a learner call, sorting failures into LearnerLost, RolloutsLost or TrainingFailed."""
+        try:
+            return ray.get(ref, timeout=self.call_timeout_s)
+        except Exception as exc:  # noqa: BLE001 - sorted below
+            loss = loss_of(exc)
+            if loss is None:
+                raise TrainingFailed(f"{what} failed: {first_line(exc)}") from exc
+            if loss == "input lost":
+                raise RolloutsLost(f"{what} could not fetch a rollout: {first_line(exc)}") from exc
+            raise LearnerLost(f"the learner {loss} during {what}: {first_line(exc)}") from exc
 
     def run(self) -> dict[str, Any]:
         """Train; returns the summary (keys of ARCHITECTURE.md plus `status`)."""
         spec, t0 = self.spec, time.monotonic()
         spaces = self._spaces()
-        learner = self._start_actors(spaces)
+        self.use_gpu = self._check_cluster()
+        self.workers = WorkerGroup(spec, spaces, self.sink, self.call_timeout_s, self.resource_timeout_s,
+                                   self.max_worker_replacements)
+        start = self.resume.state if self.resume else None
         try:
-            weights = learner.weights.remote()
-            _, reason = self._get(learner.device_info.remote(), "the learner to start (are CPUs free?)",
-                                  self.resource_timeout_s)
-            self.sink.event("device", reason)
-            self._get([w.set_weights.remote(weights) for w in self.workers],
-                      "rollout workers to start (are CPUs free?)", self.resource_timeout_s)
+            self._start_learner(spaces, start)
+            nodes = self.workers.start(self.learner.weights.remote())
+            self.sink.event("placement", f"learner on node {self.learner_node[:12]}; workers on nodes "
+                            + ", ".join(n[:12] for n in nodes))
             startup_s = time.monotonic() - t0
             self.sink.event("started", f"{spec.workers} workers x {spec.envs_per_worker} envs, "
                             f"T={spec.steps_per_env}, mode={spec.mode}, startup {startup_s:.1f}s")
-            step = self.resume.state.step if self.resume else 0
-            updates = self.resume.state.updates if self.resume else 0
+            step, updates = (start.step, start.updates) if start else (0, 0)
             loop_t0 = time.monotonic()
-            pending, pending_weights = self._sample(weights), weights
+            weights = self.learner.weights.remote()
+            pending = self.workers.sample(weights)
             while step < spec.total_steps and not self._stop.is_set():
                 tick = time.monotonic()
-                rollouts, episodes = self._gather(pending, pending_weights, spaces)
-                stats_ref = learner.update.remote(*rollouts)
-                next_weights = learner.weights.remote()
-                if step + spec.a2c.steps_per_batch < spec.total_steps:
-                    # Sync waits for the new weights (exact A2C); async samples with the old (lag 1).
-                    pending_weights = next_weights if spec.mode == "sync" else weights
-                    pending = self._sample(pending_weights)
-                weights = next_weights
-                stats = self._get(stats_ref, "the learner's update")
-                step, updates = stats["step"], updates + 1
-                self._count_nonfinite(stats)
-                last = step >= spec.total_steps or self._stop.is_set()
-                row = self._row(stats, episodes, tick, loop_t0)
-                if last or (spec.eval_every and updates % spec.eval_every == 0):
-                    row["eval_return_mean"] = self._evaluate(weights, updates, spaces)
-                self.sink.metrics(row)
-                if updates % spec.checkpoint_every == 0 or last:
-                    self._checkpoint(learner, spaces)
+                try:
+                    rollouts, episodes = self.workers.gather(pending)
+                    stats_ref = self.learner.update.remote(*rollouts)
+                    next_weights = self.learner.weights.remote()
+                    if step + spec.a2c.steps_per_batch < spec.total_steps:
+                        # Sync waits for the new weights (exact A2C); async samples with the old (lag 1).
+                        pending = self.workers.sample(next_weights if spec.mode == "sync" else weights)
+                    stats = self._learner_get(stats_ref, "the learner's update")
+                    weights, step, updates = next_weights, stats["step"], updates + 1
+                    self._count_nonfinite(stats)
+                    last = step >= spec.total_steps or self._stop.is_set()
+                    row = self._row(stats, episodes, tick, loop_t0)
+                    if last or (spec.eval_every and updates % spec.eval_every == 0):
+                        row["eval_return_mean"] = self._evaluate(weights, updates)
+                    self.sink.metrics(row)
+                    if updates % spec.checkpoint_every == 0 or last:
+                        self._checkpoint(spaces)
+                except RolloutsLost as exc:  # the learner did not update: sample this batch again
+                    self.sink.event("rollouts_lost", f"{exc}; every worker samples its share again")
+                    pending = self.workers.sample(weights)
+                except LearnerLost as exc:
+                    step, updates = self._restart_learner(spaces, exc)
+                    weights = self.learner.weights.remote()
+                    pending = self.workers.sample(weights)
             wall_s = time.monotonic() - loop_t0
             if self.last_checkpoint is None or self.last_checkpoint.step != step:
-                self._checkpoint(learner, spaces)
+                self._checkpoint(spaces)
         finally:
-            for actor in [learner, *self.workers]:
-                ray.kill(actor)
-        trained = step - (self.resume.state.step if self.resume else 0)
+            self.workers.kill()
+            if self.learner is not None:
+                with contextlib.suppress(Exception):
+                    ray.kill(self.learner)
+        trained = step - (start.step if start else 0)
         return {
             "job_id": self.job_id, "env": spec.env, "steps": step,
             "wall_s": round(time.monotonic() - t0, 3), "startup_s": round(startup_s, 3),
             "env_steps_per_s": round(trained / wall_s, 1) if wall_s > 0 else None,
             "final_return_mean": _mean(self.returns), "best_return_mean": self.best_return_mean,
-            "checkpoint": str(self.last_checkpoint.path) if self.last_checkpoint else None,
+            "checkpoint": self.last_checkpoint.location if self.last_checkpoint else None,
             "status": "STOPPED" if self._stop.is_set() else "SUCCEEDED",
         }
+
+    def _restart_learner(self, spaces: SpacesSpec, exc: LearnerLost) -> tuple[int, int]:
+        """Replace a lost learner by one restored from the last checkpoint; returns (step, updates).
+
+        Fails the job once `spec.max_learner_restarts` restarts are used up.
+        """
+        self.learner_restarts += 1
+        limit = self.spec.max_learner_restarts
+        if self.learner_restarts > limit:
+            raise TrainingFailed(f"{exc}; not restarting it: max_learner_restarts={limit} "
+                                 f"restart{'s' * (limit != 1)} already used") from None
+        with contextlib.suppress(Exception):
+            ray.kill(self.learner)
+        if self.last_checkpoint is not None:
+            ckpt = self.last_checkpoint
+            restore, source = read_checkpoint(ckpt.location).state, f"checkpoint {ckpt.id}"
+        elif self.resume is not None:
+            restore, source = self.resume.state, "the checkpoint the job started from"
+        else:
+            restore, source = None, "the beginning (no checkpoint yet)"
+        step, updates = (restore.step, restore.updates) if restore else (0, 0)
+        self.sink.event("learner_lost", f"{exc}; restarting it from {source}, step {step} "
+                        f"(restart {self.learner_restarts} of at most {limit})")
+        # The rows after `step` are void: the resumed run records those steps again.
+        self.sink.rewind(step)
+        returns, self.best_return_mean = self._returns_at_checkpoint if restore else ([], None)
+        self.returns = collections.deque(returns, maxlen=RETURN_WINDOW)
+        self.nonfinite_in_a_row = 0
+        if self.spec.learner_device == "auto":  # the GPU node may be what was lost: then use a CPU
+            self.use_gpu = cluster_has_gpu()
+        self._start_learner(spaces, restore)
+        self.sink.event("learner_restarted", f"the learner runs again on node {self.learner_node[:12]} "
+                        f"from step {step}; metrics rows after step {step} are recorded again")
+        return step, updates
 
     def _row(self, stats: dict[str, Any], episodes: list[Episodes], tick: float,
              loop_t0: float) -> dict[str, Any]:
@@ -283,28 +332,24 @@ class Trainer:
             raise TrainingFailed(f"{self.nonfinite_in_a_row} updates in a row had NaN/inf in "
                                  "observations, loss or gradients; the weights were kept finite")
 
-    def _evaluate(self, weights, updates: int, spaces: SpacesSpec) -> float:
-        """Mean return of the deterministic policy over eval_episodes fresh episodes (worker 0)."""
+    def _evaluate(self, weights, updates: int) -> float:
+        """Mean return of the deterministic policy over eval_episodes fresh episodes."""
         seed = self.spec.seed + 1_000_003 * (updates + 1)
-        while True:
-            try:
-                returns = self._get(self.workers[0].evaluate.remote(weights, self.spec.eval_episodes, seed),
-                                    "evaluation", raw=True)
-                return float(np.mean(returns))
-            except ray.exceptions.RayActorError as exc:
-                self._replace_worker(0, spaces, exc)
+        return float(np.mean(self.workers.evaluate(weights, self.spec.eval_episodes, seed)))
 
-    def _checkpoint(self, learner, spaces: SpacesSpec) -> CheckpointInfo:
+    def _checkpoint(self, spaces: SpacesSpec) -> CheckpointInfo:
         """Write the learner's state as an archive (by the driver, wherever the learner runs)."""
-        state = self._get(learner.state.remote(), "the learner's state")
+        state = self._learner_get(self.learner.state.remote(), "the learner's checkpoint")
         if not all(np.isfinite(t).all() for t in state.weights.tensors.values()):
             raise TrainingFailed(f"weights at step {state.step} are not finite; not checkpointed")
         ckpt_id = f"step-{state.step:010d}"
-        path = self.out_dir / "checkpoints" / f"{ckpt_id}.tar.gz"
+        location = storage.join(self.location, "checkpoints", f"{ckpt_id}.tar.gz")
         mean = _mean(self.returns)
-        write_archive(path, state, spaces, self.spec.env, self.spec.model_dump(mode="json"),
-                      extra={"job_id": self.job_id, "return_mean": mean})
-        info = CheckpointInfo(ckpt_id, path, state.step, mean, path.stat().st_size, time.time())
+        data = archive_bytes(state, spaces, self.spec.env, self.spec.model_dump(mode="json"),
+                             extra={"job_id": self.job_id, "return_mean": mean})
+        storage.write_bytes_atomic(location, data)
+        info = CheckpointInfo(ckpt_id, location, state.step, mean, len(data), time.time())
         self.last_checkpoint = info
+        self._returns_at_checkpoint = (list(self.returns), self.best_return_mean)
         self.sink.checkpoint(info)
         return info

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Iterator
 
 from fastapi import APIRouter, Path
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, Response, StreamingResponse
 
 from api.deps import Authenticated, ManagerDep
 from api.schemas import CheckpointPublic, CheckpointsPublic
+from service import storage
 from service.jobs import CHECKPOINT_ID_PATTERN, JOB_ID_PATTERN
+
+CHUNK_BYTES = 1 << 20
 
 router = APIRouter(prefix="/jobs/{job_id}/checkpoints", tags=["checkpoints"], dependencies=[Authenticated])
 
@@ -28,7 +31,20 @@ def list_checkpoints(job_id: JobId, manager: ManagerDep) -> CheckpointsPublic:
 @router.get("/{ckpt_id}/archive", response_class=FileResponse, responses={
     200: {"content": {"application/gzip": {}}, "description": "The .tar.gz; `a2c evaluate` loads it."},
     404: {"description": "Unknown job or checkpoint"}})
-def download_archive(job_id: JobId, ckpt_id: CheckpointId, manager: ManagerDep) -> FileResponse:
-    """The checkpoint archive as a download, named `<job>-<checkpoint>.tar.gz`."""
-    path, filename = manager.archive(job_id, ckpt_id)
-    return FileResponse(path, media_type="application/gzip", filename=filename)
+def download_archive(job_id: JobId, ckpt_id: CheckpointId, manager: ManagerDep) -> Response:
+    """The checkpoint archive as a download, named `<job>-<checkpoint>.tar.gz`.
+
+    Streamed from the storage the job wrote to: a local file as it is, a storage URI in chunks.
+    """
+    location, filename = manager.archive(job_id, ckpt_id)
+    if storage.is_local(location):
+        return FileResponse(storage.local_path(location), media_type="application/gzip", filename=filename)
+    return StreamingResponse(_chunks(location), media_type="application/gzip",
+                             headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+
+
+def _chunks(location: str) -> Iterator[bytes]:
+    """The file at a storage URI, CHUNK_BYTES at a time (Starlette iterates it in a thread)."""
+    with storage.open_read(location) as stream:
+        while chunk := stream.read(CHUNK_BYTES):
+            yield chunk

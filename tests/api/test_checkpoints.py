@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from learner.checkpoint import read_archive
 
 
@@ -51,3 +53,46 @@ def test_checkpoint_ids_outside_the_pattern_never_reach_the_disk(client, finishe
     for ckpt in ("..%2F..%2Fjobs.sqlite3", "jobs.sqlite3", "step-1", "LATEST"):
         r = client.get(f"{base}/{ckpt}/archive")
         assert r.status_code in (404, 422) and r.headers["content-type"] == "application/json"
+
+
+STORAGE_JOB = {"env": "CartPole-v1", "total_steps": 4096, "workers": 2, "envs_per_worker": 4,
+               "a2c": {"steps_per_batch": 512}, "eval_every": 0, "checkpoint_every": 4}
+
+
+@pytest.fixture(scope="module")
+def uri_server(spawn_server):
+    """A server whose A2C_STORAGE is an fsspec URI (memory://, which lives in the server process)."""
+    pytest.importorskip("fsspec")
+    return spawn_server(A2C_STORAGE="memory://a2c-api-tests/jobs")
+
+
+def test_jobs_write_to_a_storage_uri_and_the_api_lists_serves_and_resumes_from_it(uri_server, tmp_path):
+    with uri_server.client() as client:
+        job_id = client.post("/jobs", json=STORAGE_JOB).raise_for_status().json()["id"]
+        assert client.wait_finished(job_id)["status"] == "SUCCEEDED"
+        listed = client.get(f"/jobs/{job_id}/checkpoints").json()["checkpoints"]
+        assert [c["step"] for c in listed] == [2048, 4096]
+        r = client.get(f"/jobs/{job_id}/checkpoints/latest/archive")
+        assert r.status_code == 200 and r.headers["content-type"] == "application/gzip"
+        assert r.headers["content-disposition"] == f'attachment; filename="{job_id}-step-0000004096.tar.gz"'
+        assert len(r.content) == listed[-1]["size_bytes"]
+        assert read_archive(r.content).manifest["job_id"] == job_id
+        # Resuming reads the archive back from the storage URI.
+        resumed = client.post("/jobs", json={"resume_from": {"job_id": job_id}, "total_steps": 6144})
+        resumed_id = resumed.raise_for_status().json()["id"]
+        assert client.wait_finished(resumed_id)["status"] == "SUCCEEDED"
+        rows = client.all_metrics(resumed_id)
+        assert [r["step"] for r in rows] == [4608, 5120, 5632, 6144]
+    # Nothing but the job database is on the local data dir.
+    assert sorted(p.name for p in uri_server.data_dir.iterdir()) == [
+        n for n in ("jobs.sqlite3", "jobs.sqlite3-shm", "jobs.sqlite3-wal") if (uri_server.data_dir / n).exists()]
+    path = tmp_path / "from-uri.tar.gz"
+    path.write_bytes(r.content)
+    out = subprocess.run([sys.executable, "-m", "service.cli", "evaluate", str(path), "--episodes", "2"],
+                         capture_output=True, text=True, timeout=300, check=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1])["env"] == "CartPole-v1"
+
+
+def test_server_refuses_to_start_on_a_storage_uri_nothing_can_open(spawn_server):
+    with pytest.raises(RuntimeError, match="nosuchfs://"):
+        spawn_server(A2C_STORAGE="nosuchfs://bucket/jobs")

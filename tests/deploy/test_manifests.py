@@ -140,6 +140,13 @@ def test_raycluster_manifest_runs_ray_and_the_api_server(raycluster_docs):
     token = next(e for e in head["env"] if e["name"] == "A2C_API_TOKEN")
     assert token["valueFrom"]["secretKeyRef"] == {"name": "a2c-api-token", "key": "token"}
     assert {"containerPort": 8000, "name": "a2c-api"} in head["ports"]
+    # Checkpoints go to A2C_STORAGE, here on the head's PVC next to the job database.
+    env = {e["name"]: e["value"] for e in head["env"] if "value" in e}
+    from api.config import Settings
+    settings = Settings(storage=env["A2C_STORAGE"], data_dir=args.data_dir)
+    data = next(m for m in head["volumeMounts"] if m["name"] == "data")
+    for path in (settings.storage, str(settings.data_dir)):
+        assert path.startswith(data["mountPath"] + "/"), path
     service = one(raycluster_docs, "Service")
     assert service["spec"]["type"] == "ClusterIP"
     assert service["spec"]["selector"] == {"ray.io/cluster": cluster["metadata"]["name"],
@@ -175,6 +182,11 @@ def test_dockerfile_builds_on_the_ray_image_and_names_the_entry_points():
     assert f"ARG BASE_IMAGE=rayproject/ray:{ray.__version__}-py311-cpu" in text
     assert "python -m service.train" in text and "a2c serve --address auto --host 0.0.0.0" in text
     assert "--index-url" in text and "download.pytorch.org/whl/cpu" in text
+    # PROJECT_EXTRAS names extras of pyproject.toml (the object-store filesystems).
+    import tomllib
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    for extra in re.findall(r"PROJECT_EXTRAS=(\w+)", text):
+        assert extra in extras, extra
     copied = re.findall(r"^COPY --chown=\S+ (.+) \S+$", text, re.M)
     sources = [src for line in copied for src in line.split()]
     for package in ("learner/", "workers/", "service/", "api/"):

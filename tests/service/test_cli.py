@@ -89,3 +89,82 @@ def test_sigint_stops_with_a_final_checkpoint_and_summary(tmp_path):
     assert summary["status"] == "STOPPED" and summary["steps"] >= 3 * 256
     from learner.checkpoint import read_archive
     assert read_archive(summary["checkpoint"]).state.step == summary["steps"]
+
+
+TINY = ["--env", "CartPole-v1", "--total-steps", "1024", "--workers", "1", "--envs-per-worker", "4",
+        "--steps-per-batch", "256", "--eval-every", "0", "--checkpoint-every", "2"]
+
+
+def test_train_writes_the_run_to_a_file_uri_storage_and_evaluate_reads_it_back(tmp_path):
+    base = (tmp_path / "shared store").as_uri()  # file:///.../shared%20store
+    result = a2c("train", *TINY, "--storage", base)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    run = tmp_path / "shared store" / summary["job_id"]
+    assert summary["checkpoint"] == f"{base}/{summary['job_id']}/checkpoints/step-0000001024.tar.gz"
+    files = sorted(p.relative_to(run).as_posix() for p in run.rglob("*") if p.is_file())
+    assert [f for f in files if not f.startswith("events.out.tfevents.")] == [
+        "checkpoints/step-0000000512.tar.gz", "checkpoints/step-0000001024.tar.gz",
+        "config.json", "events.jsonl", "metrics.jsonl"]
+    assert len(files) == 6  # and one TensorBoard event file
+    assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [
+        256, 512, 768, 1024]
+    # A run directory as a URI: evaluate takes its newest archive.
+    ev = a2c("evaluate", f"{base}/{summary['job_id']}", "--episodes", "2", timeout=120)
+    assert ev.returncode == 0, ev.stderr
+    assert json.loads(ev.stdout.strip().splitlines()[-1])["checkpoint"] == summary["checkpoint"]
+
+
+OBJECT_STORE_RUN = """
+import contextlib, io, json
+from service import storage
+from service.cli import main
+
+def run(*argv):
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(list(argv)) == 0
+    return json.loads(out.getvalue().strip().splitlines()[-1])
+
+first = run("train", *TINY, "--storage", "memory://a2c-cli/runs")
+resumed = run("train", "--resume", first["checkpoint"], "--total-steps", "1536", "--storage", "memory://a2c-cli/runs")
+base = "memory://a2c-cli/runs/" + first["job_id"]
+print(json.dumps({
+    "first": first, "resumed": resumed, "files": storage.list_files(base),
+    "steps": [json.loads(l)["step"] for l in storage.read_bytes(base + "/metrics.jsonl").decode().splitlines()],
+    "events": [json.loads(l)["kind"] for l in storage.read_bytes(base + "/events.jsonl").decode().splitlines()],
+    "eval_dir": run("evaluate", base, "--episodes", "2"),
+    "eval_archive": run("evaluate", resumed["checkpoint"], "--episodes", "2"),
+}))
+"""
+
+
+def test_train_resume_and_evaluate_on_an_object_store_uri():
+    """memory:// lives in one process, so train, resume and evaluate run in one (as `a2c` would)."""
+    pytest.importorskip("fsspec")
+    code = f"TINY = {TINY!r}\n{OBJECT_STORE_RUN}"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    base = f"memory://a2c-cli/runs/{out['first']['job_id']}"
+    tensorboard = [f for f in out["files"] if f.startswith(f"{base}/events.out.tfevents.")]
+    assert len(tensorboard) == 1  # flushed to the object store with the checkpoints
+    assert [f for f in out["files"] if f not in tensorboard] == [f"{base}/{name}" for name in (
+        "checkpoints/step-0000000512.tar.gz", "checkpoints/step-0000001024.tar.gz",
+        "config.json", "events.jsonl", "metrics.jsonl")]
+    assert out["steps"] == [256, 512, 768, 1024] and "checkpoint" in out["events"]
+    assert out["eval_dir"]["checkpoint"] == out["first"]["checkpoint"]
+    assert out["resumed"]["steps"] == 1536
+    assert out["resumed"]["checkpoint"].startswith(f"memory://a2c-cli/runs/{out['resumed']['job_id']}/")
+    assert out["eval_archive"]["checkpoint"] == out["resumed"]["checkpoint"]
+
+
+def test_out_and_storage_together_are_refused():
+    result = a2c("train", "--env", "CartPole-v1", "--out", "x", "--storage", "y", timeout=60)
+    assert result.returncode == 2 and "not allowed with argument" in result.stderr
+
+
+def test_storage_scheme_nothing_can_open_fails_before_ray_starts(tmp_path):
+    result = a2c("train", "--env", "CartPole-v1", "--storage", "nosuchfs://bucket/runs", timeout=60)
+    assert result.returncode == 1 and "StorageUnavailable" in result.stderr and "nosuchfs://" in result.stderr
+    assert "[ray]" not in result.stderr

@@ -71,8 +71,8 @@ def test_a_second_log_in_the_same_dir_continues_the_series_and_replaces_rewritte
         first.write(row)
     second = TensorBoardLog(tmp_path)
     second.write({"step": 768, "episode_return_mean": 99.0})
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([first.path.name, second.path.name])
-    assert first.path.name < second.path.name  # readers take files in name order
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([Path(first.location).name, Path(second.location).name])
+    assert Path(first.location).name < Path(second.location).name  # readers take files in name order
     assert read_scalars(tmp_path)["episode_return_mean"] == {256: 11.0, 512: 12.0, 768: 99.0}
 
 

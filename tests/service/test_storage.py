@@ -132,3 +132,42 @@ def test_memory_uri_through_fsspec():
     assert storage.list_files("memory://a2c-test-storage/none") == []
     with pytest.raises(FileNotFoundError):
         storage.read_bytes(storage.join(base, "missing"))
+
+
+def test_json_lines_on_a_local_path_are_visible_at_once_and_keep_rewrites(tmp_path):
+    log = storage.JsonLines(str(tmp_path / "run" / "metrics.jsonl"))
+    for step in (1, 2, 3):
+        log.append({"step": step})
+    assert (tmp_path / "run" / "metrics.jsonl").read_text().count("\n") == 3  # before any flush
+    log.keep(lambda row: row["step"] <= 1)
+    log.append({"step": 2, "again": True})
+    log.close()
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert lines == ['{"step": 1}', '{"step": 2, "again": true}']
+
+
+def test_json_lines_on_an_object_store_appear_at_flush_and_continue_an_existing_file():
+    pytest.importorskip("fsspec")
+    location = "memory://a2c-test-storage/jsonl/events.jsonl"
+    log = storage.JsonLines(location)
+    log.append({"kind": "started"})
+    assert not storage.exists(location)  # object stores cannot append: written at flush
+    log.flush()
+    assert storage.read_bytes(location) == b'{"kind": "started"}\n'
+    log.close()
+    again = storage.JsonLines(location)
+    again.append({"kind": "resumed"})
+    again.keep(lambda record: True)
+    assert storage.read_bytes(location).decode().splitlines() == ['{"kind": "started"}', '{"kind": "resumed"}']
+
+
+def test_open_read_streams_paths_and_uris(tmp_path):
+    pytest.importorskip("fsspec")
+    for location in (str(tmp_path / "a.bin"), "memory://a2c-test-storage/stream/a.bin"):
+        storage.write_bytes_atomic(location, b"x" * 10_000)
+        with storage.open_read(location) as stream:
+            chunks = iter(lambda: stream.read(4096), b"")
+            assert [len(c) for c in chunks] == [4096, 4096, 1808]
+    with pytest.raises(FileNotFoundError):
+        with storage.open_read("memory://a2c-test-storage/stream/missing.bin"):
+            pass

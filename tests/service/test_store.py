@@ -179,3 +179,19 @@ def test_newer_schema_version_is_refused(tmp_path):
     conn.close()
     with pytest.raises(StoreError, match="schema version 99"):
         JobStore(path)
+
+
+def test_rewind_drops_rows_past_the_step_so_the_resumed_run_replaces_them(store):
+    job_id = "b" * 12
+    store.create_job(job_id, SPEC)
+    store.mark_running(job_id)
+    for step in (512, 1024, 1536, 2048):
+        store.append_metrics(job_id, {"step": step, "run": "first"})
+    assert store.rewind(job_id, 1024) == 2
+    assert store.get_job(job_id).step == 1024
+    for step in (1536, 2048, 2560):  # the resumed run records those steps again, then goes on
+        store.append_metrics(job_id, {"step": step, "run": "resumed"})
+    rows = store.metrics(job_id)
+    assert [(r["step"], r["run"]) for r in rows] == [
+        (512, "first"), (1024, "first"), (1536, "resumed"), (2048, "resumed"), (2560, "resumed")]
+    assert store.get_job(job_id).step == 2560

@@ -2,24 +2,28 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
+import time
 
 import numpy as np
 import pytest
 
 from learner.checkpoint import read_archive
 from service.spec import build_spec
-from service.trainer import Trainer
+from service.trainer import Trainer, TrainingFailed, read_checkpoint
 
 pytestmark = pytest.mark.ray
 TIMING_KEYS = {"wall_s", "env_steps_per_s"}
 
 
 class Recorder:
-    """A sink that keeps everything it is told."""
+    """A sink that keeps everything it is told; a rewind drops the rows past its step, as the
+    job store does."""
 
     def __init__(self):
-        self.rows, self.events, self.checkpoints = [], [], []
+        self.rows, self.events, self.checkpoints, self.rewinds = [], [], [], []
 
     def event(self, kind, message):
         self.events.append((kind, message))
@@ -29,6 +33,13 @@ class Recorder:
 
     def checkpoint(self, info):
         self.checkpoints.append(info)
+
+    def rewind(self, step):
+        self.rewinds.append(step)
+        self.rows = [r for r in self.rows if r["step"] <= step]
+
+    def kinds(self):
+        return [kind for kind, _ in self.events]
 
 
 SMALL = {"env": "CartPole-v1", "workers": 2, "envs_per_worker": 4, "eval_every": 0,
@@ -101,7 +112,7 @@ def test_resume_continues_step_count_weights_and_schedule(ray_session, tmp_path)
     Trainer(spec, tmp_path / "a", first).run()
     mid = next(c for c in first.checkpoints if c.step == 512)
     resumed = Recorder()
-    summary = Trainer(spec, tmp_path / "b", resumed, resume=read_archive(mid.path)).run()
+    summary = Trainer(spec, tmp_path / "b", resumed, resume=read_archive(mid.location)).run()
     assert [r["step"] for r in resumed.rows] == [768, 1024]
     assert [r["weights_version"] for r in resumed.rows] == [3, 4]
     assert [r["learning_rate"] for r in resumed.rows] == [r["learning_rate"] for r in first.rows[2:]]
@@ -122,34 +133,168 @@ def test_async_mode_reports_a_policy_lag_of_one(ray_session, tmp_path):
     assert [r["step"] for r in sink.rows] == [256, 512, 768, 1024] and summary["steps"] == 1024
 
 
-class KillWorkerAfter(Recorder):
-    """Kills rollout worker 1 after `n` rows, with ray.kill or SIGKILL of its process."""
+def pid_of(actor) -> int:
+    """The OS process id of a live actor."""
+    import ray
+    return ray.get(actor.__ray_call__.remote(lambda self: os.getpid()), timeout=120)
 
-    def __init__(self, n, how):
+
+def kill(actor, how: str) -> None:
+    """End an actor as a crash would: `ray.kill`, or SIGKILL of its process."""
+    import ray
+    if how == "ray.kill":
+        ray.kill(actor)
+    else:
+        os.kill(pid_of(actor), signal.SIGKILL)
+
+
+class CallAfter(Recorder):
+    """Calls `action(trainer)` once `n` rows have arrived (from the trainer's own thread)."""
+
+    def __init__(self, n, action):
         super().__init__()
-        self.n, self.how, self.trainer = n, how, None
+        self.n, self.action, self.trainer, self.done = n, action, None, False
 
     def metrics(self, row):
         super().metrics(row)
-        if len(self.rows) == self.n:
-            import os
-            import signal
+        if len(self.rows) == self.n and not self.done:
+            self.done = True
+            self.action(self.trainer)
 
-            import ray
-            victim = self.trainer.workers[1]
-            if self.how == "ray.kill":
-                ray.kill(victim)
-            else:
-                pid = ray.get(victim.__ray_call__.remote(lambda self: os.getpid()))
-                os.kill(pid, signal.SIGKILL)
+
+def run_with(sink, spec, location, **kwargs):
+    sink.trainer = Trainer(build_spec(spec), location, sink, **kwargs)
+    return sink.trainer.run()
 
 
 @pytest.mark.parametrize("how", ["ray.kill", "SIGKILL"])
 def test_killed_worker_is_replaced_and_no_rollout_is_lost_or_doubled(ray_session, tmp_path, how):
-    sink = KillWorkerAfter(2, how)
-    sink.trainer = Trainer(build_spec({**SMALL, "total_steps": 6 * 256}), tmp_path, sink)
-    summary = sink.trainer.run()
+    sink = CallAfter(2, lambda trainer: kill(trainer.workers[1], how))
+    summary = run_with(sink, {**SMALL, "total_steps": 6 * 256}, tmp_path)
     assert summary["status"] == "SUCCEEDED" and summary["steps"] == 6 * 256
     assert [r["step"] for r in sink.rows] == [256 * k for k in range(1, 7)]
     assert [r["weights_version"] for r in sink.rows] == list(range(1, 7))
-    assert any(kind == "worker_replaced" and "worker 1 died" in msg for kind, msg in sink.events)
+    lost = [msg for kind, msg in sink.events if kind == "worker_lost"]
+    assert len(lost) == 1 and lost[0].startswith("worker 1 died: ActorDiedError"), sink.events
+    assert any(kind == "worker_replaced" and msg.startswith("worker 1 runs again on node")
+               for kind, msg in sink.events)
+
+
+def test_hung_worker_is_replaced_once_the_call_timeout_passes(ray_session, tmp_path):
+    def hang(trainer):  # worker 1 blocks on this call; its next rollout never comes
+        trainer.workers[1].__ray_call__.remote(lambda self: time.sleep(3600))
+
+    sink = CallAfter(2, hang)
+    summary = run_with(sink, {**SMALL, "total_steps": 6 * 256}, tmp_path, call_timeout_s=20)
+    assert summary["status"] == "SUCCEEDED"
+    assert [r["step"] for r in sink.rows] == [256 * k for k in range(1, 7)]
+    lost = [msg for kind, msg in sink.events if kind == "worker_lost"]
+    assert len(lost) == 1 and lost[0].startswith("worker 1 hung: GetTimeoutError"), sink.events
+    assert "worker_replaced" in sink.kinds()
+
+
+class HoldFreeCpus:
+    """Actors that take every CPU left in the cluster, until `release()`."""
+
+    def __init__(self, count):
+        import ray
+
+        @ray.remote(num_cpus=1)
+        class Hold:
+            def ready(self):
+                return True
+        self.actors = [Hold.remote() for _ in range(count)]
+        ray.get([a.ready.remote() for a in self.actors], timeout=120)
+
+    def release(self):
+        import ray
+        for actor in self.actors:
+            ray.kill(actor)
+
+
+def test_lost_worker_waits_for_a_free_cpu_then_the_job_goes_on(ray_session, tmp_path):
+    """The session's 4 CPUs: learner, worker 0, and two holders (one takes the dead worker's)."""
+    holders = []
+
+    class ReleaseWhenWaiting(CallAfter):
+        def event(self, kind, message):
+            super().event(kind, message)
+            if kind == "worker_lost":  # the replacement is pending: free the CPUs a little later
+                threading.Timer(3.0, holders[0].release).start()
+
+    def kill_and_hold(trainer):
+        kill(trainer.workers[1], "ray.kill")
+        holders.append(HoldFreeCpus(2))
+
+    sink = ReleaseWhenWaiting(2, kill_and_hold)
+    try:
+        summary = run_with(sink, {**SMALL, "total_steps": 5 * 256}, tmp_path, resource_timeout_s=300)
+    finally:
+        holders and holders[0].release()
+    assert summary["status"] == "SUCCEEDED" and [r["step"] for r in sink.rows] == [256 * k for k in range(1, 6)]
+    assert sink.kinds().count("worker_lost") == 1 and "worker_replaced" in sink.kinds()
+
+
+def test_lost_worker_with_no_cpu_left_fails_the_job_after_resource_timeout(ray_session, tmp_path):
+    holders = []
+
+    def kill_and_hold(trainer):
+        kill(trainer.workers[1], "ray.kill")
+        holders.append(HoldFreeCpus(2))
+
+    sink = CallAfter(2, kill_and_hold)
+    try:
+        with pytest.raises(TrainingFailed) as err:
+            run_with(sink, {**SMALL, "total_steps": 50 * 256}, tmp_path, resource_timeout_s=5)
+    finally:
+        holders and holders[0].release()
+    message = str(err.value)
+    assert "worker 1 was lost and its replacement got no CPU within 5s (resource_timeout_s)" in message
+    assert "CPUs free" in message
+    assert sink.kinds().count("worker_lost") == 1 and "worker_replaced" not in sink.kinds()
+
+
+@pytest.mark.parametrize("how,kill_after,checkpoint_every,storage", [
+    ("ray.kill", 5, 2, "path"),        # back to the checkpoint at update 4
+    ("SIGKILL", 5, 2, "memory"),       # the same, with the archive read back from a storage URI
+    ("SIGKILL", 3, 100, "path"),       # no checkpoint yet: back to the beginning
+])
+def test_lost_learner_restarts_from_the_last_checkpoint_and_rows_are_replaced_not_doubled(
+        ray_session, tmp_path, how, kill_after, checkpoint_every, storage):
+    if storage == "memory":
+        pytest.importorskip("fsspec")
+    location = f"memory://a2c-tests/{tmp_path.name}" if storage == "memory" else tmp_path
+    sink = CallAfter(kill_after, lambda trainer: kill(trainer.learner, how))
+    summary = run_with(sink, {**SMALL, "total_steps": 8 * 256, "checkpoint_every": checkpoint_every},
+                       location)
+    assert summary["status"] == "SUCCEEDED" and summary["steps"] == 8 * 256
+    back_to = 4 * 256 if checkpoint_every == 2 else 0
+    assert sink.rewinds == [back_to]
+    # Each step once, in order, and the weights versions continue from the checkpoint's.
+    assert [r["step"] for r in sink.rows] == [256 * k for k in range(1, 9)]
+    assert [r["weights_version"] for r in sink.rows] == list(range(1, 9))
+    lost = next(msg for kind, msg in sink.events if kind == "learner_lost")
+    source = "checkpoint step-0000001024" if back_to else "the beginning (no checkpoint yet)"
+    assert f"restarting it from {source}, step {back_to} (restart 1 of at most 3)" in lost
+    assert "learner_restarted" in sink.kinds()
+    assert sink.kinds().count("device") == 2  # the restarted learner reports its device too
+    assert read_checkpoint(summary["checkpoint"]).state.step == 8 * 256
+
+
+def test_lost_learner_fails_the_job_once_max_learner_restarts_are_used(ray_session, tmp_path):
+    sink = CallAfter(2, lambda trainer: kill(trainer.learner, "SIGKILL"))
+    with pytest.raises(TrainingFailed, match="max_learner_restarts=0 restarts already used"):
+        run_with(sink, {**SMALL, "total_steps": 50 * 256, "max_learner_restarts": 0}, tmp_path)
+    assert "learner_restarted" not in sink.kinds()
+
+
+def test_checkpoints_go_to_a_storage_uri_written_by_the_driver(ray_session, tmp_path):
+    pytest.importorskip("fsspec")
+    from service import storage
+    location = f"memory://a2c-tests/{tmp_path.name}-run"
+    sink = Recorder()
+    summary = Trainer(build_spec({**SMALL, "total_steps": 4 * 256, "checkpoint_every": 2}), location, sink).run()
+    assert summary["checkpoint"] == f"{location}/checkpoints/step-0000001024.tar.gz"
+    assert storage.list_files(location) == [f"{location}/checkpoints/step-{s:010d}.tar.gz" for s in (512, 1024)]
+    assert [c.location for c in sink.checkpoints] == storage.list_files(location)
+    assert read_checkpoint(summary["checkpoint"]).manifest["job_id"] == summary["job_id"]
