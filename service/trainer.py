@@ -137,6 +137,8 @@ class Trainer:
         self.learner_restarts = 0
         self.workers: WorkerGroup | None = None
         self.nonfinite_in_a_row = 0
+        self._last_row_t = 0.0
+        """When the previous metrics row was made (time.monotonic)."""
 
     def request_stop(self) -> None:
         """Ask the loop to stop after the current update; it then writes a final checkpoint."""
@@ -218,11 +220,10 @@ class Trainer:
             self.sink.event("started", f"{spec.workers} workers x {spec.envs_per_worker} envs, "
                             f"T={spec.steps_per_env}, mode={spec.mode}, startup {startup_s:.1f}s")
             step, updates = (start.step, start.updates) if start else (0, 0)
-            loop_t0 = time.monotonic()
+            loop_t0 = self._last_row_t = time.monotonic()
             weights = self.learner.weights.remote()
             pending = self.workers.sample(weights)
             while step < spec.total_steps and not self._stop.is_set():
-                tick = time.monotonic()
                 try:
                     rollouts, episodes = self.workers.gather(pending)
                     stats_ref = self.learner.update.remote(*rollouts)
@@ -234,7 +235,7 @@ class Trainer:
                     weights, step, updates = next_weights, stats["step"], updates + 1
                     self._count_nonfinite(stats)
                     last = step >= spec.total_steps or self._stop.is_set()
-                    row = self._row(stats, episodes, tick, loop_t0)
+                    row = self._row(stats, episodes, loop_t0)
                     if last or (spec.eval_every and updates % spec.eval_every == 0):
                         row["eval_return_mean"] = self._evaluate(weights, updates)
                     self.sink.metrics(row)
@@ -299,9 +300,13 @@ class Trainer:
                         f"from step {step}; metrics rows after step {step} are recorded again")
         return step, updates
 
-    def _row(self, stats: dict[str, Any], episodes: list[Episodes], tick: float,
-             loop_t0: float) -> dict[str, Any]:
-        """The metrics row of one update."""
+    def _row(self, stats: dict[str, Any], episodes: list[Episodes], loop_t0: float) -> dict[str, Any]:
+        """The metrics row of one update.
+
+        `env_steps_per_s` is the batch over the wall time since the previous row, evaluation and
+        checkpoints included: rollouts overlap those, so timing one update alone would swing
+        between a slow update and an inflated next one.
+        """
         finished = np.concatenate([e.returns for e in episodes])
         lengths = np.concatenate([e.lengths for e in episodes])
         self.returns.extend(finished.tolist())
@@ -310,9 +315,10 @@ class Trainer:
         if mean is not None and len(window) == RETURN_WINDOW:
             self.best_return_mean = max(mean, self.best_return_mean or -np.inf)
         now = time.monotonic()
+        self._last_row_t, since = now, self._last_row_t
         return {
             "step": stats["step"], "wall_s": round(now - loop_t0, 4),
-            "env_steps_per_s": round(self.spec.a2c.steps_per_batch / max(now - tick, 1e-9), 1),
+            "env_steps_per_s": round(self.spec.a2c.steps_per_batch / max(now - since, 1e-9), 1),
             "episode_return_mean": mean,
             "episode_return_min": float(np.min(window)) if window else None,
             "episode_return_max": float(np.max(window)) if window else None,
