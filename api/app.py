@@ -9,7 +9,9 @@ import threading
 from contextlib import asynccontextmanager
 from typing import AsyncIterator
 
-from fastapi import APIRouter, FastAPI, HTTPException, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi.dependencies.models import Dependant
+from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -52,6 +54,36 @@ class BodySizeLimit:
             return message
 
         await self.app(scope, limited, send)
+
+
+def _query_names(dependant: Dependant) -> frozenset[str]:
+    """The query parameters a route (with its sub-dependencies) takes."""
+    names = {field.alias for field in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _query_names(sub)
+    return frozenset(names)
+
+
+_QUERY_NAMES: dict[int, frozenset[str]] = {}
+"""_query_names by id of the route's dependant (routes live as long as the app)."""
+
+
+async def forbid_unknown_query_params(request: Request) -> None:
+    """422 naming a query parameter the route does not take: `?since=100` for `since_step`
+    must not silently return every row."""
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    if dependant is None or not request.query_params:
+        return
+    known = _QUERY_NAMES.get(id(dependant))
+    if known is None:
+        known = _QUERY_NAMES[id(dependant)] = _query_names(dependant)
+    unknown = sorted(set(request.query_params) - known)
+    if unknown:
+        # The route's parameters are not listed: this runs before the token check, and the
+        # schema that lists them is behind the token.
+        raise RequestValidationError([{"type": "extra_forbidden", "loc": ("query", unknown[0]),
+                                       "msg": "unknown query parameter; see /docs for this route's"}])
 
 
 docs = APIRouter(include_in_schema=False, dependencies=[Authenticated])
@@ -101,14 +133,45 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         store.close()
 
 
+_MESSAGE = {"application/json": {"schema": {
+    "type": "object", "properties": {"detail": {"type": "string"}}, "required": ["detail"]}}}
+
+
+def document_error_responses(app: FastAPI) -> None:
+    """Add the responses that middleware and auth give to the OpenAPI schema of every route.
+
+    They come from outside the handlers (the bearer check, the body size limit), so FastAPI
+    cannot see them; clients and fuzzers should still find every status code documented.
+    """
+    build = app.openapi
+
+    def openapi() -> dict:
+        schema = build()  # FastAPI caches it; the additions below are idempotent
+        for operations in schema.get("paths", {}).values():
+            for op in operations.values():
+                responses = op.setdefault("responses", {})
+                if op.get("security"):
+                    responses.setdefault("401", {"description": "Missing or wrong bearer token",
+                                                 "content": _MESSAGE})
+                if "requestBody" in op:
+                    responses.setdefault("400", {"description": "Malformed Content-Length", "content": _MESSAGE})
+                    responses.setdefault("413", {"description": "Request body over A2C_MAX_BODY_BYTES",
+                                                 "content": _MESSAGE})
+        return schema
+
+    app.openapi = openapi
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The API app. Without `settings`, they come from the environment (`A2C_*`)."""
     app = FastAPI(title="a2c-service", version="0.1.0", lifespan=lifespan,
                   description="A2C training jobs on Ray: submit, watch metrics, download checkpoints.",
-                  docs_url=None, redoc_url=None, openapi_url=None)
+                  docs_url=None, redoc_url=None, openapi_url=None,
+                  dependencies=[Depends(forbid_unknown_query_params)])
     app.state.settings = settings or get_settings()
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=app.state.settings.max_body_bytes)
     for router in (health.router, jobs.router, metrics.router, checkpoints.router, docs):
         app.include_router(router)
+    document_error_responses(app)
     return app
