@@ -207,3 +207,34 @@ def test_sigkill_between_write_and_rename_keeps_the_previous_latest(tmp_path, sp
     after = read_archive(out / "latest.tar.gz")
     assert after.state.step == before.state.step
     assert after.manifest["sha256"] == before.manifest["sha256"]
+
+
+def test_a_write_that_fails_like_a_full_disk_keeps_the_previous_checkpoint(tmp_path):
+    # RLIMIT_FSIZE makes write(2) fail with EFBIG past 1 MB in the child, as ENOSPC would on a
+    # full disk: the write raises, its temporary file is removed, the old archive stays.
+    out = tmp_path / "checkpoints"
+    script = textwrap.dedent("""
+        import errno, resource, signal, sys
+        from pathlib import Path
+        from learner.checkpoint import write_archive
+        from learner.config import A2CConfig, PolicyConfig
+        from learner.learner import Learner
+        from learner.policy import SpacesSpec
+        out = Path(sys.argv[1])
+        spaces = SpacesSpec(obs_shape=(4,), action_type="discrete", action_n=2)
+        small, big = PolicyConfig(hidden_sizes=(8,)), PolicyConfig(hidden_sizes=(1024, 1024))
+        write_archive(out / "latest.tar.gz", Learner(spaces, small, A2CConfig(), 10**6, seed=0).state(),
+                      spaces, "CartPole-v1", {"policy": small.model_dump(mode="json")})
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+        try:
+            write_archive(out / "latest.tar.gz", Learner(spaces, big, A2CConfig(), 10**6, seed=0).state(),
+                          spaces, "CartPole-v1", {"policy": big.model_dump(mode="json")})
+        except OSError as exc:
+            print("refused", errno.errorcode[exc.errno])
+    """)
+    result = subprocess.run([sys.executable, "-c", script, str(out)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "refused EFBIG"
+    assert [p.name for p in out.iterdir()] == ["latest.tar.gz"], "no temporary file is left"
+    assert read_archive(out / "latest.tar.gz").config["policy"]["hidden_sizes"] == [8]
