@@ -211,8 +211,10 @@ def _read_file(path: Path) -> bytes:
 def read_archive(source: Path | str | bytes) -> Checkpoint:
     """Read and verify a checkpoint archive (a path or its bytes).
 
-    Raises CheckpointRejected naming the reason: unsafe or unexpected member, wrong algo,
-    unknown format version, checksum mismatch, or weights that do not fit the manifest.
+    Raises CheckpointRejected naming the reason: unsafe, unexpected, duplicate or oversized
+    member, a stream over the size cap, wrong algo, unknown format version, checksum mismatch,
+    non-finite weights, or contents that do not load (weights that do not fit the manifest,
+    an optimizer state that would need unpickling of code).
     """
     data = source if isinstance(source, bytes) else _read_file(Path(source))
     files = _read_members(data)
