@@ -83,7 +83,7 @@ async def forbid_unknown_query_params(request: Request) -> None:
         # The route's parameters are not listed: this runs before the token check, and the
         # schema that lists them is behind the token.
         raise RequestValidationError([{"type": "extra_forbidden", "loc": ("query", unknown[0]),
-                                       "msg": "unknown query parameter; see /docs for this route's"}])
+                                       "msg": "unknown query parameter (misspelt?); /docs lists this route's parameters"}])
 
 
 docs = APIRouter(include_in_schema=False, dependencies=[Authenticated])

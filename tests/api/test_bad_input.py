@@ -393,3 +393,12 @@ def test_an_archive_tampered_after_the_resume_was_accepted_fails_the_job(
     assert not marker.exists()
     detail = client.get(f"/jobs/{resumed}").json()
     assert detail["error"]["type"] == "CheckpointRejected"
+
+
+@pytest.mark.parametrize("path,param", [("/jobs", "maxresults"), ("/jobs/0123456789ab/metrics", "since"),
+                                        ("/jobs/0123456789ab/checkpoints", "step")])
+def test_unknown_query_parameters_are_422_naming_them(client, path, param):
+    # A misspelt `since_step` must not silently return every row.
+    r = client.get(path, params={param: "1"})
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"][0]["loc"] == ["query", param]
