@@ -7,7 +7,8 @@ import logging
 import signal
 import threading
 from contextlib import asynccontextmanager
-from typing import AsyncIterator
+from types import UnionType
+from typing import Any, AsyncIterator, Union, get_args, get_origin
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.dependencies.models import Dependant
@@ -56,34 +57,46 @@ class BodySizeLimit:
         await self.app(scope, limited, send)
 
 
-def _query_names(dependant: Dependant) -> frozenset[str]:
-    """The query parameters a route (with its sub-dependencies) takes."""
-    names = {field.alias for field in dependant.query_params}
+def _query_params(dependant: Dependant) -> dict[str, bool]:
+    """The query parameters a route (with its sub-dependencies) takes: name -> repeatable."""
+    params = {field.alias: _is_list(field.field_info.annotation) for field in dependant.query_params}
     for sub in dependant.dependencies:
-        names |= _query_names(sub)
-    return frozenset(names)
+        params.update(_query_params(sub))
+    return params
 
 
-_QUERY_NAMES: dict[int, frozenset[str]] = {}
-"""_query_names by id of the route's dependant (routes live as long as the app)."""
+def _is_list(annotation: Any) -> bool:
+    """Whether a parameter's type is a list (`list[X] | None` included)."""
+    if get_origin(annotation) in (list, tuple, set, frozenset):
+        return True
+    return any(_is_list(arg) for arg in get_args(annotation)) if get_origin(annotation) in (Union, UnionType) else False
 
 
-async def forbid_unknown_query_params(request: Request) -> None:
-    """422 naming a query parameter the route does not take: `?since=100` for `since_step`
-    must not silently return every row."""
+_QUERY_PARAMS: dict[int, dict[str, bool]] = {}
+"""_query_params by id of the route's dependant (routes live as long as the app)."""
+
+
+async def check_query_params(request: Request) -> None:
+    """422 for a query parameter the route does not take (`?since=100` for `since_step` must not
+    silently return every row), or one given twice that takes one value (FastAPI would keep
+    the last and drop the other)."""
     route = request.scope.get("route")
     dependant = getattr(route, "dependant", None)
     if dependant is None or not request.query_params:
         return
-    known = _QUERY_NAMES.get(id(dependant))
+    known = _QUERY_PARAMS.get(id(dependant))
     if known is None:
-        known = _QUERY_NAMES[id(dependant)] = _query_names(dependant)
-    unknown = sorted(set(request.query_params) - known)
-    if unknown:
-        # The route's parameters are not listed: this runs before the token check, and the
-        # schema that lists them is behind the token.
-        raise RequestValidationError([{"type": "extra_forbidden", "loc": ("query", unknown[0]),
-                                       "msg": "unknown query parameter (misspelt?); /docs lists this route's parameters"}])
+        known = _QUERY_PARAMS[id(dependant)] = _query_params(dependant)
+    for name in sorted(set(request.query_params)):
+        if name not in known:
+            # The route's parameters are not listed: this runs before the token check, and the
+            # schema that lists them is behind the token.
+            msg = "unknown query parameter (misspelt?); /docs lists this route's parameters"
+        elif not known[name] and len(request.query_params.getlist(name)) > 1:
+            msg = "given more than once; this parameter takes one value"
+        else:
+            continue
+        raise RequestValidationError([{"type": "extra_forbidden", "loc": ("query", name), "msg": msg}])
 
 
 docs = APIRouter(include_in_schema=False, dependencies=[Authenticated])
@@ -167,7 +180,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="a2c-service", version="0.1.0", lifespan=lifespan,
                   description="A2C training jobs on Ray: submit, watch metrics, download checkpoints.",
                   docs_url=None, redoc_url=None, openapi_url=None,
-                  dependencies=[Depends(forbid_unknown_query_params)])
+                  dependencies=[Depends(check_query_params)])
     app.state.settings = settings or get_settings()
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=app.state.settings.max_body_bytes)

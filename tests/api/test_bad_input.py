@@ -402,3 +402,10 @@ def test_unknown_query_parameters_are_422_naming_them(client, path, param):
     r = client.get(path, params={param: "1"})
     assert r.status_code == 422, r.text
     assert r.json()["detail"][0]["loc"] == ["query", param]
+
+
+def test_a_one_value_query_parameter_given_twice_is_422(client):
+    r = client.get("/jobs", params=[("max_results", "1"), ("max_results", "2")])
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", "max_results"], r.text
+    # status is repeatable by design
+    assert client.get("/jobs", params=[("status", "PENDING"), ("status", "FAILED")]).status_code == 200
