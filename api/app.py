@@ -7,9 +7,12 @@ import logging
 import signal
 import threading
 from contextlib import asynccontextmanager
-from typing import AsyncIterator
+from types import UnionType
+from typing import Any, AsyncIterator, Union, get_args, get_origin
 
-from fastapi import APIRouter, FastAPI, HTTPException, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi.dependencies.models import Dependant
+from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -52,6 +55,48 @@ class BodySizeLimit:
             return message
 
         await self.app(scope, limited, send)
+
+
+def _query_params(dependant: Dependant) -> dict[str, bool]:
+    """The query parameters a route (with its sub-dependencies) takes: name -> repeatable."""
+    params = {field.alias: _is_list(field.field_info.annotation) for field in dependant.query_params}
+    for sub in dependant.dependencies:
+        params.update(_query_params(sub))
+    return params
+
+
+def _is_list(annotation: Any) -> bool:
+    """Whether a parameter's type is a list (`list[X] | None` included)."""
+    if get_origin(annotation) in (list, tuple, set, frozenset):
+        return True
+    return any(_is_list(arg) for arg in get_args(annotation)) if get_origin(annotation) in (Union, UnionType) else False
+
+
+_QUERY_PARAMS: dict[int, dict[str, bool]] = {}
+"""_query_params by id of the route's dependant (routes live as long as the app)."""
+
+
+async def check_query_params(request: Request) -> None:
+    """422 for a query parameter the route does not take (`?since=100` for `since_step` must not
+    silently return every row), or one given twice that takes one value (FastAPI would keep
+    the last and drop the other)."""
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    if dependant is None or not request.query_params:
+        return
+    known = _QUERY_PARAMS.get(id(dependant))
+    if known is None:
+        known = _QUERY_PARAMS[id(dependant)] = _query_params(dependant)
+    for name in sorted(set(request.query_params)):
+        if name not in known:
+            # The route's parameters are not listed: this runs before the token check, and the
+            # schema that lists them is behind the token.
+            msg = "unknown query parameter (misspelt?); /docs lists this route's parameters"
+        elif not known[name] and len(request.query_params.getlist(name)) > 1:
+            msg = "given more than once; this parameter takes one value"
+        else:
+            continue
+        raise RequestValidationError([{"type": "extra_forbidden", "loc": ("query", name), "msg": msg}])
 
 
 docs = APIRouter(include_in_schema=False, dependencies=[Authenticated])
@@ -105,11 +150,41 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         store.close()
 
 
+_MESSAGE = {"application/json": {"schema": {
+    "type": "object", "properties": {"detail": {"type": "string"}}, "required": ["detail"]}}}
+
+
+def document_error_responses(app: FastAPI) -> None:
+    """Add the responses that middleware and auth give to the OpenAPI schema of every route.
+
+    They come from outside the handlers (the bearer check, the body size limit), so FastAPI
+    cannot see them; clients and fuzzers should still find every status code documented.
+    """
+    build = app.openapi
+
+    def openapi() -> dict:
+        schema = build()  # FastAPI caches it; the additions below are idempotent
+        for operations in schema.get("paths", {}).values():
+            for op in operations.values():
+                responses = op.setdefault("responses", {})
+                if op.get("security"):
+                    responses.setdefault("401", {"description": "Missing or wrong bearer token",
+                                                 "content": _MESSAGE})
+                if "requestBody" in op:
+                    responses.setdefault("400", {"description": "Malformed Content-Length", "content": _MESSAGE})
+                    responses.setdefault("413", {"description": "Request body over A2C_MAX_BODY_BYTES",
+                                                 "content": _MESSAGE})
+        return schema
+
+    app.openapi = openapi
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The API app. Without `settings`, they come from the environment (`A2C_*`)."""
     app = FastAPI(title="a2c-service", version="0.1.0", lifespan=lifespan,
                   description="A2C training jobs on Ray: submit, watch metrics, download checkpoints.",
-                  docs_url=None, redoc_url=None, openapi_url=None)
+                  docs_url=None, redoc_url=None, openapi_url=None,
+                  dependencies=[Depends(check_query_params)])
     app.state.settings = settings or get_settings()
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=app.state.settings.max_body_bytes)
@@ -119,4 +194,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                    prometheus.router, dashboard.router, docs):
         app.include_router(router)
     app.mount("/static", dashboard.static_files, name="static")
+    document_error_responses(app)
     return app

@@ -6,7 +6,12 @@ the job service found the problem, so clients read the offending field from `loc
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from learner.checkpoint import CheckpointRejected
@@ -46,6 +51,20 @@ def _location(exc: Exception) -> list[str] | None:
     return None
 
 
+class ErrorJSONResponse(JSONResponse):
+    """JSON error bodies as ASCII: they may quote request text (e.g. a lone surrogate from a
+    "\\ud800" escape) that UTF-8 cannot encode, and an error must never become a 500."""
+
+    def render(self, content: Any) -> bytes:
+        """Compact JSON with every non-ASCII character escaped."""
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
+async def request_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's 422 for bad parameters or malformed JSON, rendered safely."""
+    return ErrorJSONResponse({"detail": jsonable_encoder(exc.errors())}, status_code=422)
+
+
 async def domain_error(request: Request, exc: Exception) -> JSONResponse:
     """The response for a domain exception: its status code and message."""
     status = next(STATUS_CODES[t] for t in type(exc).__mro__ if t in STATUS_CODES)
@@ -55,10 +74,11 @@ async def domain_error(request: Request, exc: Exception) -> JSONResponse:
         content = {"detail": [{"type": type(exc).__name__, "loc": loc, "msg": msg}]}
     else:
         content = {"detail": str(exc)}
-    return JSONResponse(content, status_code=status)
+    return ErrorJSONResponse(content, status_code=status)
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """Register `domain_error` for every exception in STATUS_CODES."""
+    """Register `domain_error` for every exception in STATUS_CODES, and the safe 422."""
+    app.add_exception_handler(RequestValidationError, request_validation_error)
     for exc_type in STATUS_CODES:
         app.add_exception_handler(exc_type, domain_error)

@@ -1,23 +1,28 @@
 """The checkpoint archive format: one .tar.gz of manifest, config, safetensors weights, optimizer.
 
-Reading never unpickles and never extracts to disk: members are read into memory by exact
-name, after every member has been checked (regular file, known name, size cap) and before the
-manifest's sha256 of each file is compared.
+Reading never unpickles and never extracts to disk: the tar is streamed once, each member's
+header is checked (regular file, known name, no duplicate, size cap) before its bytes are read
+into memory, the decompressed stream as a whole is capped (gzip bombs), and then the manifest's
+sha256 of each file is compared.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
 import os
+import stat
 import tarfile
 import tempfile
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.numpy import load as load_safetensors
 from safetensors.numpy import save as save_safetensors
@@ -29,7 +34,11 @@ from learner.policy import ActorCritic, SpacesSpec, load_numpy_state
 ALGO = "A2C"
 FORMAT_VERSION = 1
 MEMBERS = ("manifest.json", "config.json", "policy.safetensors", "optimizer.pt")
-MAX_MEMBER_BYTES = 1 << 30
+MAX_MEMBER_BYTES = {"manifest.json": 1 << 20, "config.json": 1 << 20,
+                    "policy.safetensors": 1 << 30, "optimizer.pt": 2 << 30}
+"""Largest size each member may have; the weights and Adam's two moments dominate."""
+MAX_ARCHIVE_BYTES = sum(MAX_MEMBER_BYTES.values()) + (1 << 20)
+"""Largest decompressed tar stream read (members plus headers and padding)."""
 
 
 class CheckpointRejected(ValueError):
@@ -114,48 +123,100 @@ def write_archive(path: Path, state: LearnerState, spaces: SpacesSpec, env_id: s
     return Path(path)
 
 
+class _CappedReader(io.RawIOBase):
+    """A read-only stream that refuses to yield more than `cap` bytes: the gzip-bomb guard.
+
+    tarfile reads the whole stream sequentially (extended headers included, into memory), so
+    the cap has to sit under it, on the decompressed bytes, not on the members it reports.
+    """
+
+    def __init__(self, raw: io.BufferedIOBase, cap: int) -> None:
+        self.raw, self.cap, self.total = raw, cap, 0
+
+    def readable(self) -> bool:
+        """Always: this is a reader."""
+        return True
+
+    def readinto(self, buffer) -> int:
+        """Fill `buffer` from the wrapped stream, counting against the cap."""
+        want = min(len(buffer), self.cap - self.total + 1)
+        data = self.raw.read(want)
+        self.total += len(data)
+        if self.total > self.cap:
+            raise CheckpointRejected(f"archive decompresses to over {self.cap} bytes (the cap); "
+                                     "refusing it as a possible gzip bomb")
+        buffer[:len(data)] = data
+        return len(data)
+
+
 def _read_members(data: bytes) -> dict[str, bytes]:
-    """The archive's members by name, refusing anything but the expected regular files."""
-    try:
-        tar = tarfile.open(fileobj=io.BytesIO(data), mode="r:gz")
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        raise CheckpointRejected(f"not a readable .tar.gz archive: {exc}") from None
+    """The archive's members by name, refusing anything but the expected regular files.
+
+    Streams through the tar once: each header is checked (regular file, known name, no
+    duplicate, size under its cap) before its bytes are read, so a member that declares
+    gigabytes is refused without decompressing it.
+    """
+    stream = _CappedReader(gzip.GzipFile(fileobj=io.BytesIO(data), mode="rb"), MAX_ARCHIVE_BYTES)
     out: dict[str, bytes] = {}
-    with tar:
-        try:
-            members = tar.getmembers()
-        except (tarfile.TarError, OSError, EOFError) as exc:
-            raise CheckpointRejected(f"corrupt archive: {exc}") from None
-        for m in members:
-            if m.name.startswith("/") or Path(m.name).is_absolute():
-                raise CheckpointRejected(f"unsafe member {m.name!r}: absolute path")
-            if ".." in Path(m.name).parts:
-                raise CheckpointRejected(f"unsafe member {m.name!r}: '..' in path")
-            if m.issym() or m.islnk():
-                raise CheckpointRejected(f"unsafe member {m.name!r}: links are not allowed")
-            if not m.isfile():
-                raise CheckpointRejected(f"unsafe member {m.name!r}: not a regular file")
-            if m.name not in MEMBERS:
-                raise CheckpointRejected(f"unexpected member {m.name!r}; expected only {', '.join(MEMBERS)}")
-            if m.name in out:
-                raise CheckpointRejected(f"duplicate member {m.name!r}")
-            if m.size > MAX_MEMBER_BYTES:
-                raise CheckpointRejected(f"member {m.name!r} is {m.size} bytes, over the cap")
-            f = tar.extractfile(m)
-            out[m.name] = f.read() if f is not None else b""
+    try:
+        with tarfile.open(fileobj=io.BufferedReader(stream), mode="r|") as tar:
+            for m in tar:
+                _check_member(m, out)
+                f = tar.extractfile(m)
+                out[m.name] = f.read() if f is not None else b""
+                if len(out[m.name]) != m.size:
+                    raise CheckpointRejected(f"member {m.name!r} is truncated")
+    except CheckpointRejected:
+        raise
+    except (tarfile.TarError, OSError, EOFError, zlib.error, ValueError) as exc:
+        raise CheckpointRejected(f"not a readable .tar.gz archive: {type(exc).__name__}: {exc}") from None
     missing = [name for name in MEMBERS if name not in out]
     if missing:
         raise CheckpointRejected(f"missing member(s): {', '.join(missing)}")
     return out
 
 
+def _check_member(m: tarfile.TarInfo, seen: dict[str, bytes]) -> None:
+    """Refuse a member that is not one of MEMBERS as a plain file under its size cap."""
+    if m.name.startswith("/") or Path(m.name).is_absolute():
+        raise CheckpointRejected(f"unsafe member {m.name!r}: absolute path")
+    if ".." in Path(m.name).parts:
+        raise CheckpointRejected(f"unsafe member {m.name!r}: '..' in path")
+    if m.issym() or m.islnk():
+        raise CheckpointRejected(f"unsafe member {m.name!r}: links are not allowed")
+    if not m.isfile():
+        raise CheckpointRejected(f"unsafe member {m.name!r}: not a regular file")
+    if m.name not in MEMBERS:
+        raise CheckpointRejected(f"unexpected member {m.name!r}; expected only {', '.join(MEMBERS)}")
+    if m.name in seen:
+        raise CheckpointRejected(f"duplicate member {m.name!r}")
+    cap = MAX_MEMBER_BYTES[m.name]
+    if m.size > cap:
+        raise CheckpointRejected(f"member {m.name!r} declares {m.size} bytes, over its cap of {cap}")
+
+
+def _read_file(path: Path) -> bytes:
+    """The bytes of a regular file of at most MAX_ARCHIVE_BYTES; a FIFO or device is refused
+    before any read (O_NONBLOCK: opening a FIFO must not wait for a writer)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise CheckpointRejected(f"{path} is not a regular file")
+        if info.st_size > MAX_ARCHIVE_BYTES:
+            raise CheckpointRejected(f"{path} is {info.st_size} bytes, over the cap of {MAX_ARCHIVE_BYTES}")
+        return f.read(MAX_ARCHIVE_BYTES + 1)
+
+
 def read_archive(source: Path | str | bytes) -> Checkpoint:
     """Read and verify a checkpoint archive (a path or its bytes).
 
-    Raises CheckpointRejected naming the reason: unsafe or unexpected member, wrong algo,
-    unknown format version, checksum mismatch, or weights that do not fit the manifest.
+    Raises CheckpointRejected naming the reason: unsafe, unexpected, duplicate or oversized
+    member, a stream over the size cap, wrong algo, unknown format version, checksum mismatch,
+    non-finite weights, or contents that do not load (weights that do not fit the manifest,
+    an optimizer state that would need unpickling of code).
     """
-    data = source if isinstance(source, bytes) else Path(source).read_bytes()
+    data = source if isinstance(source, bytes) else _read_file(Path(source))
     files = _read_members(data)
     try:
         manifest = json.loads(files["manifest.json"])
@@ -169,13 +230,18 @@ def read_archive(source: Path | str | bytes) -> Checkpoint:
     if manifest.get("format_version") != FORMAT_VERSION:
         raise CheckpointRejected(
             f"unknown format_version {manifest.get('format_version')!r}; this code reads {FORMAT_VERSION}")
-    sums = manifest.get("sha256") or {}
+    sums = manifest.get("sha256")
+    if not isinstance(sums, dict):
+        raise CheckpointRejected("manifest has no sha256 table of its files")
     for name in MEMBERS[1:]:
         if sums.get(name) != _sha256(files[name]):
             raise CheckpointRejected(f"checksum mismatch for {name}: the archive was modified or corrupted")
     try:
         spaces = SpacesSpec(**manifest["spaces"])
         tensors = load_safetensors(files["policy.safetensors"])
+        bad = sorted(name for name, t in tensors.items() if not np.isfinite(t).all())
+        if bad:
+            raise CheckpointRejected(f"policy weights {', '.join(bad)} contain NaN/inf")
         # weights_only=True: a tampered optimizer.pt cannot run code while loading.
         torch.load(io.BytesIO(files["optimizer.pt"]), map_location="cpu", weights_only=True)
         state = LearnerState(Weights(int(manifest["weights_version"]), tensors), files["optimizer.pt"],

@@ -308,7 +308,7 @@ class JobManager:
         if resume_from is not None:
             resume_from, resume_ckpt, resume = self._resume_source(resume_from)
             data = _merge_spec(resume.config, data)
-        spec = build_spec(data)
+        spec = build_spec(data, strict=True)  # JSON: types must match the schema
         self._check_limits(spec, resume)
         job, created = self.store.create_job(
             uuid.uuid4().hex[:12], spec.model_dump(mode="json"), idempotency_key=idempotency_key,
@@ -342,8 +342,9 @@ class JobManager:
             raise InvalidSpec("resume_from.checkpoint",
                               str(CheckpointNotFound(resume_from.job_id, resume_from.checkpoint)))
         try:
-            archive = self._read_checkpoint(ckpt.path)
-        except (CheckpointRejected, OSError, storage.StorageUnavailable) as exc:
+            # archive() refuses a record whose location is not this job's checkpoint.
+            archive = read_checkpoint(self.archive(resume_from.job_id, ckpt.id)[0])
+        except (CheckpointRejected, CheckpointNotFound, OSError, storage.StorageUnavailable) as exc:
             raise InvalidSpec("resume_from.checkpoint", f"{ckpt.id} cannot be read: {exc}") from None
         return resume_from, ckpt, archive
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -91,17 +93,47 @@ class JobSpec(FrozenModel):
         return -(-self.total_steps // self.a2c.steps_per_batch)
 
 
-def build_spec(data: dict[str, Any]) -> JobSpec:
+def _is_text(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate, e.g. from the JSON escape "\ud800"
+        return False
+    return True
+
+
+def check_json_values(value: Any, field: str = "spec") -> None:
+    """Refuse what Python's JSON parser lets through but JSON cannot carry back out: NaN and
+    Infinity, and strings with lone UTF-16 surrogates. Raises InvalidSpec naming the field."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidSpec(field, f"must be a finite number, not {value} (NaN and Infinity are not JSON)")
+    if isinstance(value, str) and not _is_text(value):
+        raise InvalidSpec(field, "must be valid Unicode text (it has a lone surrogate escape like \\ud800)")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not _is_text(str(key)):
+                raise InvalidSpec(field, "has a key that is not valid Unicode text (a lone surrogate escape)")
+            check_json_values(item, str(key) if field == "spec" else f"{field}.{key}")
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            check_json_values(item, f"{field}.{index}")
+
+
+def build_spec(data: dict[str, Any], *, strict: bool = False) -> JobSpec:
     """Validate a raw job spec, filling `a2c`/`policy` fields the user did not set from the tuned
-    table for its env (recorded in `tuned`). Raises InvalidSpec naming the first bad field."""
+    table for its env (recorded in `tuned`). Raises InvalidSpec naming the first bad field.
+
+    `strict`: JSON types must match the schema (`"2"` or `true` is not a number), as for the
+    HTTP API; the CLI's flags arrive as strings and are converted leniently.
+    """
+    check_json_values(data)
     data = dict(data)
     data.pop("tuned", None)
     env = data.get("env")
     table = TUNED.get(env, {}) if isinstance(env, str) and data.get("use_tuned", True) else {}
     filled: list[str] = []
     for section, values in table.items():
-        given = data.get(section) or {}
-        if not isinstance(given, dict):
+        given = data.get(section, {})
+        if not isinstance(given, dict):  # null too: it must not turn into the tuned values
             raise InvalidSpec(section, f"must be an object of {section} settings")
         unset = {k: v for k, v in values.items() if k not in given}
         if unset:
@@ -110,6 +142,8 @@ def build_spec(data: dict[str, Any]) -> JobSpec:
     if filled:
         data["tuned"] = tuple(sorted(filled))
     try:
+        if strict:
+            return JobSpec.model_validate_json(json.dumps(data), strict=True)
         return JobSpec.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]

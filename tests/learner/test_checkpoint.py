@@ -1,15 +1,22 @@
 """Checkpoint archives: round trip, and refusal of tampered, foreign or unsafe archives."""
 
+import gzip
 import hashlib
 import io
 import json
+import os
 import pickle
 import tarfile
 
+import numpy as np
 import pytest
 import torch
+from safetensors.numpy import load as load_safetensors
+from safetensors.numpy import save as save_safetensors
 
-from learner.checkpoint import CheckpointRejected, archive_bytes, read_archive, write_archive
+from learner import checkpoint
+from learner.checkpoint import (MAX_MEMBER_BYTES, CheckpointRejected, archive_bytes, read_archive,
+                                write_archive)
 from learner.config import A2CConfig, PolicyConfig
 from learner.learner import Learner
 from learner.policy import SpacesSpec
@@ -125,3 +132,120 @@ def test_pickle_payload_in_optimizer_is_refused_without_running_it(tmp_path):
 def test_garbage_is_refused():
     with pytest.raises(CheckpointRejected, match="not a readable"):
         read_archive(b"definitely not a tarball")
+
+
+def _header(info: tarfile.TarInfo) -> bytes:
+    return info.tobuf(format=tarfile.PAX_FORMAT)
+
+
+@pytest.mark.parametrize("kind,reason", [
+    (tarfile.LNKTYPE, "links are not allowed"),
+    (tarfile.CHRTYPE, "not a regular file"),
+    (tarfile.BLKTYPE, "not a regular file"),
+    (tarfile.FIFOTYPE, "not a regular file"),
+    (tarfile.DIRTYPE, "not a regular file"),
+])
+def test_hardlink_device_fifo_and_directory_members_are_refused(kind, reason):
+    special = tarfile.TarInfo("policy.safetensors")
+    special.type = kind
+    if kind == tarfile.LNKTYPE:
+        special.linkname = "config.json"
+    files = {k: v for k, v in _members(_archive()).items() if k != "policy.safetensors"}
+    with pytest.raises(CheckpointRejected, match=reason):
+        read_archive(_pack(files, [special]))
+
+
+def test_duplicate_member_is_refused():
+    files = _members(_archive())
+    second = tarfile.TarInfo("config.json")
+    second.size = 2
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        tar.addfile(second, io.BytesIO(b"{}"))
+    with pytest.raises(CheckpointRejected, match="duplicate member 'config.json'"):
+        read_archive(buf.getvalue())
+
+
+def test_unexpected_member_name_is_refused():
+    with pytest.raises(CheckpointRejected, match="unexpected member 'extra.py'"):
+        read_archive(_pack({**_members(_archive()), "extra.py": b"print('hi')"}))
+
+
+def test_member_declaring_gigabytes_is_refused_from_its_header_alone():
+    # A real gzip bomb: 8 GiB of zeros behind a header that declares them, about 8 MB on disk.
+    # The header is refused before any of those bytes are decompressed.
+    info = tarfile.TarInfo("policy.safetensors")
+    info.size = 8 << 30
+    zeros = gzip.compress(b"\0" * (64 << 20), compresslevel=9)
+    bomb = gzip.compress(_header(info)) + zeros * 128
+    assert len(bomb) < 16 << 20
+    with pytest.raises(CheckpointRejected, match="declares 8589934592 bytes, over its cap"):
+        read_archive(bomb)
+
+
+def test_oversized_config_is_refused():
+    files = _members(_archive())
+    files["config.json"] = b" " * (MAX_MEMBER_BYTES["config.json"] + 1)
+    with pytest.raises(CheckpointRejected, match="'config.json' declares .* over its cap"):
+        read_archive(_pack(files))
+
+
+def test_decompressed_stream_over_the_cap_is_refused_however_it_hides(monkeypatch):
+    # tarfile reads a PAX extended header into memory whole, whatever member follows; the cap
+    # on decompressed bytes stops it. Lowered here so the test need not inflate gigabytes.
+    monkeypatch.setattr(checkpoint, "MAX_ARCHIVE_BYTES", 4 << 20)
+    info = tarfile.TarInfo("config.json")
+    info.size = 2
+    info.pax_headers = {"comment": "x" * (16 << 20)}
+    bomb = gzip.compress(info.tobuf(format=tarfile.PAX_FORMAT) + b"{}".ljust(512, b"\0") + b"\0" * 1024)
+    with pytest.raises(CheckpointRejected, match="decompresses to over 4194304 bytes"):
+        read_archive(bomb)
+
+
+@pytest.mark.parametrize("member", ["config.json", "optimizer.pt"])
+def test_checksum_mismatch_of_any_member_is_refused(member):
+    files = _members(_archive())
+    files[member] = files[member] + b" "
+    with pytest.raises(CheckpointRejected, match=f"checksum mismatch for {member}"):
+        read_archive(_pack(files))
+
+
+def test_manifest_without_checksums_is_refused():
+    files = _members(_archive())
+    manifest = json.loads(files["manifest.json"])
+    del manifest["sha256"]
+    with pytest.raises(CheckpointRejected, match="no sha256 table"):
+        read_archive(_pack({**files, "manifest.json": json.dumps(manifest).encode()}))
+
+
+def test_nan_weights_are_refused_even_with_matching_checksums():
+    files = _members(_archive())
+    tensors = load_safetensors(files["policy.safetensors"])
+    name = sorted(tensors)[0]
+    tensors[name] = tensors[name].copy()
+    tensors[name].flat[0] = np.nan
+    files["policy.safetensors"] = save_safetensors(tensors)
+    manifest = json.loads(files["manifest.json"])
+    manifest["sha256"]["policy.safetensors"] = hashlib.sha256(files["policy.safetensors"]).hexdigest()
+    files["manifest.json"] = json.dumps(manifest).encode()
+    with pytest.raises(CheckpointRejected, match=f"policy weights {name}.* contain NaN/inf"):
+        read_archive(_pack(files))
+
+
+def test_truncated_archive_is_refused():
+    data = _archive()
+    with pytest.raises(CheckpointRejected, match="not a readable"):
+        read_archive(data[: len(data) // 2])
+
+
+def test_fifo_and_device_paths_are_refused_without_blocking(tmp_path):
+    fifo = tmp_path / "ckpt.tar.gz"
+    os.mkfifo(fifo)  # opening it for a plain read would wait forever for a writer
+    with pytest.raises(CheckpointRejected, match="not a regular file"):
+        read_archive(fifo)
+    with pytest.raises(CheckpointRejected, match="not a regular file"):
+        read_archive("/dev/zero")

@@ -1,0 +1,264 @@
+"""Load on the HTTP API while two jobs train: latency, errors, and the training throughput lost.
+
+    python -m bench.load                          # starts its own `a2c serve`, 100 clients, 60 s
+    python -m bench.load --duration 10 --quiet-s 10
+    python -m bench.load --url http://127.0.0.1:8000 --token $A2C_API_TOKEN
+
+Phases, in one invocation: two training jobs are submitted and warmed up; their env steps/s is
+measured with no clients (quiet), then while `--clients` concurrent clients hit the API for
+`--duration` seconds (load), then quiet again. Half the clients (`--sse-fraction`) hold
+`GET /jobs/{id}/metrics/stream` open and read its events (reconnecting when it ends); the rest
+poll `GET /jobs/{id}/metrics?since_step=` in a loop. Prints p50/p99/max latency per endpoint,
+the error count (any non-2xx or transport error; the exit code is 1 when it is not 0), and the
+throughput drop: load vs the mean of the two quiet windows. Throughput is read from the jobs'
+own progress (`GET /jobs/{id}` step counts at the window edges).
+
+The clients run in this process (asyncio + httpx) on the same machine as the server and the
+training, so their CPU use is part of the measured drop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+JOB: dict[str, Any] = {"env": "CartPole-v1", "total_steps": 50_000_000, "workers": 1, "envs_per_worker": 8,
+                       "eval_every": 0, "eval_episodes": 1, "checkpoint_every": 50}
+"""Each job: 1 worker + the learner (2 CPUs), trains until stopped."""
+
+
+@dataclass
+class Samples:
+    """Latencies (s) and errors of one endpoint."""
+
+    latencies: list[float] = field(default_factory=list)
+    errors: int = 0
+    events: int = 0
+
+    def summary(self) -> dict[str, Any]:
+        """count, errors, p50/p99/max in ms (and events read, for streams)."""
+        lat = sorted(self.latencies)
+
+        def pct(q: float) -> float | None:
+            return round(1000 * lat[min(len(lat) - 1, int(q * len(lat)))], 1) if lat else None
+
+        out = {"count": len(lat), "errors": self.errors, "p50_ms": pct(0.50), "p99_ms": pct(0.99),
+               "max_ms": round(1000 * lat[-1], 1) if lat else None}
+        if self.events:
+            out["events"] = self.events
+        return out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`a2c serve` in its own process group, on a free port and a temporary data dir."""
+
+    def __init__(self, ray_cpus: int) -> None:
+        self.tmp = Path(tempfile.mkdtemp(prefix="a2c-load-"))
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("A2C_") and k != "RAY_ADDRESS"}
+        env.update(RAY_TMPDIR=str(self.tmp / "ray"), A2C_RAY_NUM_CPUS=str(ray_cpus), PYTHONUNBUFFERED="1")
+        (self.tmp / "ray").mkdir()
+        self.log = open(self.tmp / "server.log", "wb")
+        self.proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(self.port),
+                                      "--data-dir", str(self.tmp / "data")], cwd=REPO, env=env,
+                                     stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def wait_ready(self, timeout: float = 180) -> None:
+        """Until /readyz says ok (Ray joined, store open)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}; log: {self.tmp / 'server.log'}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(f"server not ready in {timeout}s; log: {self.tmp / 'server.log'}")
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL of its process group (its embedded Ray) if it lingers."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.log.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+async def _steps(client: httpx.AsyncClient, job_ids: list[str]) -> int:
+    """Env steps trained so far, summed over the jobs."""
+    jobs = [(await client.get(f"/jobs/{j}")).raise_for_status().json() for j in job_ids]
+    bad = [j for j in jobs if j["status"] != "RUNNING"]
+    if bad:
+        raise RuntimeError(f"job {bad[0]['id']} is {bad[0]['status']}: {bad[0].get('error')}")
+    return sum(j["progress"]["step"] for j in jobs)
+
+
+async def _throughput(client: httpx.AsyncClient, job_ids: list[str], seconds: float) -> float:
+    """Env steps/s of the jobs together over the next `seconds`."""
+    t0, s0 = time.monotonic(), await _steps(client, job_ids)
+    await asyncio.sleep(seconds)
+    t1, s1 = time.monotonic(), await _steps(client, job_ids)
+    return (s1 - s0) / (t1 - t0)
+
+
+async def _poller(client: httpx.AsyncClient, job_id: str, until: float, samples: Samples) -> None:
+    """GET /jobs/{id}/metrics?since_step= in a loop, as a dashboard polling for new rows."""
+    since = 0
+    while time.monotonic() < until:
+        t0 = time.monotonic()
+        try:
+            r = await client.get(f"/jobs/{job_id}/metrics", params={"since_step": since, "limit": 1000})
+            samples.latencies.append(time.monotonic() - t0)
+            if r.status_code != 200:
+                samples.errors += 1
+                continue
+            since = r.json()["next_since_step"]
+        except httpx.HTTPError:
+            samples.errors += 1
+        await asyncio.sleep(0.1)
+
+
+async def _streamer(client: httpx.AsyncClient, job_id: str, until: float, connect: Samples) -> None:
+    """Hold the metrics stream open, read its events, reconnect (Last-Event-ID) if it ends."""
+    last = None
+    while time.monotonic() < until:
+        t0 = time.monotonic()
+        headers = {"Last-Event-ID": last} if last else {}
+        try:
+            async with client.stream("GET", f"/jobs/{job_id}/metrics/stream", headers=headers,
+                                     timeout=httpx.Timeout(30, read=None)) as r:
+                connect.latencies.append(time.monotonic() - t0)
+                if r.status_code != 200:
+                    connect.errors += 1
+                    continue
+                async for line in r.aiter_lines():
+                    if line.startswith("id:"):
+                        last = line[3:].strip()
+                        connect.events += 1
+                    if time.monotonic() >= until:
+                        return
+        except httpx.HTTPError:
+            connect.errors += 1
+
+
+async def run(args: argparse.Namespace, url: str) -> dict[str, Any]:
+    """Submit two jobs, measure quiet / load / quiet, stop the jobs; returns the report."""
+    headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
+    limits = httpx.Limits(max_connections=args.clients + 10, max_keepalive_connections=args.clients + 10)
+    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=30, limits=limits) as client:
+        job_ids = [(await client.post("/jobs", json={**JOB, "seed": seed})).raise_for_status().json()["id"]
+                   for seed in range(2)]
+        try:
+            deadline = time.monotonic() + args.start_timeout
+            while True:  # warm up: both RUNNING and a few updates in
+                jobs = [(await client.get(f"/jobs/{j}")).json() for j in job_ids]
+                if all(j["status"] == "RUNNING" and j["progress"]["step"] > 0 for j in jobs):
+                    break
+                if any(j["status"] in ("FAILED", "SUCCEEDED", "STOPPED") for j in jobs) or time.monotonic() > deadline:
+                    raise RuntimeError(f"jobs did not start: {[(j['status'], j.get('error')) for j in jobs]}")
+                await asyncio.sleep(0.5)
+            await asyncio.sleep(args.warmup_s)
+            quiet_before = await _throughput(client, job_ids, args.quiet_s)
+
+            polls, streams = Samples(), Samples()
+            until = time.monotonic() + args.duration
+            n_sse = round(args.clients * args.sse_fraction)
+            tasks = [asyncio.create_task(_streamer(client, job_ids[i % 2], until, streams)) for i in range(n_sse)]
+            tasks += [asyncio.create_task(_poller(client, job_ids[i % 2], until, polls))
+                      for i in range(args.clients - n_sse)]
+            await asyncio.sleep(min(2.0, args.duration / 10))  # let every client connect first
+            loaded = await _throughput(client, job_ids, max(1.0, until - time.monotonic() - 0.5))
+            # Pollers end on their own; a stream waits for its next event, so end it here.
+            _, late = await asyncio.wait(tasks, timeout=max(0.0, until - time.monotonic()) + 5)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+            quiet_after = await _throughput(client, job_ids, args.quiet_s)
+        finally:
+            for j in job_ids:
+                await client.post(f"/jobs/{j}/stop")
+    quiet = (quiet_before + quiet_after) / 2
+    return {
+        "clients": args.clients, "sse_clients": n_sse, "duration_s": args.duration,
+        "endpoints": {"GET /jobs/{id}/metrics": polls.summary(),
+                      "GET /jobs/{id}/metrics/stream (connect)": streams.summary()},
+        "errors": polls.errors + streams.errors,
+        "env_steps_per_s": {"quiet_before": round(quiet_before, 1), "load": round(loaded, 1),
+                            "quiet_after": round(quiet_after, 1)},
+        "throughput_drop_pct": round(100 * (1 - loaded / quiet), 1) if quiet > 0 else None,
+        "load_average": os.getloadavg(),
+    }
+
+
+def _print(report: dict[str, Any]) -> None:
+    print(f"{report['clients']} clients ({report['sse_clients']} on the SSE stream) for {report['duration_s']} s")
+    print(f"{'endpoint':42} {'count':>7} {'errors':>6} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
+    for name, s in report["endpoints"].items():
+        print(f"{name:42} {s['count']:>7} {s['errors']:>6} {s['p50_ms']!s:>8} {s['p99_ms']!s:>8} {s['max_ms']!s:>8}"
+              + (f"   ({s['events']} events read)" if "events" in s else ""))
+    sps = report["env_steps_per_s"]
+    print(f"training env steps/s (2 jobs): quiet {sps['quiet_before']} -> load {sps['load']} -> quiet "
+          f"{sps['quiet_after']}; drop {report['throughput_drop_pct']}% vs the quiet mean")
+    print(f"errors: {report['errors']}; load average at the end: "
+          + " ".join(f"{x:.2f}" for x in report["load_average"]))
+    print(json.dumps(report))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse flags, start a server unless --url, run the phases, print the report."""
+    p = argparse.ArgumentParser(prog="python -m bench.load", description=__doc__.split("\n\n")[0])
+    p.add_argument("--url", help="an existing server (default: start `a2c serve` on a free port)")
+    p.add_argument("--token", default=os.environ.get("A2C_API_TOKEN"), help="bearer token (default A2C_API_TOKEN)")
+    p.add_argument("--clients", type=int, default=100)
+    p.add_argument("--sse-fraction", type=float, default=0.5, help="share of clients on the SSE stream")
+    p.add_argument("--duration", type=float, default=60.0, help="seconds of load")
+    p.add_argument("--quiet-s", type=float, default=30.0, help="seconds of each no-load window")
+    p.add_argument("--warmup-s", type=float, default=5.0, help="seconds of training before measuring")
+    p.add_argument("--ray-cpus", type=int, default=4, help="CPUs of the embedded Ray of a started server")
+    p.add_argument("--start-timeout", type=float, default=300.0)
+    args = p.parse_args(argv)
+    server = None if args.url else Server(args.ray_cpus)
+    try:
+        if server is not None:
+            server.wait_ready()
+        report = asyncio.run(run(args, args.url or server.url))
+    finally:
+        if server is not None:
+            server.stop()
+    _print(report)
+    return 1 if report["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
