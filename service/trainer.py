@@ -233,12 +233,12 @@ class Trainer:
                         pending = self.workers.sample(next_weights if spec.mode == "sync" else weights)
                     stats = self._learner_get(stats_ref, "the learner's update")
                     weights, step, updates = next_weights, stats["step"], updates + 1
-                    self._count_nonfinite(stats)
                     last = step >= spec.total_steps or self._stop.is_set()
                     row = self._row(stats, episodes, loop_t0)
                     if last or (spec.eval_every and updates % spec.eval_every == 0):
                         row["eval_return_mean"] = self._evaluate(weights, updates)
                     self.sink.metrics(row)
+                    self._count_nonfinite(stats)  # after the row: the failing update is recorded too
                     if updates % spec.checkpoint_every == 0 or last:
                         self._checkpoint(spaces)
                 except RolloutsLost as exc:  # the learner did not update: sample this batch again
