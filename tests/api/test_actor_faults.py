@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 
 JOB = {"env": "CartPole-v1", "total_steps": 4_000_000, "workers": 2, "envs_per_worker": 4,
-       "a2c": {"steps_per_batch": 512}, "eval_every": 0, "checkpoint_every": 10}
+       "a2c": {"steps_per_batch": 512}, "eval_every": 0, "checkpoint_every": 40}
+"""An update takes ~50 ms here: 40 of them leave the test time to kill the learner 3 updates past a
+checkpoint, before the next one makes the rows past it (which must be replaced) disappear."""
 
 
 def actor_pids(session_id: int, class_name: str) -> list[int]:
