@@ -6,6 +6,7 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+from gymnasium.envs.classic_control.cartpole import CartPoleVectorEnv
 from gymnasium.vector import AutoresetMode
 
 from learner.policy import SpacesSpec
@@ -26,14 +27,59 @@ def check_env_id(env_id: str) -> None:
             f"env {env_id!r} is not a registered gymnasium env; see `a2c envs` for the list")
 
 
+class SameStepCartPoleVectorEnv(CartPoleVectorEnv):
+    """gymnasium's batched CartPole (its `vector_entry_point`) with SAME_STEP auto-reset.
+
+    The batched env only knows NEXT_STEP mode, whose step after an episode end ignores the
+    action and pays reward 0: the fake transition this project never trains on. Here an ended
+    env is reset within the step that ended it, and its final observation goes to
+    `info["final_obs"]` (an object array, None where not done), exactly as SyncVectorEnv does
+    in SAME_STEP mode. The physics is the parent's; one numpy step serves all N envs.
+    """
+
+    metadata = {**CartPoleVectorEnv.metadata, "autoreset_mode": AutoresetMode.SAME_STEP}
+
+    def reset(self, *, seed: int | list[int] | None = None, options: dict[str, Any] | None = None):
+        """Reset all N envs; a list of per-env seeds (SyncVectorEnv's form) seeds the one
+        generator that all N envs share here from its first entry."""
+        return super().reset(seed=seed[0] if isinstance(seed, (list, tuple)) else seed, options=options)
+
+    def step(self, action):
+        """Step all N envs; (obs (N, 4), reward, terminated, truncated (N,), info)."""
+        obs, reward, terminated, truncated, info = super().step(action)
+        done = self.prev_done  # terminated | truncated, as the parent just computed
+        if done.any():
+            final = np.empty(self.num_envs, dtype=object)
+            for i in np.flatnonzero(done):
+                final[i] = obs[i]
+            info = {"final_obs": final, "_final_obs": done.copy()}
+            self.state[:, done] = self.np_random.uniform(low=self.low, high=self.high, size=(4, done.sum()))
+            self.steps[done] = 0
+            self.prev_done = np.zeros_like(done)  # so the parent's NEXT_STEP reset never fires
+            obs = self.state.T.astype(np.float32)
+        return obs, reward, terminated, truncated, info
+
+
+BATCHED = {CartPoleVectorEnv: SameStepCartPoleVectorEnv}
+"""vector_entry_point classes with a SAME_STEP adapter here; other envs use SyncVectorEnv."""
+
+
 def make_vec_env(env_id: str, num_envs: int, env_kwargs: dict[str, Any] | None = None
                  ) -> gym.vector.VectorEnv:
-    """A synchronous vector env of `num_envs` copies that auto-resets in the same step.
+    """A vector env of `num_envs` copies that auto-resets in the same step.
 
     SAME_STEP mode hands back the final observation of an ended episode in `info["final_obs"]`
-    and the reset observation as the next obs, so no step is ever a fake transition.
+    and the reset observation as the next obs, so no step is ever a fake transition. Envs whose
+    batched `vector_entry_point` has an adapter in BATCHED (CartPole) use it; the rest are a
+    SyncVectorEnv of single envs.
     """
     check_env_id(env_id)
+    spec = gym.spec(env_id)
+    entry = spec.vector_entry_point
+    batched = BATCHED.get(gym.envs.registration.load_env_creator(entry)) if isinstance(entry, str) else None
+    if batched is not None:
+        kwargs = {**spec.kwargs, **(env_kwargs or {})}
+        return batched(num_envs=num_envs, max_episode_steps=spec.max_episode_steps, **kwargs)
     return gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="sync",
                         vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP},
                         **(env_kwargs or {}))
