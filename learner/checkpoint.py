@@ -82,6 +82,7 @@ def archive_bytes(state: LearnerState, spaces: SpacesSpec, env_id: str, config: 
         "algo": ALGO, "format_version": FORMAT_VERSION, "created": time.time(),
         "step": state.step, "updates": state.updates, "weights_version": state.weights.version,
         "env": env_id, "spaces": spaces.model_dump(mode="json"),
+        "reward_norm": list(state.reward_norm) if state.reward_norm is not None else None,
         "sha256": {name: _sha256(data) for name, data in files.items()},
         **(extra or {}),
     }
@@ -244,8 +245,14 @@ def read_archive(source: Path | str | bytes) -> Checkpoint:
             raise CheckpointRejected(f"policy weights {', '.join(bad)} contain NaN/inf")
         # weights_only=True: a tampered optimizer.pt cannot run code while loading.
         torch.load(io.BytesIO(files["optimizer.pt"]), map_location="cpu", weights_only=True)
+        reward_norm = manifest.get("reward_norm")
+        if reward_norm is not None:
+            reward_norm = tuple(float(v) for v in reward_norm)
+            if len(reward_norm) != 3 or not all(np.isfinite(reward_norm)) or reward_norm[1] < 0:
+                raise CheckpointRejected(f"manifest reward_norm {manifest['reward_norm']!r} is not "
+                                         "a finite (mean, var >= 0, count)")
         state = LearnerState(Weights(int(manifest["weights_version"]), tensors), files["optimizer.pt"],
-                             int(manifest["step"]), int(manifest["updates"]))
+                             int(manifest["step"]), int(manifest["updates"]), reward_norm)
         checkpoint = Checkpoint(manifest, config, spaces, state)
         checkpoint.policy()  # the weights must fit the network the manifest describes
     except CheckpointRejected:

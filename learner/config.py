@@ -36,6 +36,9 @@ class A2CConfig(FrozenModel):
     """Gradients are clipped to this global L2 norm."""
     normalize_advantages: bool = False
     """Normalise advantages to zero mean and unit std over the whole batch (before any split)."""
+    normalize_rewards: bool = False
+    """Divide rewards by the running std of each env's discounted return (clipped to +-10)
+    before GAE, as SB3's VecNormalize does; reported returns stay raw."""
     learning_rate_schedule: Literal["constant", "linear"] = "constant"
     """`linear` anneals learning_rate to `learning_rate_final` at total_steps."""
     learning_rate_final: float = Field(0.0, ge=0)
@@ -68,6 +71,10 @@ class PolicyConfig(FrozenModel):
     out of the policy's features."""
     log_std_init: float = Field(0.0, ge=-5, le=2)
     """Initial log standard deviation of the Gaussian head (Box action spaces)."""
+    normalize_observations: bool = False
+    """Feed the network observations normalised by their running mean and std (clipped to
+    +-10), as SB3's VecNormalize does. The statistics are buffers of the policy: the learner
+    updates them from each batch, workers get them with the weights, checkpoints keep them."""
 
     @model_validator(mode="after")
     def _positive_widths(self) -> "PolicyConfig":

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from learner.config import A2CConfig, PolicyConfig
 from learner.gae import gae
+from learner.normalize import RunningMeanStd
 from learner.policy import ActorCritic, SpacesSpec, load_numpy_state, numpy_state
 from learner.rollout import Rollout
 from learner.schedules import entropy_coef_at, learning_rate_at
@@ -41,6 +42,8 @@ class LearnerState:
     step: int
     """Env steps trained on so far; schedules continue from here."""
     updates: int
+    reward_norm: tuple[float, float, float] | None = None
+    """(mean, var, count) of the discounted-return statistics when `normalize_rewards` is on."""
 
 
 def choose_device(request: str, gpu_assigned: bool) -> tuple[torch.device, str]:
@@ -103,12 +106,19 @@ class Learner:
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.learning_rate, eps=1e-5)
         self.generator = torch.Generator().manual_seed(seed)
         self.step, self.updates, self.version = 0, 0, 0
+        self.return_norm = RunningMeanStd(()).to(self.device) if config.normalize_rewards else None
+        self.discounted: torch.Tensor | None = None
+        """(N,) running discounted return of each env column, for reward normalisation."""
         if restore is not None:
             load_numpy_state(self.policy, restore.weights.tensors)
             self.optimizer.load_state_dict(
                 torch.load(io.BytesIO(restore.optimizer), map_location=self.device, weights_only=True))
             self.step, self.updates, self.version = restore.step, restore.updates, restore.weights.version
             self.generator.manual_seed(seed + restore.updates)
+            if self.return_norm is not None and restore.reward_norm is not None:
+                for buf, value in zip((self.return_norm.mean, self.return_norm.var, self.return_norm.count),
+                                      restore.reward_norm):
+                    buf.fill_(value)
 
     def device_info(self) -> tuple[str, str]:
         """(device, reason) as chosen at start, e.g. ("cpu", "cpu: no GPU in the cluster")."""
@@ -122,7 +132,29 @@ class Learner:
         """A snapshot for a checkpoint."""
         buf = io.BytesIO()
         torch.save(self.optimizer.state_dict(), buf)
-        return LearnerState(self.weights(), buf.getvalue(), self.step, self.updates)
+        norm = self.return_norm
+        reward_norm = None if norm is None else (float(norm.mean), float(norm.var), float(norm.count))
+        return LearnerState(self.weights(), buf.getvalue(), self.step, self.updates, reward_norm)
+
+    def _normalized_rewards(self, rewards: torch.Tensor, done: torch.Tensor) -> torch.Tensor:
+        """(T, N) rewards divided by the running std of each env's discounted return.
+
+        The running return of each env column carries over between updates (columns keep their
+        worker and env order) and restarts at every episode end, as in SB3's VecNormalize.
+        """
+        T, N = rewards.shape
+        if self.discounted is None or self.discounted.shape != (N,):
+            self.discounted = torch.zeros(N, dtype=torch.float64, device=self.device)
+        returns = torch.empty((T, N), dtype=torch.float64, device=self.device)
+        running = self.discounted
+        for t in range(T):
+            running = running * self.config.gamma + rewards[t]
+            returns[t] = running
+            running = torch.where(done[t], torch.zeros_like(running), running)
+        if bool(torch.isfinite(returns).all()):  # NaN rewards must not poison the statistics
+            self.return_norm.update(returns.reshape(-1))
+            self.discounted = running
+        return self.return_norm.scale(rewards)
 
     def _batch(self, rollouts: tuple[Rollout, ...]) -> dict[str, torch.Tensor]:
         """Rollouts joined along the env axis into (T, N_total, ...) tensors on the device."""
@@ -140,7 +172,16 @@ class Learner:
         b = self._batch(rollouts)
         steps = sum(r.num_steps for r in rollouts)
         policy_lag = self.version - min(r.weights_version for r in rollouts)
-        advantages, returns = gae(b["rewards"], b["values"], b["terminated"], b["truncated"],
+        # Statistics are updated before the loss (as SB3's VecNormalize, which updates them as
+        # it steps); a non-finite batch leaves them alone, and its gradient steps are skipped.
+        obs_finite = bool(torch.isfinite(b["obs"]).all())
+        norm_moved = self.policy.obs_norm is not None and obs_finite
+        if norm_moved:
+            self.policy.obs_norm.update(b["obs"].reshape(steps, -1))
+        rewards = b["rewards"]
+        if self.return_norm is not None:
+            rewards = self._normalized_rewards(rewards, b["terminated"] | b["truncated"])
+        advantages, returns = gae(rewards, b["values"], b["terminated"], b["truncated"],
                                   b["final_values"], b["bootstrap_values"], cfg.gamma, cfg.gae_lambda)
         obs = b["obs"].reshape(steps, *b["obs"].shape[2:])
         actions = b["actions"].reshape(steps, *b["actions"].shape[2:])
@@ -158,6 +199,9 @@ class Learner:
         n_steps = skipped = 0
         for start in range(0, steps, size):
             idx = order[start:start + size]
+            if not obs_finite:  # clipped normalisation would hide an inf; the data is bad
+                skipped += 1
+                continue
             loss, parts = a2c_loss(self.policy, obs[idx], actions[idx], advantages[idx],
                                    returns[idx], ent_coef, cfg.value_coef)
             self.optimizer.zero_grad(set_to_none=True)
@@ -174,7 +218,7 @@ class Learner:
         stats = {k: float(v) / n_steps for k, v in totals.items()}  # one host sync per key
         self.step += steps
         self.updates += 1
-        if n_steps:
+        if n_steps or norm_moved:  # new observation statistics are a new version too
             self.version += 1
         stats.update(explained_variance=explained_variance(b["values"].reshape(-1), returns),
                      learning_rate=lr, entropy_coef=ent_coef, policy_lag=policy_lag,

@@ -13,6 +13,7 @@ from torch import nn
 from torch.distributions import Categorical, Normal
 
 from learner.config import PolicyConfig
+from learner.normalize import RunningMeanStd
 
 
 class SpacesSpec(BaseModel):
@@ -47,6 +48,7 @@ class ActorCritic(nn.Module):
         self.spaces = spaces
         self.config = config
         act_cls = nn.Tanh if config.activation == "tanh" else nn.ReLU
+        self.obs_norm = RunningMeanStd((spaces.obs_dim,)) if config.normalize_observations else None
         layers: list[nn.Module] = []
         width = spaces.obs_dim
         for hidden in config.hidden_sizes:
@@ -72,14 +74,17 @@ class ActorCritic(nn.Module):
 
     def _heads(self, obs: torch.Tensor) -> tuple[torch.distributions.Distribution, torch.Tensor]:
         """Action distribution over a batch of B observations, and values of shape (B,)."""
-        latent = self.torso(obs.reshape(obs.shape[0], -1))
+        obs = obs.reshape(obs.shape[0], -1)
+        if self.obs_norm is not None:
+            obs = self.obs_norm(obs)
+        latent = self.torso(obs)
         out = self.action_head(latent)
         if self.discrete:
             dist: torch.distributions.Distribution = Categorical(logits=out, validate_args=False)
         else:
             dist = Normal(out, self.log_std.exp().expand_as(out), validate_args=False)
         if self.value_torso is not None:
-            latent = self.value_torso(obs.reshape(obs.shape[0], -1))
+            latent = self.value_torso(obs)
         return dist, self.value_head(latent).squeeze(-1)
 
     def _log_prob(self, dist: torch.distributions.Distribution, action: torch.Tensor) -> torch.Tensor:
