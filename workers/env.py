@@ -45,7 +45,8 @@ class SameStepCartPoleVectorEnv(CartPoleVectorEnv):
         return super().reset(seed=seed[0] if isinstance(seed, (list, tuple)) else seed, options=options)
 
     def step(self, action):
-        """Step all N envs; (obs (N, 4), reward, terminated, truncated (N,), info)."""
+        """Step all N envs with (N,) int actions; (obs (N, 4), reward, terminated, truncated
+        (N,) each, info)."""
         obs, reward, terminated, truncated, info = super().step(action)
         done = self.prev_done  # terminated | truncated, as the parent just computed
         if done.any():
@@ -60,8 +61,10 @@ class SameStepCartPoleVectorEnv(CartPoleVectorEnv):
         return obs, reward, terminated, truncated, info
 
 
-BATCHED = {CartPoleVectorEnv: SameStepCartPoleVectorEnv}
-"""vector_entry_point classes with a SAME_STEP adapter here; other envs use SyncVectorEnv."""
+BATCHED = {CartPoleVectorEnv: (SameStepCartPoleVectorEnv, {"sutton_barto_reward", "max_episode_steps"})}
+"""vector_entry_point class -> (its SAME_STEP adapter, the env_kwargs the adapter takes). Other
+envs, and jobs whose env_kwargs the adapter does not take (render_mode, disable_env_checker,
+...), use a SyncVectorEnv of single envs."""
 
 
 def make_vec_env(env_id: str, num_envs: int, env_kwargs: dict[str, Any] | None = None
@@ -74,15 +77,16 @@ def make_vec_env(env_id: str, num_envs: int, env_kwargs: dict[str, Any] | None =
     SyncVectorEnv of single envs.
     """
     check_env_id(env_id)
-    spec = gym.spec(env_id)
+    spec, env_kwargs = gym.spec(env_id), env_kwargs or {}
     entry = spec.vector_entry_point
-    batched = BATCHED.get(gym.envs.registration.load_env_creator(entry)) if isinstance(entry, str) else None
-    if batched is not None:
-        kwargs = {**spec.kwargs, **(env_kwargs or {})}
-        return batched(num_envs=num_envs, max_episode_steps=spec.max_episode_steps, **kwargs)
+    batched, takes = BATCHED.get(gym.envs.registration.load_env_creator(entry) if isinstance(entry, str)
+                                 else None, (None, set()))
+    kwargs = {"max_episode_steps": spec.max_episode_steps, **spec.kwargs, **env_kwargs}
+    if batched is not None and set(kwargs) <= takes:
+        return batched(num_envs=num_envs, **kwargs)
     return gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="sync",
                         vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP},
-                        **(env_kwargs or {}))
+                        **env_kwargs)
 
 
 def describe_spaces(env_id: str, env_kwargs: dict[str, Any] | None = None) -> SpacesSpec:
@@ -93,6 +97,7 @@ def describe_spaces(env_id: str, env_kwargs: dict[str, Any] | None = None) -> Sp
         obs, act = env.observation_space, env.action_space
     finally:
         env.close()
+    make_vec_env(env_id, 1, env_kwargs).close()  # what workers build must take the kwargs too
     if not isinstance(obs, gym.spaces.Box):
         raise UnknownEnvironment(
             f"env {env_id!r} has a {type(obs).__name__} observation space; only Box is supported")

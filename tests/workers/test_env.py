@@ -12,6 +12,14 @@ def test_cartpole_uses_the_batched_env_and_other_envs_a_sync_vector_env():
     assert isinstance(make_vec_env("Acrobot-v1", 2), gym.vector.SyncVectorEnv)
 
 
+def test_cartpole_env_kwargs_work_on_either_path():
+    limited = make_vec_env("CartPole-v1", 2, {"max_episode_steps": 50})
+    assert isinstance(limited, SameStepCartPoleVectorEnv) and limited.max_episode_steps == 50
+    # Kwargs the batched env does not take go to gymnasium.make, on single envs.
+    unchecked = make_vec_env("CartPole-v1", 2, {"disable_env_checker": True})
+    assert isinstance(unchecked, gym.vector.SyncVectorEnv)
+
+
 def test_batched_cartpole_matches_single_envs_step_for_step_through_an_episode_end():
     n = 3
     env = make_vec_env("CartPole-v1", n)
