@@ -27,7 +27,7 @@ import torch
 from safetensors.numpy import load as load_safetensors
 from safetensors.numpy import save as save_safetensors
 
-from learner.config import PolicyConfig
+from learner.config import A2CConfig, PolicyConfig
 from learner.learner import LearnerState, Weights
 from learner.policy import ActorCritic, SpacesSpec, load_numpy_state
 
@@ -51,6 +51,9 @@ class Checkpoint:
 
     manifest: dict[str, Any]
     config: dict[str, Any]
+    """The job config it was trained with. Its `a2c` and `policy` sections are complete: a
+    field that the writing version did not have takes its default (what that run used), so a
+    resumed job never gets values from elsewhere (such as the tuned table) for them."""
     spaces: SpacesSpec
     state: LearnerState
 
@@ -226,6 +229,11 @@ def read_archive(source: Path | str | bytes) -> Checkpoint:
         raise CheckpointRejected(f"manifest or config is not valid JSON: {exc}") from None
     if not isinstance(manifest, dict) or not isinstance(config, dict):
         raise CheckpointRejected("manifest.json and config.json must be JSON objects")
+    for section, model in (("a2c", A2CConfig), ("policy", PolicyConfig)):
+        given = config.get(section, {})
+        if not isinstance(given, dict):
+            raise CheckpointRejected(f"config.json {section} must be a JSON object")
+        config[section] = {**model().model_dump(mode="json"), **given}
     if manifest.get("algo") != ALGO:
         raise CheckpointRejected(f"manifest algo is {manifest.get('algo')!r}, expected {ALGO!r}")
     if manifest.get("format_version") != FORMAT_VERSION:
@@ -243,14 +251,20 @@ def read_archive(source: Path | str | bytes) -> Checkpoint:
         bad = sorted(name for name, t in tensors.items() if not np.isfinite(t).all())
         if bad:
             raise CheckpointRejected(f"policy weights {', '.join(bad)} contain NaN/inf")
+        bad = sorted(name for name, t in tensors.items()
+                     if (name.endswith(".var") and (t < 0).any()) or (name.endswith(".count") and (t <= 0).any()))
+        if bad:
+            raise CheckpointRejected(f"normalisation statistics {', '.join(bad)} are out of range "
+                                     "(a variance below 0 or a count not above 0)")
         # weights_only=True: a tampered optimizer.pt cannot run code while loading.
         torch.load(io.BytesIO(files["optimizer.pt"]), map_location="cpu", weights_only=True)
         reward_norm = manifest.get("reward_norm")
         if reward_norm is not None:
             reward_norm = tuple(float(v) for v in reward_norm)
-            if len(reward_norm) != 3 or not all(np.isfinite(reward_norm)) or reward_norm[1] < 0:
+            if (len(reward_norm) != 3 or not all(np.isfinite(reward_norm)) or reward_norm[1] < 0
+                    or reward_norm[2] <= 0):
                 raise CheckpointRejected(f"manifest reward_norm {manifest['reward_norm']!r} is not "
-                                         "a finite (mean, var >= 0, count)")
+                                         "a finite (mean, var >= 0, count > 0)")
         state = LearnerState(Weights(int(manifest["weights_version"]), tensors), files["optimizer.pt"],
                              int(manifest["step"]), int(manifest["updates"]), reward_norm)
         checkpoint = Checkpoint(manifest, config, spaces, state)

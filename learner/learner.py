@@ -137,10 +137,13 @@ class Learner:
         return LearnerState(self.weights(), buf.getvalue(), self.step, self.updates, reward_norm)
 
     def _normalized_rewards(self, rewards: torch.Tensor, done: torch.Tensor) -> torch.Tensor:
-        """(T, N) rewards divided by the running std of each env's discounted return.
+        """(T, N) rewards divided by the running std of each env's discounted return; `done`
+        is (T, N) bool, terminated or truncated.
 
         The running return of each env column carries over between updates (columns keep their
-        worker and env order) and restarts at every episode end, as in SB3's VecNormalize.
+        worker and env order) and restarts at every episode end, as in SB3's VecNormalize. It
+        is not checkpointed (nor by SB3): a restarted learner, or a replaced worker's fresh
+        envs, start it from 0, which biases the statistics for one episode at most.
         """
         T, N = rewards.shape
         if self.discounted is None or self.discounted.shape != (N,):
@@ -151,9 +154,11 @@ class Learner:
             running = running * self.config.gamma + rewards[t]
             returns[t] = running
             running = torch.where(done[t], torch.zeros_like(running), running)
-        if bool(torch.isfinite(returns).all()):  # NaN rewards must not poison the statistics
+        if bool(torch.isfinite(returns).all()):
             self.return_norm.update(returns.reshape(-1))
             self.discounted = running
+        else:  # NaN/inf rewards must not poison the statistics; the running returns restart
+            self.discounted = torch.zeros_like(self.discounted)
         return self.return_norm.scale(rewards)
 
     def _batch(self, rollouts: tuple[Rollout, ...]) -> dict[str, torch.Tensor]:
@@ -173,7 +178,8 @@ class Learner:
         steps = sum(r.num_steps for r in rollouts)
         policy_lag = self.version - min(r.weights_version for r in rollouts)
         # Statistics are updated before the loss (as SB3's VecNormalize, which updates them as
-        # it steps); a non-finite batch leaves them alone, and its gradient steps are skipped.
+        # it steps). Non-finite observations leave the observation statistics alone and skip
+        # every gradient step; non-finite rewards leave the reward statistics alone.
         obs_finite = bool(torch.isfinite(b["obs"]).all())
         norm_moved = self.policy.obs_norm is not None and obs_finite
         if norm_moved:

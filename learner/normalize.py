@@ -40,5 +40,6 @@ class RunningMeanStd(nn.Module):
         return out.clamp(-self.clip, self.clip).to(x.dtype)
 
     def scale(self, x: torch.Tensor) -> torch.Tensor:
-        """x divided by the running std (no centring), clipped: SB3's reward normalisation."""
+        """(B, *shape) x divided by the running std (no centring), clipped: SB3's reward
+        normalisation."""
         return (x / torch.sqrt(self.var + self.eps)).clamp(-self.clip, self.clip).to(x.dtype)

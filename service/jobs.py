@@ -35,7 +35,7 @@ from service import storage
 from service.spec import InvalidSpec, JobSpec, build_spec
 from service.store import CheckpointRow, EventRow, JobRow, JobStore
 from service.tensorboard_log import TensorBoardLog
-from service.trainer import CheckpointInfo, Trainer, read_checkpoint
+from service.trainer import CheckpointInfo, Trainer, check_resume, read_checkpoint
 from workers.env import UnknownEnvironment, describe_spaces
 
 log = logging.getLogger(__name__)
@@ -368,9 +368,7 @@ class JobManager:
         except Exception as exc:  # noqa: BLE001 - bad env_kwargs raise whatever the env raises
             raise InvalidSpec("env_kwargs", f"{spec.env} cannot be made with these kwargs: {exc}") from None
         if resume is not None:
-            if resume.spaces != spaces:
-                raise InvalidSpec("env", f"{spec.env}'s spaces do not match the checkpoint's "
-                                  f"({resume.env_id})")
+            check_resume(spec, resume, spaces)
             if spec.total_steps <= resume.state.step:
                 raise InvalidSpec("total_steps", f"must be above the checkpoint's step "
                                   f"({resume.state.step}) to train further")

@@ -37,7 +37,8 @@ class JobSpec(FrozenModel):
     envs_per_worker: int = Field(8, ge=1, le=4096)
     """Envs in each worker's vector env."""
     seed: int = Field(0, ge=0, lt=2**31)
-    """Seeds the policy init, every env (by worker and env index) and the mini-batch order."""
+    """Seeds the policy init, every env (by worker and env index; a batched env such as
+    CartPole's shares one generator per worker) and the mini-batch order."""
     mode: Literal["sync", "async"] = "sync"
     """sync: exact A2C. async: workers collect the next rollout during the update (lag <= 1)."""
     eval_every: int = Field(10, ge=0)

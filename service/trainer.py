@@ -29,7 +29,7 @@ from ray.exceptions import GetTimeoutError
 
 from learner.checkpoint import Checkpoint, archive_bytes, read_archive
 from learner.learner import Learner, LearnerState
-from learner.policy import SpacesSpec
+from learner.policy import ActorCritic, SpacesSpec
 from service import storage
 from service.cluster import cluster_has_gpu
 from service.spec import InvalidSpec, JobSpec
@@ -106,6 +106,22 @@ def read_checkpoint(location: str) -> Checkpoint:
     return read_archive(storage.read_bytes(location))
 
 
+def check_resume(spec: JobSpec, resume: Checkpoint, spaces: SpacesSpec) -> None:
+    """Refuse a resumed job whose env or policy the checkpoint's weights do not fit."""
+    if resume.spaces != spaces:
+        raise InvalidSpec("env", f"{spec.env}'s spaces {spaces} do not match the checkpoint's "
+                          f"({resume.env_id}: {resume.spaces})")
+    want = {k: tuple(v.shape) for k, v in ActorCritic(spaces, spec.policy).state_dict().items()}
+    have = {k: tuple(v.shape) for k, v in resume.state.weights.tensors.items()}
+    if want != have:
+        diff = [f"missing {k}" for k in sorted(want.keys() - have.keys())]
+        diff += [f"unexpected {k}" for k in sorted(have.keys() - want.keys())]
+        diff += [f"{k} is {have[k]}, not {want[k]}" for k in sorted(want.keys() & have.keys())
+                 if want[k] != have[k]]
+        raise InvalidSpec("policy", "the checkpoint's weights do not fit this policy config ("
+                          + "; ".join(diff[:4]) + "); resume with the checkpoint's own policy settings")
+
+
 class Trainer:
     """Runs one job: `run()` trains to `spec.total_steps` or until `request_stop()`.
 
@@ -157,8 +173,8 @@ class Trainer:
             raise InvalidSpec("env", str(exc)) from None
         except Exception as exc:  # noqa: BLE001 - e.g. bad env_kwargs raise TypeError in the env
             raise InvalidSpec("env_kwargs", f"{self.spec.env} cannot be made: {exc}") from None
-        if self.resume is not None and self.resume.spaces != spaces:
-            raise InvalidSpec("resume", f"checkpoint spaces {self.resume.spaces} do not match {self.spec.env}")
+        if self.resume is not None:
+            check_resume(self.spec, self.resume, spaces)
         return spaces
 
     def _check_cluster(self) -> bool:

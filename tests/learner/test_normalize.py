@@ -122,3 +122,50 @@ def test_a_checkpoint_without_reward_statistics_still_loads():
     learner = Learner(SPACES, PolicyConfig(), A2CConfig(), 1000, 0)
     state = dataclasses.replace(learner.state(), reward_norm=None)
     assert read_archive(archive_bytes(state, SPACES, "X", {"env": "X"})).state.reward_norm is None
+
+
+def test_an_older_checkpoint_config_is_completed_with_the_defaults_it_ran_with():
+    learner = Learner(SPACES, PolicyConfig(), A2CConfig(), 1000, 0)
+    old_config = {"env": "Pendulum-v1", "a2c": {"gamma": 0.9}, "policy": {"hidden_sizes": [64, 64]}}
+    ckpt = read_archive(archive_bytes(learner.state(), SPACES, "X", old_config))
+    assert ckpt.config["policy"]["normalize_observations"] is False
+    assert ckpt.config["a2c"]["normalize_rewards"] is False and ckpt.config["a2c"]["gamma"] == 0.9
+    # So resuming it fills nothing from the tuned table (Pendulum's turns normalisation on).
+    from service.spec import build_spec
+    spec = build_spec({**ckpt.config, "workers": 2, "envs_per_worker": 8})
+    assert not spec.policy.normalize_observations and not spec.a2c.normalize_rewards
+    assert not any(f.startswith(("a2c.", "policy.")) for f in spec.tuned)
+
+
+def test_resuming_with_a_policy_the_weights_do_not_fit_names_the_policy_field():
+    import pytest
+
+    from service.spec import InvalidSpec, build_spec
+    from service.trainer import check_resume
+    from workers.env import describe_spaces
+    spaces = describe_spaces("CartPole-v1")
+    learner = Learner(spaces, PolicyConfig(), A2CConfig(), 1000, 0)
+    ckpt = read_archive(archive_bytes(learner.state(), spaces, "CartPole-v1", {"env": "CartPole-v1"}))
+    spec = build_spec({"env": "CartPole-v1", "use_tuned": False, "policy": {"normalize_observations": True}})
+    with pytest.raises(InvalidSpec) as err:
+        check_resume(spec, ckpt, spaces)
+    assert err.value.field == "policy" and "obs_norm" in err.value.message
+    check_resume(build_spec({"env": "CartPole-v1", "use_tuned": False}), ckpt, spaces)  # fits
+
+
+def test_statistics_out_of_range_are_refused_even_with_matching_checksums():
+    import pytest
+
+    from learner.checkpoint import CheckpointRejected
+    learner = Learner(SPACES, PolicyConfig(normalize_observations=True),
+                      A2CConfig(normalize_rewards=True), 1000, 0)
+    config = {"env": "X", "policy": {"normalize_observations": True}}
+    with torch.no_grad():
+        learner.policy.obs_norm.var[0] = -1.0
+    with pytest.raises(CheckpointRejected, match="obs_norm.var"):
+        read_archive(archive_bytes(learner.state(), SPACES, "X", config))
+    with torch.no_grad():
+        learner.policy.obs_norm.var[0] = 1.0
+    state = dataclasses.replace(learner.state(), reward_norm=(0.0, 1.0, 0.0))
+    with pytest.raises(CheckpointRejected, match="reward_norm"):
+        read_archive(archive_bytes(state, SPACES, "X", config))
