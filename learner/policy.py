@@ -72,20 +72,29 @@ class ActorCritic(nn.Module):
         nn.init.orthogonal_(self.value_head.weight, gain=1.0)
         nn.init.zeros_(self.value_head.bias)
 
-    def _heads(self, obs: torch.Tensor) -> tuple[torch.distributions.Distribution, torch.Tensor]:
-        """Action distribution over a batch of B observations, and values of shape (B,)."""
+    def _forward(self, obs: torch.Tensor, with_value: bool = True
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Raw action-head outputs (B, action_dim), logits or Gaussian means, and values (B,)
+        (None unless `with_value`) for a batch of B observations."""
         obs = obs.reshape(obs.shape[0], -1)
         if self.obs_norm is not None:
             obs = self.obs_norm(obs)
         latent = self.torso(obs)
         out = self.action_head(latent)
+        if not with_value:
+            return out, None
+        if self.value_torso is not None:
+            latent = self.value_torso(obs)
+        return out, self.value_head(latent).squeeze(-1)
+
+    def _heads(self, obs: torch.Tensor) -> tuple[torch.distributions.Distribution, torch.Tensor]:
+        """Action distribution over a batch of B observations, and values of shape (B,)."""
+        out, value = self._forward(obs)
         if self.discrete:
             dist: torch.distributions.Distribution = Categorical(logits=out, validate_args=False)
         else:
             dist = Normal(out, self.log_std.exp().expand_as(out), validate_args=False)
-        if self.value_torso is not None:
-            latent = self.value_torso(obs)
-        return dist, self.value_head(latent).squeeze(-1)
+        return dist, value
 
     def _log_prob(self, dist: torch.distributions.Distribution, action: torch.Tensor) -> torch.Tensor:
         """Log-probability of (B,) or (B, A) actions, summed over action components: (B,)."""
@@ -101,17 +110,24 @@ class ActorCritic(nn.Module):
 
         Sampling draws from `generator` when given (reproducible per worker). Box actions are
         returned unclipped (their log-prob is of the sampled value); clip them with
-        `clip_action` only when sending them to the env.
+        `clip_action` only when sending them to the env. The same distributions as
+        `evaluate_actions`, computed without torch.distributions objects: this runs once per
+        env step on every worker, where their construction cost more than the network.
         """
-        dist, value = self._heads(obs)
+        out, value = self._forward(obs)
+        if self.discrete:
+            log_p = torch.log_softmax(out, -1)
+            action = (log_p.argmax(-1) if deterministic
+                      else torch.multinomial(log_p.exp(), 1, generator=generator).squeeze(-1))
+            return action, log_p.gather(-1, action.unsqueeze(-1)).squeeze(-1), value
+        log_std = self.log_std.expand_as(out)
         if deterministic:
-            action = dist.probs.argmax(-1) if self.discrete else dist.mean
-        elif self.discrete:
-            action = torch.multinomial(dist.probs, 1, generator=generator).squeeze(-1)
+            action = out
         else:
-            noise = torch.randn(dist.mean.shape, generator=generator, dtype=dist.mean.dtype)
-            action = dist.mean + dist.stddev * noise
-        return action, self._log_prob(dist, action), value
+            action = out + log_std.exp() * torch.randn(out.shape, generator=generator, dtype=out.dtype)
+        z = (action - out) / log_std.exp()
+        log_prob = (-0.5 * z.square() - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+        return action, log_prob, value
 
     @torch.no_grad()
     def value(self, obs: torch.Tensor) -> torch.Tensor:

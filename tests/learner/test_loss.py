@@ -117,3 +117,27 @@ def test_nonfinite_observations_skip_the_step_and_keep_weights_finite():
     good = learner.update(_rollout())
     assert not good["skipped"] and good["weights_version"] == 1
     assert all(torch.isfinite(v).all() for v in learner.policy.state_dict().values())
+
+
+def test_act_samples_and_log_probs_agree_with_evaluate_actions():
+    torch.manual_seed(2)
+    for spaces in (DISCRETE, BOX):
+        policy = ActorCritic(spaces, PolicyConfig(hidden_sizes=(8,), log_std_init=-0.3))
+        obs = torch.randn(500, 3)
+        gen = torch.Generator().manual_seed(0)
+        action, logp, value = policy.act(obs, generator=gen)
+        ref_value, ref_logp, _ = policy.evaluate_actions(obs, action)
+        torch.testing.assert_close(logp, ref_logp.detach())
+        torch.testing.assert_close(value, ref_value.detach())
+        det, det_logp, _ = policy.act(obs, deterministic=True)
+        dist, _ = policy._heads(obs)
+        mode = dist.probs.argmax(-1) if spaces is DISCRETE else dist.mean
+        torch.testing.assert_close(det, mode.detach())
+        torch.testing.assert_close(det_logp, policy.evaluate_actions(obs, det)[1].detach())
+    # Sampled discrete actions follow the policy's probabilities.
+    policy = ActorCritic(DISCRETE, PolicyConfig(hidden_sizes=(8,)))
+    with torch.no_grad():
+        policy.action_head.bias.copy_(torch.tensor([0.0, 1.0]))
+    actions, _, _ = policy.act(torch.zeros(20000, 3), generator=torch.Generator().manual_seed(1))
+    p1 = torch.sigmoid(torch.tensor(1.0 - 0.0)).item()
+    assert abs(actions.float().mean().item() - p1) < 0.015
