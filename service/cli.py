@@ -176,8 +176,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         sink.event("ray", where)
         if spec.tuned:
             sink.event("tuned", f"from the tuned table for {spec.env}: "
-                       + ", ".join(f"{k}={getattr(getattr(spec, k.split('.')[0]), k.split('.')[1])}"
-                                   for k in spec.tuned))
+                       + ", ".join(f"{k}={spec.value_at(k)}" for k in spec.tuned))
         trainer = Trainer(spec, out, sink, job_id=job_id, resume=resume)
 
         def stop_gracefully(signum, frame):

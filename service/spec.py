@@ -88,6 +88,13 @@ class JobSpec(FrozenModel):
         """T: steps each env takes per rollout (steps_per_batch / (workers x envs_per_worker))."""
         return self.a2c.steps_per_batch // (self.workers * self.envs_per_worker)
 
+    def value_at(self, path: str) -> Any:
+        """The value of a dotted field path such as `a2c.learning_rate` or `workers`."""
+        value: Any = self
+        for name in path.split("."):
+            value = getattr(value, name)
+        return value
+
     @property
     def num_updates(self) -> int:
         """Updates needed to reach total_steps (the last may overshoot by < one batch)."""
@@ -133,6 +140,11 @@ def build_spec(data: dict[str, Any], *, strict: bool = False) -> JobSpec:
     table = TUNED.get(env, {}) if isinstance(env, str) and data.get("use_tuned", True) else {}
     filled: list[str] = []
     for section, values in table.items():
+        if not isinstance(values, dict):  # a top-level field, e.g. envs_per_worker
+            if section not in data:
+                data[section] = values
+                filled.append(section)
+            continue
         given = data.get(section, {})
         if not isinstance(given, dict):  # null too: it must not turn into the tuned values
             raise InvalidSpec(section, f"must be an object of {section} settings")

@@ -53,3 +53,13 @@ def test_tuned_values_fill_only_unset_fields_and_are_recorded(monkeypatch):
     assert "tuned" in spec.model_dump()
     plain = build_spec({"env": "Acrobot-v1", "use_tuned": False})
     assert plain.a2c.learning_rate == 3e-4 and plain.tuned == () and plain.policy.share_torso
+
+
+def test_tuned_layout_fields_fill_only_when_unset(monkeypatch):
+    import service.spec as spec_module
+    monkeypatch.setitem(spec_module.TUNED, "Acrobot-v1", {"envs_per_worker": 4, "a2c": {"steps_per_batch": 64}})
+    spec = build_spec({"env": "Acrobot-v1", "workers": 2})
+    assert spec.envs_per_worker == 4 and spec.steps_per_env == 8
+    assert spec.tuned == ("a2c.steps_per_batch", "envs_per_worker") and spec.value_at("envs_per_worker") == 4
+    mine = build_spec({"env": "Acrobot-v1", "workers": 2, "envs_per_worker": 8})
+    assert mine.envs_per_worker == 8 and "envs_per_worker" not in mine.tuned
