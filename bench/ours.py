@@ -19,11 +19,13 @@ from bench.record import RunRecord
 REPO = Path(__file__).resolve().parent.parent
 
 
-def train_command(env: str, steps: int, seed: int, workers: int, envs_per_worker: int,
+def train_command(env: str, steps: int, seed: int, workers: int, envs_per_worker: int | None,
                   out: Path, extra: list[str] | None = None) -> list[str]:
-    """The `a2c train` command line of one benchmark run."""
+    """The `a2c train` command line of one benchmark run (envs per worker None: the job's
+    default or the tuned table's)."""
+    envs = ["--envs-per-worker", str(envs_per_worker)] if envs_per_worker else []
     return [sys.executable, "-m", "service.cli", "train", "--env", env, "--total-steps", str(steps),
-            "--workers", str(workers), "--envs-per-worker", str(envs_per_worker), "--seed", str(seed),
+            "--workers", str(workers), *envs, "--seed", str(seed),
             "--eval-every", "0", "--checkpoint-every", "1000000", "--out", str(out), *(extra or [])]
 
 
@@ -49,7 +51,7 @@ def parse_run(out: Path, launched_at: float, env: str, seed: int) -> RunRecord:
         extra=extra)
 
 
-def run_ours(env: str, steps: int, seed: int, workers: int = 2, envs_per_worker: int = 8,
+def run_ours(env: str, steps: int, seed: int, workers: int = 2, envs_per_worker: int | None = None,
              extra: list[str] | None = None, timeout_s: float = 300.0, log_dir: Path | None = None,
              roles_every_s: float | None = None) -> RunRecord:
     """Train with the CLI in a subprocess and return its record, peak memory and load included."""

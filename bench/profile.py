@@ -3,8 +3,8 @@
 In-process: `RolloutWorker.sample` with timers around the policy's forward pass (`act`), the
 vector env's `step`, and the value calls for truncated/bootstrap observations; the rest of
 `sample` is the worker's own bookkeeping. `Learner.update` is timed on the same rollouts. The
-raw step rate of the env alone (random actions) is measured for gymnasium's `SyncVectorEnv`
-(what workers use) and for the env's batched `vector_entry_point` (CartPoleVectorEnv).
+raw step rate of the env alone (random actions) is measured for gymnasium's `SyncVectorEnv`,
+for the env's batched `vector_entry_point` (CartPoleVectorEnv), and for what workers use.
 
     python -m bench.profile                 # in-process breakdown, prints JSON
     python -m bench.profile --py-spy 15     # also py-spy a 2x8 CLI run for 15 s (all processes)
@@ -83,16 +83,24 @@ def sample_breakdown(num_envs: int, steps_per_env: int, rollouts: int = 20,
 
 
 def env_step_rates(num_envs: list[int], env_id: str = "CartPole-v1", seconds: float = 1.0) -> list[dict]:
-    """Env steps/s of the vector env alone with fixed actions: SyncVectorEnv vs vector_entry_point."""
+    """Env steps/s of the vector env alone with fixed actions: gymnasium's SyncVectorEnv of
+    single envs, its batched `vector_entry_point` (NEXT_STEP reset), and what workers use
+    (`workers.env.make_vec_env`: for CartPole, the batched env with SAME_STEP reset)."""
     import gymnasium as gym
     from gymnasium.vector import AutoresetMode
+
+    from workers.env import make_vec_env
+    makers = {
+        "sync_same_step": lambda n: gym.make_vec(env_id, num_envs=n, vectorization_mode="sync",
+                                                 vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP}),
+        "vector_entry_point": lambda n: gym.make_vec(env_id, num_envs=n, vectorization_mode="vector_entry_point"),
+        "workers_make_vec_env": lambda n: make_vec_env(env_id, n),
+    }
     out = []
     for n in num_envs:
         row: dict[str, Any] = {"num_envs": n}
-        for mode, kwargs in (("sync_same_step", {"vectorization_mode": "sync",
-                                                 "vector_kwargs": {"autoreset_mode": AutoresetMode.SAME_STEP}}),
-                             ("vector_entry_point", {"vectorization_mode": "vector_entry_point"})):
-            env = gym.make_vec(env_id, num_envs=n, **kwargs)
+        for mode, make in makers.items():
+            env = make(n)
             env.reset(seed=0)
             actions = np.random.default_rng(0).integers(0, 2, (4096, n))
             k, t0 = 0, time.perf_counter()

@@ -3,7 +3,7 @@
 RLlib no longer ships A2C. PPO with one epoch over one full-batch minibatch takes a single
 gradient step at ratio pi/pi_old = 1, where the clipped surrogate's gradient is A * grad log pi:
 the A2C policy gradient. The clip is set wide anyway, the KL term is off and the value loss is
-not clipped. The rest mirrors our tuned CartPole-v1 job: 256-sample batches, Adam lr 1e-3,
+not clipped. The rest is full-batch A2C as our CartPole-v1 job was first tuned: 256-sample batches, Adam lr 1e-3,
 gamma 0.99, lambda 1.0, entropy 0.01, value coef 0.5, grad-norm clip 0.5, separate 64x64 tanh
 actor and critic, 2 env runners x 8 envs (like our 2 workers x 8 envs), learner in the driver.
 

@@ -1,7 +1,7 @@
 """One command for the whole benchmark: ours vs SB3 A2C vs RLlib PPO-as-A2C, on this machine.
 
     python -m bench.run --quick      # ~3 min: every runner and section on tiny budgets
-    python -m bench.run              # ~20 min: the comparison, scaling, learner, sample efficiency
+    python -m bench.run              # ~45 min: comparison, scaling, learner, sample efficiency, 10-min soak
     python -m bench.run --only compare --seeds 0 1 2
 
 Each runner is its own process tree (ours: `python -m service.cli train`), launched one after
@@ -31,17 +31,19 @@ from bench.record import RunRecord, thin
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGET = {"CartPole-v1": 475.0}
 """Return (mean of the last 20 episodes) whose first crossing is timed."""
-ZOO_A2C = {"CartPole-v1": (500.0, 500_000), "Acrobot-v1": (-83.0, 500_000)}
+ZOO_A2C = {"CartPole-v1": (500.0, 500_000), "Acrobot-v1": (-83.0, 500_000),
+           "Pendulum-v1": (-163.0, 1_000_000), "LunarLander-v3": (156.0, 200_000)}
 """rl-zoo's published A2C results: env -> (mean return, env-step budget)."""
 
 PLANS = {
     "quick": {"steps": {"ours": 60_000, "sb3-a2c": 15_000, "rllib-ppo": 15_000}, "max_wall_s": 30,
               "grid": [(1, 8), (2, 8), (2, 64)], "grid_s": 3, "async": [(2, 8)],
-              "batches": [256, 4096], "efficiency": []},
+              "batches": [256, 4096], "efficiency": [], "soak_s": 20},
     "full": {"steps": {"ours": 200_000, "sb3-a2c": 300_000, "rllib-ppo": 300_000}, "max_wall_s": 200,
              "grid": [(w, n) for w in (1, 2, 4) for n in (8, 64, 256)], "grid_s": 8,
              "async": [(2, 8), (2, 64)], "batches": [256, 1024, 4096, 16384, 65536],
-             "efficiency": [("CartPole-v1", 500_000), ("Acrobot-v1", 500_000)]},
+             "efficiency": [("CartPole-v1", 500_000), ("Acrobot-v1", 500_000), ("Pendulum-v1", 1_000_000),
+                            ("LunarLander-v3", 200_000)], "soak_s": 600},
 }
 
 
@@ -152,6 +154,25 @@ def efficiency(plan: dict, log_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def soak(plan: dict, log_dir: Path, sps_guess: float = 20_000) -> dict[str, Any]:
+    """RSS of the driver, the learner and one worker over a CartPole run of about `soak_s`
+    seconds (the tuned job; its length is set from `sps_guess`), sampled every tenth of it."""
+    seconds = plan["soak_s"]
+    steps = int(sps_guess * seconds) // 512 * 512
+    rec = run_ours("CartPole-v1", steps, 0, timeout_s=seconds * 3 + 120, log_dir=log_dir,
+                   roles_every_s=max(seconds / 10, 2))
+    roles = rec.extra.get("rss_by_role", [])
+    # The first sample is taken before Ray has started; compare from the first with a learner.
+    live = [(t, r) for t, r in roles if "learner" in r and "worker" in r]
+    first, last = (live[0], live[-1]) if live else ((None, {}), (None, {}))
+    growth = {k: round(last[1][k] - first[1][k], 1) for k in ("driver", "learner", "worker", "ray")
+              if k in first[1] and k in last[1]}
+    print(f"  soak {rec.loop_wall_s:.0f}s loop: RSS MB at {first[0]}s {first[1]}, at {last[0]}s {last[1]}",
+          flush=True)
+    return {"loop_wall_s": round(rec.loop_wall_s, 1), "steps": rec.steps, "first": first, "last": last,
+            "growth_mb": growth, "samples": roles, "error": rec.error}
+
+
 def profile_section() -> dict[str, Any]:
     """The in-process breakdown of one env step (see bench/profile.py)."""
     from bench.profile import env_step_rates, policy_forward_rates, sample_breakdown
@@ -207,6 +228,13 @@ def table(result: dict[str, Any]) -> str:
             lines.append(f"  {e['env']:12s} {e['steps']:>8,d} steps: final {_fmt(e['final_return_mean'], 1)}, "
                          f"best {_fmt(e['best_return_mean'], 1)}  | zoo {e['zoo_a2c_return']:g} at "
                          f"{e['zoo_steps']:,d}")
+    so = result.get("soak")
+    if so:
+        lines.append(f"\nRSS over a {so['loop_wall_s']:.0f} s CartPole run (MB; driver, learner, one worker, "
+                     "Ray's own processes)")
+        for label, (t, roles) in (("start", so["first"]), ("end", so["last"])):
+            lines.append(f"  {label:5s} t={t}s: " + ", ".join(f"{k} {v:,.0f}" for k, v in roles.items()))
+        lines.append("  growth: " + ", ".join(f"{k} {v:+,.1f}" for k, v in so["growth_mb"].items()))
     pr = result.get("profile")
     if pr:
         lines.append("\nin-process worker breakdown, us per env step (CartPole, 1 thread)")
@@ -214,6 +242,9 @@ def table(result: dict[str, Any]) -> str:
             parts = ", ".join(f"{k} {v}" for k, v in b["parts_us_per_step"].items())
             lines.append(f"  N={b['num_envs']:3d}: sample {b['sample_us_per_step']} ({parts}); "
                          f"learner update {b['update_us_per_step']}")
+        lines.append("env alone, steps/s (random actions, 1 thread)")
+        for r in pr["env_step_rates"]:
+            lines.append(f"  N={r['num_envs']:3d}: " + ", ".join(f"{k} {v:,}" for k, v in r.items() if k != "num_envs"))
     return "\n".join(lines)
 
 
@@ -232,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the chosen sections, print the tables, write the JSON result."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="tiny budgets (~3 min); exercises every runner")
-    p.add_argument("--only", nargs="+", choices=["compare", "scaling", "efficiency", "profile"],
+    p.add_argument("--only", nargs="+", choices=["compare", "scaling", "efficiency", "soak", "profile"],
                    help="run only these sections (default: all)")
     p.add_argument("--runners", nargs="+", default=["ours", "sb3-a2c", "rllib-ppo"],
                    choices=["ours", "sb3-a2c", "rllib-ppo"])
@@ -242,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     mode = "quick" if args.quick else "full"
     plan = PLANS[mode]
-    sections = args.only or ["compare", "scaling", "efficiency", "profile"]
+    sections = args.only or ["compare", "scaling", "efficiency", "soak", "profile"]
     seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1])
     RESULTS.mkdir(parents=True, exist_ok=True)
     log_dir = Path(tempfile.mkdtemp(prefix="a2c-bench-logs-"))
@@ -260,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
         result["scaling"] = scaling(plan, log_dir)
     if "efficiency" in sections and plan["efficiency"]:
         result["efficiency"] = efficiency(plan, log_dir)
+    if "soak" in sections:
+        result["soak"] = soak(plan, log_dir)
     if "profile" in sections:
         result["profile"] = profile_section()
     result["machine"]["load_at_end"] = load_average()
