@@ -190,8 +190,20 @@ def cmd_train(args: argparse.Namespace) -> int:
         summary = trainer.run()
     finally:
         sink.close()
+        _disconnect_ray()
     print(json.dumps(summary), flush=True)
     return 0
+
+
+def _disconnect_ray() -> None:
+    """Leave Ray before the summary is printed, so that none of Ray's own log lines (its driver
+    forwards raylet warnings, e.g. about a lost node) can land after it: the summary must be
+    the last line of the job's log (`ray job logs`)."""
+    import contextlib
+
+    import ray
+    with contextlib.suppress(Exception):
+        ray.shutdown()
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
