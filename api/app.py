@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import sys
 import threading
 from contextlib import asynccontextmanager
 from types import UnionType
@@ -114,11 +116,25 @@ def swagger_ui() -> HTMLResponse:
     return get_swagger_ui_html(openapi_url="/openapi.json", title="a2c-service API")
 
 
+def lower_request_priority(nice: int) -> None:
+    """Raise the nice value of this thread (the event loop's) and so of the threads it starts
+    from now on, which serve requests.
+
+    The threads that started the embedded Ray and the job scheduler ran before this, so Ray's
+    processes, the jobs' threads and their driver processes keep the normal priority. Linux
+    sets priorities per thread; elsewhere this does nothing.
+    """
+    if nice and sys.platform.startswith("linux"):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(),
+                       os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) + nice)
+        log.info("a2c-service: request handling runs at nice +%d (A2C_REQUEST_NICE)", nice)
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Join Ray (embedded by default), open the store, recover unfinished jobs; undo on exit."""
     from service import storage
-    from service.cluster import connect
+    from service.cluster import connect, driver_address
     from service.jobs import JobLimits, JobManager
     from service.store import JobStore
 
@@ -138,8 +154,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     manager = JobManager(store, settings.data_dir, JobLimits(
         max_total_steps=settings.max_total_steps, max_workers_per_job=settings.max_workers_per_job,
         max_concurrent_jobs=settings.max_concurrent_jobs, resource_timeout_s=settings.resource_timeout_s,
-        max_recoveries=settings.max_recoveries), storage_root=settings.storage)
+        max_recoveries=settings.max_recoveries), storage_root=settings.storage,
+        ray_address=driver_address(settings.address))
     await asyncio.to_thread(manager.start)
+    lower_request_priority(settings.request_nice)
     app.state.store, app.state.manager = store, manager
     try:
         yield

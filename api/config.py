@@ -56,6 +56,10 @@ class Settings(BaseSettings):
     """On shutdown, how long running jobs get to write a final checkpoint."""
     sse_poll_s: float = Field(0.5, gt=0)
     """How often a metrics stream looks for new rows."""
+    request_nice: int = Field(10, ge=0, le=19)
+    """How much lower than training the CPU priority of request handling is (a Linux nice
+    increment): on a machine that also trains, a burst of clients slows the responses, not
+    the jobs. 0 when the API has its own machine."""
 
     @field_validator("api_token", "storage", mode="before")
     @classmethod

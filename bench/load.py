@@ -8,13 +8,15 @@ Phases, in one invocation: two training jobs are submitted and warmed up; their 
 measured with no clients (quiet), then while `--clients` concurrent clients hit the API for
 `--duration` seconds (load), then quiet again. Half the clients (`--sse-fraction`) hold
 `GET /jobs/{id}/metrics/stream` open and read its events (reconnecting when it ends); the rest
-poll `GET /jobs/{id}/metrics?since_step=` in a loop. Prints p50/p99/max latency per endpoint,
+poll `GET /jobs/{id}/metrics?since_step=` every `--poll-interval` seconds (1 s by default, a
+dashboard's refresh; 0 polls back to back). Prints p50/p99/max latency per endpoint,
 the error count (any non-2xx or transport error; the exit code is 1 when it is not 0), and the
 throughput drop: load vs the mean of the two quiet windows. Throughput is read from the jobs'
 own progress (`GET /jobs/{id}` step counts at the window edges).
 
-The clients run in this process (asyncio + httpx) on the same machine as the server and the
-training, so their CPU use is part of the measured drop.
+The clients run in this process (asyncio + aiohttp, one session and connection each, as
+independent clients have) on the same machine as the server and the training, so their CPU
+use is part of the measured drop; remote clients would not cost the training that.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
 
 REPO = Path(__file__).resolve().parents[1]
@@ -115,102 +118,122 @@ class Server:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-async def _steps(client: httpx.AsyncClient, job_ids: list[str]) -> int:
+async def _get_json(session: aiohttp.ClientSession, path: str) -> Any:
+    async with session.get(path) as r:
+        r.raise_for_status()
+        return await r.json()
+
+
+async def _steps(session: aiohttp.ClientSession, job_ids: list[str]) -> int:
     """Env steps trained so far, summed over the jobs."""
-    jobs = [(await client.get(f"/jobs/{j}")).raise_for_status().json() for j in job_ids]
+    jobs = [await _get_json(session, f"/jobs/{j}") for j in job_ids]
     bad = [j for j in jobs if j["status"] != "RUNNING"]
     if bad:
         raise RuntimeError(f"job {bad[0]['id']} is {bad[0]['status']}: {bad[0].get('error')}")
     return sum(j["progress"]["step"] for j in jobs)
 
 
-async def _throughput(client: httpx.AsyncClient, job_ids: list[str], seconds: float) -> float:
+async def _throughput(session: aiohttp.ClientSession, job_ids: list[str], seconds: float) -> float:
     """Env steps/s of the jobs together over the next `seconds`."""
-    t0, s0 = time.monotonic(), await _steps(client, job_ids)
+    t0, s0 = time.monotonic(), await _steps(session, job_ids)
     await asyncio.sleep(seconds)
-    t1, s1 = time.monotonic(), await _steps(client, job_ids)
+    t1, s1 = time.monotonic(), await _steps(session, job_ids)
     return (s1 - s0) / (t1 - t0)
 
 
-async def _poller(client: httpx.AsyncClient, job_id: str, until: float, samples: Samples) -> None:
-    """GET /jobs/{id}/metrics?since_step= in a loop, as a dashboard polling for new rows."""
+def _client(url: str, headers: dict[str, str]) -> aiohttp.ClientSession:
+    """One client: its own session and keep-alive connection."""
+    return aiohttp.ClientSession(base_url=url, headers=headers, connector=aiohttp.TCPConnector(limit=1),
+                                 timeout=aiohttp.ClientTimeout(total=None, connect=30, sock_read=60))
+
+
+async def _poller(url: str, headers: dict[str, str], job_id: str, until: float, interval: float,
+                  samples: Samples) -> None:
+    """GET /jobs/{id}/metrics?since_step= every `interval` s, as a dashboard polling for new rows."""
     since = 0
-    while time.monotonic() < until:
-        t0 = time.monotonic()
-        try:
-            r = await client.get(f"/jobs/{job_id}/metrics", params={"since_step": since, "limit": 1000})
-            samples.latencies.append(time.monotonic() - t0)
-            if r.status_code != 200:
+    async with _client(url, headers) as session:
+        while time.monotonic() < until:
+            t0 = time.monotonic()
+            try:
+                async with session.get(f"/jobs/{job_id}/metrics", params={"since_step": since, "limit": 1000}) as r:
+                    body = await r.read()
+                    samples.latencies.append(time.monotonic() - t0)
+                    if r.status != 200:
+                        samples.errors += 1
+                        continue
+                since = json.loads(body)["next_since_step"]
+            except (aiohttp.ClientError, asyncio.TimeoutError):
                 samples.errors += 1
-                continue
-            since = r.json()["next_since_step"]
-        except httpx.HTTPError:
-            samples.errors += 1
-        await asyncio.sleep(0.1)
+            await asyncio.sleep(max(0.0, interval - (time.monotonic() - t0)))
 
 
-async def _streamer(client: httpx.AsyncClient, job_id: str, until: float, connect: Samples) -> None:
+async def _streamer(url: str, headers: dict[str, str], job_id: str, until: float, connect: Samples) -> None:
     """Hold the metrics stream open, read its events, reconnect (Last-Event-ID) if it ends."""
     last = None
-    while time.monotonic() < until:
-        t0 = time.monotonic()
-        headers = {"Last-Event-ID": last} if last else {}
-        try:
-            async with client.stream("GET", f"/jobs/{job_id}/metrics/stream", headers=headers,
-                                     timeout=httpx.Timeout(30, read=None)) as r:
-                connect.latencies.append(time.monotonic() - t0)
-                if r.status_code != 200:
-                    connect.errors += 1
-                    continue
-                async for line in r.aiter_lines():
-                    if line.startswith("id:"):
-                        last = line[3:].strip()
-                        connect.events += 1
-                    if time.monotonic() >= until:
-                        return
-        except httpx.HTTPError:
-            connect.errors += 1
+    async with _client(url, headers) as session:
+        while time.monotonic() < until:
+            t0 = time.monotonic()
+            try:
+                async with session.get(f"/jobs/{job_id}/metrics/stream",
+                                       headers={"Last-Event-ID": last} if last else {}) as r:
+                    connect.latencies.append(time.monotonic() - t0)
+                    if r.status != 200:
+                        connect.errors += 1
+                        continue
+                    async for line in r.content:
+                        if line.startswith(b"id:"):
+                            last = line[3:].strip().decode()
+                            connect.events += 1
+                        if time.monotonic() >= until:
+                            return
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                connect.errors += 1
 
 
 async def run(args: argparse.Namespace, url: str) -> dict[str, Any]:
     """Submit two jobs, measure quiet / load / quiet, stop the jobs; returns the report."""
     headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
-    limits = httpx.Limits(max_connections=args.clients + 10, max_keepalive_connections=args.clients + 10)
-    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=30, limits=limits) as client:
-        job_ids = [(await client.post("/jobs", json={**JOB, "seed": seed})).raise_for_status().json()["id"]
-                   for seed in range(2)]
+    async with aiohttp.ClientSession(base_url=url, headers=headers) as control:
+        job_ids = []
+        for seed in range(2):
+            async with control.post("/jobs", json={**JOB, "seed": seed}) as r:
+                r.raise_for_status()
+                job_ids.append((await r.json())["id"])
         try:
             deadline = time.monotonic() + args.start_timeout
             while True:  # warm up: both RUNNING and a few updates in
-                jobs = [(await client.get(f"/jobs/{j}")).json() for j in job_ids]
+                jobs = [await _get_json(control, f"/jobs/{j}") for j in job_ids]
                 if all(j["status"] == "RUNNING" and j["progress"]["step"] > 0 for j in jobs):
                     break
                 if any(j["status"] in ("FAILED", "SUCCEEDED", "STOPPED") for j in jobs) or time.monotonic() > deadline:
                     raise RuntimeError(f"jobs did not start: {[(j['status'], j.get('error')) for j in jobs]}")
                 await asyncio.sleep(0.5)
             await asyncio.sleep(args.warmup_s)
-            quiet_before = await _throughput(client, job_ids, args.quiet_s)
+            quiet_before = await _throughput(control, job_ids, args.quiet_s)
 
             polls, streams = Samples(), Samples()
             until = time.monotonic() + args.duration
             n_sse = round(args.clients * args.sse_fraction)
-            tasks = [asyncio.create_task(_streamer(client, job_ids[i % 2], until, streams)) for i in range(n_sse)]
-            tasks += [asyncio.create_task(_poller(client, job_ids[i % 2], until, polls))
+            tasks = [asyncio.create_task(_streamer(url, headers, job_ids[i % 2], until, streams))
+                     for i in range(n_sse)]
+            tasks += [asyncio.create_task(_poller(url, headers, job_ids[i % 2], until, args.poll_interval, polls))
                       for i in range(args.clients - n_sse)]
             await asyncio.sleep(min(2.0, args.duration / 10))  # let every client connect first
-            loaded = await _throughput(client, job_ids, max(1.0, until - time.monotonic() - 0.5))
+            loaded = await _throughput(control, job_ids, max(1.0, until - time.monotonic() - 0.5))
             # Pollers end on their own; a stream waits for its next event, so end it here.
             _, late = await asyncio.wait(tasks, timeout=max(0.0, until - time.monotonic()) + 5)
             for task in late:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
-            quiet_after = await _throughput(client, job_ids, args.quiet_s)
+            quiet_after = await _throughput(control, job_ids, args.quiet_s)
         finally:
             for j in job_ids:
-                await client.post(f"/jobs/{j}/stop")
+                async with control.post(f"/jobs/{j}/stop"):
+                    pass
     quiet = (quiet_before + quiet_after) / 2
     return {
         "clients": args.clients, "sse_clients": n_sse, "duration_s": args.duration,
+        "poll_interval_s": args.poll_interval,
         "endpoints": {"GET /jobs/{id}/metrics": polls.summary(),
                       "GET /jobs/{id}/metrics/stream (connect)": streams.summary()},
         "errors": polls.errors + streams.errors,
@@ -222,7 +245,8 @@ async def run(args: argparse.Namespace, url: str) -> dict[str, Any]:
 
 
 def _print(report: dict[str, Any]) -> None:
-    print(f"{report['clients']} clients ({report['sse_clients']} on the SSE stream) for {report['duration_s']} s")
+    print(f"{report['clients']} clients ({report['sse_clients']} on the SSE stream, the rest polling every "
+          f"{report['poll_interval_s']} s) for {report['duration_s']} s")
     print(f"{'endpoint':42} {'count':>7} {'errors':>6} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
     for name, s in report["endpoints"].items():
         print(f"{name:42} {s['count']:>7} {s['errors']:>6} {s['p50_ms']!s:>8} {s['p99_ms']!s:>8} {s['max_ms']!s:>8}"
@@ -242,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--token", default=os.environ.get("A2C_API_TOKEN"), help="bearer token (default A2C_API_TOKEN)")
     p.add_argument("--clients", type=int, default=100)
     p.add_argument("--sse-fraction", type=float, default=0.5, help="share of clients on the SSE stream")
+    p.add_argument("--poll-interval", type=float, default=1.0, help="seconds between one poller's requests")
     p.add_argument("--duration", type=float, default=60.0, help="seconds of load")
     p.add_argument("--quiet-s", type=float, default=30.0, help="seconds of each no-load window")
     p.add_argument("--warmup-s", type=float, default=5.0, help="seconds of training before measuring")

@@ -100,6 +100,12 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> str:
     return f"cluster at {address} ({_resources()})"
 
 
+def driver_address(address: str | None = None) -> str:
+    """The address another driver on this machine joins this process's cluster by: the one this
+    process was given (or RAY_ADDRESS), else its embedded instance's GCS address."""
+    return address or os.environ.get("RAY_ADDRESS") or ray.get_runtime_context().gcs_address
+
+
 def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 

@@ -1,7 +1,8 @@
 """`JobManager`: submits, queues, runs, stops and recovers training jobs for the API.
 
-Each admitted job runs `Trainer.run()` in its own thread; the trainer's sink writes its events,
-metrics rows and checkpoint records into the `JobStore`. The archives themselves go to the
+Each admitted job runs `Trainer.run()` in its own process (`service.job_process`), watched by
+a thread of the server that writes the job's events, metrics rows and checkpoint records into
+the `JobStore`. The archives themselves go to the
 storage root (`A2C_STORAGE`: a path or a URI such as `s3://bucket/prefix`; by default
 `<data dir>/jobs`), under `<root>/<job id>/checkpoints/`. A job is admitted when the cluster
 has CPUs left for its workers and learner (so jobs wait in PENDING instead of half-starting and
@@ -30,12 +31,13 @@ from typing import Any, Callable
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from learner.checkpoint import Checkpoint, CheckpointRejected
+from learner.checkpoint import CheckpointRejected
 from service import storage
 from service.spec import InvalidSpec, JobSpec, build_spec
 from service.store import CheckpointRow, EventRow, JobRow, JobStore
 from service.tensorboard_log import TensorBoardLog
-from service.trainer import CheckpointInfo, Trainer, check_resume, read_checkpoint
+from service.job_process import DriverRequest, JobProcess
+from service.trainer import CheckpointInfo, check_resume, read_checkpoint
 from workers.env import UnknownEnvironment, describe_spaces
 
 log = logging.getLogger(__name__)
@@ -117,10 +119,10 @@ class JobDetails:
 
 @dataclass
 class _Active:
-    """A job admitted to run: its CPU reservation, its trainer once built, a stop flag."""
+    """A job admitted to run: its CPU reservation, its driver process once started, a stop flag."""
 
     cpus: int
-    trainer: Trainer | None = None
+    driver: JobProcess | None = None
     stop: bool = False
     thread: threading.Thread | None = field(default=None, repr=False)
 
@@ -192,8 +194,11 @@ class JobManager:
     """Runs the service's jobs: submit, list, describe, stop, and recovery after a restart."""
 
     def __init__(self, store: JobStore, data_dir: Path, limits: JobLimits | None = None,
-                 cluster_cpus: Callable[[], float] = ray_cluster_cpus, storage_root: str | None = None) -> None:
+                 cluster_cpus: Callable[[], float] = ray_cluster_cpus, storage_root: str | None = None,
+                 ray_address: str | None = None) -> None:
         self.store, self.data_dir = store, Path(data_dir)
+        self.ray_address = ray_address
+        """The Ray cluster the jobs' driver processes join (the server's own)."""
         self.storage_root = str(storage_root or self.data_dir / "jobs")
         """Where jobs' archives go: a path or a storage URI; `<data dir>/jobs` by default."""
         self.limits = limits or JobLimits()
@@ -226,10 +231,6 @@ class JobManager:
             return recorded
         return str(self.data_dir / recorded)
 
-    def _read_checkpoint(self, recorded: str) -> Checkpoint:
-        """The archive at a recorded location, read and verified."""
-        return read_checkpoint(self._location(recorded))
-
     # Lifecycle of the manager
 
     def start(self) -> None:
@@ -249,8 +250,8 @@ class JobManager:
             self._queue.clear()
             active = list(self._active.values())
             for job in active:
-                if job.trainer is not None:
-                    job.trainer.request_stop()
+                if job.driver is not None:
+                    job.driver.request_stop()
             self._cond.notify_all()
         deadline = time.monotonic() + grace_s
         for job in active:
@@ -404,22 +405,19 @@ class JobManager:
             active.thread.start()
 
     def _run(self, job: JobRow, active: _Active) -> None:
-        """Train one job to its end and record the outcome (runs in the job's thread)."""
+        """Train one job to its end in a driver process and record the outcome (runs in the job's thread)."""
         try:
-            try:
-                resume = self._read_checkpoint(job.resume_path) if job.resume_path else None
-            except (CheckpointRejected, OSError, storage.StorageUnavailable) as exc:
-                raise CheckpointRejected(f"cannot resume from {job.resume_path}: {exc}") from None
+            if self.ray_address is None:
+                raise RuntimeError("the job manager has no Ray address to give the job's driver")
             location = self.job_location(job.id)
-            trainer = Trainer(JobSpec.model_validate(job.spec), location,
-                              StoreSink(self.store, job.id, self._record, location), job_id=job.id, resume=resume,
-                              resource_timeout_s=self.limits.resource_timeout_s)
+            driver = JobProcess(DriverRequest(
+                job.id, job.spec, location, self._location(job.resume_path) if job.resume_path else None,
+                self.limits.resource_timeout_s, self.ray_address))
             with self._cond:
-                active.trainer = trainer
+                active.driver = driver
                 if active.stop or self._closing:
-                    trainer.request_stop()
-            summary = trainer.run()
-            ckpt = trainer.last_checkpoint
+                    driver.request_stop()
+            summary, ckpt = driver.run(StoreSink(self.store, job.id, self._record, location))
             summary["checkpoint"] = ckpt.id if ckpt else None  # an id, not a server path
             if summary["status"] == "STOPPED" and self._closing and not active.stop and ckpt:
                 self.store.requeue(job.id, self._record(ckpt.location), ckpt.step, reason=(
@@ -427,9 +425,9 @@ class JobManager:
             else:
                 self.store.finish(job.id, summary["status"], summary=summary)
         except Exception as exc:  # noqa: BLE001 - any failure ends the job FAILED with the reason
-            log.warning("job %s failed: %s: %s", job.id, type(exc).__name__, exc)
-            self.store.finish(job.id, "FAILED", error=str(exc) or type(exc).__name__,
-                              error_type=type(exc).__name__)
+            error_type = getattr(exc, "error_type", type(exc).__name__)
+            log.warning("job %s failed: %s: %s", job.id, error_type, exc)
+            self.store.finish(job.id, "FAILED", error=str(exc) or error_type, error_type=error_type)
         finally:
             with self._cond:
                 self._active.pop(job.id, None)
@@ -446,8 +444,8 @@ class JobManager:
             active = self._active.get(job_id)
             if active is not None:
                 active.stop = True
-                if active.trainer is not None:
-                    active.trainer.request_stop()
+                if active.driver is not None:
+                    active.driver.request_stop()
             else:
                 if job_id in self._queue:
                     self._queue.remove(job_id)

@@ -1,7 +1,8 @@
 """Where checkpoints and metrics live: a local or shared path, or a filesystem URI.
 
 A location is either a plain path (`/mnt/shared/a2c`, `runs/abc`) or a URI with a scheme:
-`file:///mnt/shared/a2c`, `s3://bucket/prefix`, `gs://bucket/prefix`, `memory://x` (tests).
+`file:///mnt/shared/a2c`, `s3://bucket/prefix`, `gs://bucket/prefix`; in tests `memory://x` (one
+process) and `local:///tmp/x` (fsspec's local filesystem).
 Plain paths and `file://` URIs are written here with tmp file + fsync + os.replace + directory
 fsync, so a reader never sees half an archive. Other schemes go through fsspec when it is
 installed (with the scheme's own package, e.g. s3fs for s3://), else through `pyarrow.fs`;

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Annotated, AsyncIterator
+import time
+from typing import Annotated, AsyncIterator, Awaitable
 
 from fastapi import APIRouter, Header, Path, Query
 from sse_starlette import EventSourceResponse, ServerSentEvent
@@ -13,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from api.deps import Authenticated, ManagerDep, SettingsDep
 from api.schemas import MetricsPublic, MetricsRow
 from service.jobs import JOB_ID_PATTERN, JobManager
+from service.store import JobRow
 
 router = APIRouter(prefix="/jobs/{job_id}/metrics", tags=["metrics"], dependencies=[Authenticated])
 
@@ -30,21 +32,58 @@ def get_metrics(job_id: JobId, manager: ManagerDep, since_step: SinceStep = 0,
                          next_since_step=rows[-1]["step"] if rows else since_step)
 
 
+class SharedReads:
+    """The reads of metrics streams, shared by the streams that ask for the same rows in one tick.
+
+    Streams poll on a common clock (ticks of `poll_s`), so every stream that follows a job's
+    newest rows asks for the same ones at the same moment: one store read and one encoding
+    serve them all, however many clients watch the job.
+    """
+
+    def __init__(self) -> None:
+        self._reads: dict[tuple[int, str, int], tuple[int, asyncio.Task]] = {}
+        self._tick = -1
+
+    def read(self, manager: JobManager, job_id: str, since: int, tick: int) -> Awaitable[tuple[JobRow, bytes, int, int]]:
+        """(job, the rows after `since` as SSE events, their last step or `since`, row count)."""
+        if tick != self._tick:  # forget the reads of earlier ticks
+            self._tick = tick
+            self._reads = {k: v for k, v in self._reads.items() if v[0] == tick}
+        key = (id(manager), job_id, since)
+        hit = self._reads.get(key)
+        if hit is None or hit[0] != tick:
+            hit = self._reads[key] = (tick, asyncio.ensure_future(_read_events(manager, job_id, since)))
+        return asyncio.shield(hit[1])  # one stream going away must not cancel the others' read
+
+
+async def _read_events(manager: JobManager, job_id: str, since: int) -> tuple[JobRow, bytes, int, int]:
+    job, rows = await asyncio.to_thread(manager.metrics, job_id, since, STREAM_BATCH)
+    events = b"".join(ServerSentEvent(json.dumps(row), event="metrics", id=str(row["step"])).encode()
+                      for row in rows)
+    return job, events, rows[-1]["step"] if rows else since, len(rows)
+
+
+_shared_reads = SharedReads()
+
+
 async def metrics_events(manager: JobManager, job_id: str, since_step: int,
-                         poll_s: float) -> AsyncIterator[ServerSentEvent]:
-    """`metrics` events (id = step) as rows arrive, then one `end` event when the job ends."""
+                         poll_s: float) -> AsyncIterator[ServerSentEvent | bytes]:
+    """`metrics` events (id = step) as rows arrive, then one `end` event when the job ends.
+
+    The events of one read go out as one chunk (a training job makes tens of rows a second).
+    """
     last = since_step
     while True:
-        job, rows = await asyncio.to_thread(manager.metrics, job_id, last, STREAM_BATCH)
-        for row in rows:
-            yield ServerSentEvent(json.dumps(row), event="metrics", id=str(row["step"]))
-        if rows:
-            last = rows[-1]["step"]
-            continue
+        tick = int(time.monotonic() // poll_s)
+        job, events, last, n = await _shared_reads.read(manager, job_id, last, tick)
+        if n:
+            yield events
+        if n == STREAM_BATCH:
+            continue  # more may be waiting
         if job.finished:  # read before the rows: no row can follow
             yield ServerSentEvent(json.dumps({"status": job.status, "step": job.step}), event="end")
             return
-        await asyncio.sleep(poll_s)
+        await asyncio.sleep((tick + 1) * poll_s - time.monotonic() + 1e-3)  # into the next tick
 
 
 @router.get("/stream", response_class=EventSourceResponse, responses={

@@ -68,6 +68,29 @@ class JobsClient(httpx.Client):
         return self.get(f"/jobs/{job_id}/metrics", params={"limit": 10_000}).raise_for_status().json()["rows"]
 
 
+def children(pid: int, cmdline_part: str) -> list[int]:
+    """The pids of `pid`'s live child processes whose command line contains `cmdline_part`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        if int(fields[1]) == pid and fields[0] != "Z" and cmdline_part in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def nice_of(pid: int, tid: int | None = None) -> int:
+    """The nice value of a process, or of one of its threads."""
+    path = Path(f"/proc/{pid}/task/{tid or pid}/stat").read_text()
+    return int(path[path.rindex(")") + 2:].split()[16])
+
+
 def read_sse(response: httpx.Response) -> list[tuple[str, dict]]:
     """(event, data) of each server-sent event, until the server closes the stream."""
     events, kind, data = [], None, []
@@ -133,6 +156,10 @@ class ServerProcess:
         token = self.token if token is None else token
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         return JobsClient(base_url=self.url, headers=headers, timeout=60)
+
+    def driver_pids(self) -> list[int]:
+        """The pids of this server's job driver processes (its `multiprocessing` spawn children)."""
+        return children(self.proc.pid, "multiprocessing.spawn import spawn_main") if self.proc else []
 
     def kill(self) -> None:
         """SIGKILL the server, as a crash would; its embedded Ray goes down with it."""

@@ -388,8 +388,10 @@ def test_an_archive_tampered_after_the_resume_was_accepted_fails_the_job(
     client.post(f"/jobs/{source}/stop")  # only the resumed job may run
     path.write_bytes(cases[kind][0])  # tampered on disk while the job waits in the queue
     # The server restarts (a new manager on the same store) and admits the job: 4 stub CPUs;
-    # no Ray is needed, since reading the archive is the first thing a run does.
-    manager = JobManager(store, data_dir, JobLimits(max_total_steps=100_000), cluster_cpus=lambda: 4.0)
+    # no Ray is needed (the address leads nowhere), since reading the archive is the first
+    # thing a job's driver does.
+    manager = JobManager(store, data_dir, JobLimits(max_total_steps=100_000), cluster_cpus=lambda: 4.0,
+                         ray_address="127.0.0.1:9")
     manager.start()
     try:
         deadline = time.monotonic() + 60

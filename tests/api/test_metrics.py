@@ -70,3 +70,50 @@ def test_stream_of_a_running_job_is_live_and_api_keeps_answering(client, long_jo
     steps = [d["step"] for k, d in events if k == "metrics"]
     assert steps == sorted(set(steps)) and steps[0] == 512 and len(steps) >= 20
     assert events[-1] == ("end", {"status": "STOPPED", "step": steps[-1]})
+
+
+class _CountingManager:
+    """A JobManager stand-in for `metrics_events`: a running job whose rows grow between reads."""
+
+    def __init__(self) -> None:
+        self.reads, self.rows = 0, [{"step": 512 * (i + 1)} for i in range(3)]
+        self.lock = threading.Lock()
+
+    def metrics(self, job_id: str, since_step: int, limit: int):
+        with self.lock:
+            self.reads += 1
+            rows = [r for r in self.rows if r["step"] > since_step][:limit]
+        return _Job(finished=False), rows
+
+
+class _Job:
+    """The fields of a JobRow that `metrics_events` reads."""
+
+    def __init__(self, finished: bool) -> None:
+        self.finished, self.status, self.step = finished, "RUNNING", 0
+
+
+def test_streams_of_one_job_share_each_store_read():
+    import asyncio
+    from api.routes.metrics import metrics_events
+
+    manager = _CountingManager()
+
+    async def follow(out: list) -> None:
+        async for chunk in metrics_events(manager, "0123456789ab", 0, poll_s=0.2):
+            out.append(chunk)
+
+    async def main() -> list[list]:
+        outs = [[] for _ in range(20)]
+        tasks = [asyncio.create_task(follow(out)) for out in outs]
+        await asyncio.sleep(0.5)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        return outs
+
+    outs = asyncio.run(main())
+    # Every stream got the three rows, as one chunk of three events with their steps as ids.
+    assert all(len(out) == 1 and out[0].count(b"event: metrics") == 3 and b"id: 1536" in out[0] for out in outs)
+    # 20 streams over ~3 ticks: a handful of reads, not one per stream per tick.
+    assert manager.reads <= 4, manager.reads

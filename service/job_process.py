@@ -1,0 +1,177 @@
+"""`JobProcess`: an API job's training driver in a child process of the server.
+
+The HTTP server and a driver loop in one process share a GIL. Under load every request then
+delays the loop's next Ray call: 100 clients cut two jobs' env steps/s by 60% that way
+(`python -m bench.load`). So each job's `Trainer.run()` runs in its own process. The child joins
+the server's Ray cluster and sends every sink call down a pipe, in order. The server replays
+them into the job's `StoreSink`, so the server stays the only writer of the job store.
+
+"stop" goes the other way, down a second pipe. When the server dies, the child sees that pipe
+close and exits at once. Its actors die with it (Ray ties them to their driver), and the
+restarted server resumes the job from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from service.trainer import CheckpointInfo, TrainingSink
+
+log = logging.getLogger(__name__)
+
+ORPHANED_EXIT_CODE = 3
+"""The child's exit code when the server went away under it."""
+
+
+@dataclass(frozen=True)
+class DriverRequest:
+    """What the child needs to run one job (picklable; no handles)."""
+
+    job_id: str
+    spec: dict[str, Any]
+    """The job's JobSpec as JSON."""
+    location: str
+    """The job's run directory: a path or a storage URI."""
+    resume_location: str | None
+    """The checkpoint archive to start from, if any."""
+    resource_timeout_s: float
+    ray_address: str
+    """The cluster the server is on (its GCS address, for an embedded Ray)."""
+
+
+class DriverFailed(RuntimeError):
+    """The job's driver ended with an error; `error_type` is the name of the child's exception."""
+
+    def __init__(self, error_type: str, message: str) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+
+
+class _PipeSink:
+    """The child's sink: every call goes to the server as ("sink", method, args)."""
+
+    def __init__(self, send) -> None:
+        self._send = send
+
+    def event(self, kind: str, message: str) -> None:
+        """Forward the event."""
+        self._send(("sink", "event", (kind, message)))
+
+    def metrics(self, row: dict[str, Any]) -> None:
+        """Forward the row."""
+        self._send(("sink", "metrics", (row,)))
+
+    def checkpoint(self, info: CheckpointInfo) -> None:
+        """Forward the record of a written archive."""
+        self._send(("sink", "checkpoint", (info,)))
+
+    def rewind(self, step: int) -> None:
+        """Forward the rewind."""
+        self._send(("sink", "rewind", (step,)))
+
+
+class JobProcess:
+    """The server's handle on one job's driver process: start, `request_stop`, `run`."""
+
+    def __init__(self, request: DriverRequest) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self._events, events_out = ctx.Pipe(duplex=False)
+        control_in, self._control = ctx.Pipe(duplex=False)
+        self._lock = threading.Lock()
+        self.process = ctx.Process(target=_child_main, args=(request, events_out, control_in),
+                                   name=f"a2c-job-{request.job_id}", daemon=True)
+        self.process.start()
+        events_out.close()  # the child's ends: EOF on ours once the child is gone
+        control_in.close()
+
+    def request_stop(self) -> None:
+        """Ask the driver to stop after its current update (it writes a final checkpoint)."""
+        with self._lock:
+            try:
+                self._control.send("stop")
+            except OSError:  # the child already exited; run() reports how
+                pass
+
+    def run(self, sink: TrainingSink) -> tuple[dict[str, Any], CheckpointInfo | None]:
+        """Replay the child's sink calls into `sink` until it ends; returns (summary, last checkpoint).
+
+        Raises DriverFailed with the child's error, or when it died without saying why.
+        """
+        try:
+            while True:
+                try:
+                    message = self._events.recv()
+                except EOFError:
+                    self.process.join(10)
+                    raise DriverFailed("DriverDied", f"the job's driver process exited with code "
+                                       f"{self.process.exitcode} before it reported an outcome") from None
+                kind = message[0]
+                if kind == "sink":
+                    getattr(sink, message[1])(*message[2])
+                elif kind == "done":
+                    return message[1], message[2]
+                else:
+                    raise DriverFailed(message[1], message[2])
+        finally:
+            self._events.close()
+            with self._lock:
+                self._control.close()
+            self.process.join(30)
+            if self.process.is_alive():
+                self.process.kill()
+
+
+def _child_main(request: DriverRequest, events, control) -> None:
+    """The child: join Ray, run the trainer, report its outcome; exit if the server goes away."""
+    logging.basicConfig(level=logging.WARNING, format=f"%(levelname)s job-{request.job_id} %(name)s: %(message)s")
+    send_lock, stop = threading.Lock(), threading.Event()
+    holder: dict[str, Any] = {}
+
+    def send(message: tuple) -> None:
+        with send_lock:
+            events.send(message)
+
+    def watch_control() -> None:
+        while True:
+            try:
+                message = control.recv()
+            except (EOFError, OSError):
+                # The server is gone: nobody records this job's progress any more. Its next
+                # start resumes the job from the last checkpoint it recorded.
+                os._exit(ORPHANED_EXIT_CODE)
+            if message == "stop":
+                stop.set()
+                if "trainer" in holder:
+                    holder["trainer"].request_stop()
+
+    threading.Thread(target=watch_control, name="control", daemon=True).start()
+    try:
+        from learner.checkpoint import CheckpointRejected
+        from service import storage
+        from service.cluster import connect
+        from service.spec import JobSpec
+        from service.trainer import Trainer, read_checkpoint
+
+        resume = None
+        if request.resume_location:  # first: a bad archive fails the job before any actor starts
+            try:
+                resume = read_checkpoint(request.resume_location)
+            except (CheckpointRejected, OSError, storage.StorageUnavailable) as exc:
+                raise CheckpointRejected(f"cannot resume from {request.resume_location}: {exc}") from None
+        connect(request.ray_address)
+        trainer = Trainer(JobSpec.model_validate(request.spec), request.location, _PipeSink(send),
+                          job_id=request.job_id, resume=resume, resource_timeout_s=request.resource_timeout_s)
+        holder["trainer"] = trainer
+        if stop.is_set():
+            trainer.request_stop()
+        summary = trainer.run()
+        send(("done", summary, trainer.last_checkpoint))
+    except BaseException as exc:  # noqa: BLE001 - every failure goes to the server with its reason
+        send(("failed", type(exc).__name__, str(exc) or type(exc).__name__))
+    finally:
+        events.close()

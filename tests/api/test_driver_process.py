@@ -1,0 +1,66 @@
+"""Each job's driver runs in its own process: it keeps the normal CPU priority while request
+handling yields, a driver that dies fails only its job (with the reason), and a server that
+dies takes its drivers with it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from tests.api.conftest import children, nice_of
+
+
+def _wait_gone(pids: list[int], timeout: float = 30.0) -> list[int]:
+    """The pids still alive after up to `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = [p for p in pids if os.path.exists(f"/proc/{p}") and "Z" not in _state(p)]
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.2)
+
+
+def _state(pid: int) -> str:
+    try:
+        stat = open(f"/proc/{pid}/stat").read()
+    except OSError:
+        return "Z"
+    return stat[stat.rindex(")") + 2:].split()[0]
+
+
+def test_a_killed_driver_fails_only_its_job_and_drivers_keep_the_training_priority(spawn_server, long_job):
+    server = spawn_server()
+    with server.client() as client:
+        job_id = client.post("/jobs", json=long_job).raise_for_status().json()["id"]
+        client.wait_for(job_id, lambda j: j["status"] == "RUNNING" and j["progress"]["step"] > 0)
+        drivers = server.driver_pids()
+        assert len(drivers) == 1, drivers
+        # Request handling (the event loop thread, the server's main thread) yields the CPU to
+        # training; the driver, and the Ray processes that run the actors, do not.
+        assert nice_of(server.proc.pid) == 10
+        assert nice_of(drivers[0]) == 0
+        raylets = children(server.proc.pid, "raylet")
+        assert raylets and all(nice_of(p) == 0 for p in raylets)
+
+        os.kill(drivers[0], signal.SIGKILL)
+        job = client.wait_finished(job_id, timeout=60)
+        assert job["status"] == "FAILED", job
+        assert job["error"]["type"] == "DriverDied"
+        assert "exited with code -9" in job["error"]["message"]
+        assert client.get("/readyz").json()["status"] == "ok"
+        # The server still runs jobs.
+        again = client.post("/jobs", json={**long_job, "total_steps": 4096}).raise_for_status().json()["id"]
+        assert client.wait_finished(again)["status"] == "SUCCEEDED"
+
+
+def test_drivers_exit_when_the_server_is_killed(spawn_server, long_job):
+    server = spawn_server()
+    with server.client() as client:
+        job_id = client.post("/jobs", json=long_job).raise_for_status().json()["id"]
+        client.wait_for(job_id, lambda j: j["status"] == "RUNNING" and j["progress"]["step"] > 0)
+        drivers = server.driver_pids()
+        assert len(drivers) == 1, drivers
+    server.kill()
+    # A driver left running would train on while the restarted server resumes the same job.
+    assert _wait_gone(drivers) == []
