@@ -228,6 +228,7 @@ class Trainer:
                                    self.max_worker_replacements)
         start = self.resume.state if self.resume else None
         try:
+            self.workers.create()  # their start overlaps the learner's
             self._start_learner(spaces, start)
             nodes = self.workers.start(self.learner.weights.remote())
             self.sink.event("placement", f"learner on node {self.learner_node[:12]}; workers on nodes "

@@ -109,12 +109,19 @@ class WorkerGroup:
             spec.env, spec.env_kwargs, spec.envs_per_worker, spec.steps_per_env, self.spaces,
             spec.policy, spec.seed, index)
 
+    def create(self) -> None:
+        """Create the worker actors without waiting: their processes start (and import torch)
+        while the caller does other work, such as starting the learner."""
+        self.actors = [self._new(i) for i in range(self.spec.workers)]
+
     def start(self, weights) -> list[str]:
-        """Start every worker with `weights`, waiting up to resource_timeout_s for CPUs.
+        """Start every worker (created now unless `create` ran) with `weights`, waiting up to
+        resource_timeout_s for CPUs.
 
         Returns the node id of each worker.
         """
-        self.actors = [self._new(i) for i in range(self.spec.workers)]
+        if not self.actors:
+            self.create()
         try:
             ray.get([a.set_weights.remote(weights) for a in self.actors], timeout=self.resource_timeout_s)
             return ray.get([a.__ray_call__.remote(actor_node_id) for a in self.actors], timeout=self.call_timeout_s)
