@@ -158,8 +158,9 @@ class ServerProcess:
         return JobsClient(base_url=self.url, headers=headers, timeout=60)
 
     def driver_pids(self) -> list[int]:
-        """The pids of this server's job driver processes (its `multiprocessing` spawn children)."""
-        return children(self.proc.pid, "multiprocessing.spawn import spawn_main") if self.proc else []
+        """The pids of this server's job driver processes (forks of its `multiprocessing` fork server)."""
+        servers = children(self.proc.pid, "multiprocessing.forkserver") if self.proc else []
+        return [pid for server in servers for pid in children(server, "multiprocessing.forkserver")]
 
     def kill(self) -> None:
         """SIGKILL the server, as a crash would; its embedded Ray goes down with it."""
