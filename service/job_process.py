@@ -40,6 +40,8 @@ class DriverRequest:
     """The job's run directory: a path or a storage URI."""
     resume_location: str | None
     """The checkpoint archive to start from, if any."""
+    resume_name: str | None
+    """That archive as the job store records it (relative to the data dir), for messages."""
     resource_timeout_s: float
     ray_address: str
     """The cluster the server is on (its GCS address, for an embedded Ray)."""
@@ -172,7 +174,7 @@ def _child_main(request: DriverRequest, events, control) -> None:
             try:
                 resume = read_checkpoint(request.resume_location)
             except (CheckpointRejected, OSError, storage.StorageUnavailable) as exc:
-                raise CheckpointRejected(f"cannot resume from {request.resume_location}: {exc}") from None
+                raise CheckpointRejected(f"cannot resume from {request.resume_name}: {exc}") from None
         connect(request.ray_address)
         trainer = Trainer(JobSpec.model_validate(request.spec), request.location, _PipeSink(send),
                           job_id=request.job_id, resume=resume, resource_timeout_s=request.resource_timeout_s)

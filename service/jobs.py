@@ -2,9 +2,9 @@
 
 Each admitted job runs `Trainer.run()` in its own process (`service.job_process`), watched by
 a thread of the server that writes the job's events, metrics rows and checkpoint records into
-the `JobStore`. The archives themselves go to the
-storage root (`A2C_STORAGE`: a path or a URI such as `s3://bucket/prefix`; by default
-`<data dir>/jobs`), under `<root>/<job id>/checkpoints/`. A job is admitted when the cluster
+the `JobStore`. The archives themselves go to the storage root (`A2C_STORAGE`: a path or a URI
+such as `s3://bucket/prefix`; by default `<data dir>/jobs`), under
+`<root>/<job id>/checkpoints/`. A job is admitted when the cluster
 has CPUs left for its workers and learner (so jobs wait in PENDING instead of half-starting and
 starving each other), and at most `max_concurrent_jobs` run at once.
 
@@ -33,10 +33,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from learner.checkpoint import CheckpointRejected
 from service import storage
+from service.job_process import DriverRequest, JobProcess
 from service.spec import InvalidSpec, JobSpec, build_spec
 from service.store import CheckpointRow, EventRow, JobRow, JobStore
 from service.tensorboard_log import TensorBoardLog
-from service.job_process import DriverRequest, JobProcess
 from service.trainer import CheckpointInfo, check_resume, read_checkpoint
 from workers.env import UnknownEnvironment, describe_spaces
 
@@ -412,7 +412,7 @@ class JobManager:
             location = self.job_location(job.id)
             driver = JobProcess(DriverRequest(
                 job.id, job.spec, location, self._location(job.resume_path) if job.resume_path else None,
-                self.limits.resource_timeout_s, self.ray_address))
+                job.resume_path, self.limits.resource_timeout_s, self.ray_address))
             with self._cond:
                 active.driver = driver
                 if active.stop or self._closing:

@@ -7,7 +7,7 @@ import json
 import time
 from typing import Annotated, AsyncIterator, Awaitable
 
-from fastapi import APIRouter, Header, Path, Query
+from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
@@ -41,7 +41,7 @@ class SharedReads:
     """
 
     def __init__(self) -> None:
-        self._reads: dict[tuple[int, str, int], tuple[int, asyncio.Task]] = {}
+        self._reads: dict[tuple[str, int], tuple[int, asyncio.Task]] = {}
         self._tick = -1
 
     def read(self, manager: JobManager, job_id: str, since: int, tick: int) -> Awaitable[tuple[JobRow, bytes, int, int]]:
@@ -49,7 +49,7 @@ class SharedReads:
         if tick != self._tick:  # forget the reads of earlier ticks
             self._tick = tick
             self._reads = {k: v for k, v in self._reads.items() if v[0] == tick}
-        key = (id(manager), job_id, since)
+        key = (job_id, since)
         hit = self._reads.get(key)
         if hit is None or hit[0] != tick:
             hit = self._reads[key] = (tick, asyncio.ensure_future(_read_events(manager, job_id, since)))
@@ -63,11 +63,16 @@ async def _read_events(manager: JobManager, job_id: str, since: int) -> tuple[Jo
     return job, events, rows[-1]["step"] if rows else since, len(rows)
 
 
-_shared_reads = SharedReads()
+def get_stream_reads(request: Request) -> SharedReads:
+    """The app's SharedReads (one per app: its streams share reads with each other only)."""
+    reads = getattr(request.app.state, "stream_reads", None)
+    if reads is None:
+        reads = request.app.state.stream_reads = SharedReads()
+    return reads
 
 
-async def metrics_events(manager: JobManager, job_id: str, since_step: int,
-                         poll_s: float) -> AsyncIterator[ServerSentEvent | bytes]:
+async def metrics_events(manager: JobManager, job_id: str, since_step: int, poll_s: float,
+                         reads: SharedReads) -> AsyncIterator[ServerSentEvent | bytes]:
     """`metrics` events (id = step) as rows arrive, then one `end` event when the job ends.
 
     The events of one read go out as one chunk (a training job makes tens of rows a second).
@@ -75,7 +80,7 @@ async def metrics_events(manager: JobManager, job_id: str, since_step: int,
     last = since_step
     while True:
         tick = int(time.monotonic() // poll_s)
-        job, events, last, n = await _shared_reads.read(manager, job_id, last, tick)
+        job, events, last, n = await reads.read(manager, job_id, last, tick)
         if n:
             yield events
         if n == STREAM_BATCH:
@@ -91,9 +96,10 @@ async def metrics_events(manager: JobManager, job_id: str, since_step: int,
           "description": "`event: metrics` per row (`id` is its step, `data` the row as JSON); "
                          "`event: end` with the final status, then the stream closes."},
     404: {"description": "Unknown job"}})
-async def stream_metrics(job_id: JobId, manager: ManagerDep, settings: SettingsDep, since_step: SinceStep = 0,
+async def stream_metrics(job_id: JobId, manager: ManagerDep, settings: SettingsDep,
+                         reads: Annotated[SharedReads, Depends(get_stream_reads)], since_step: SinceStep = 0,
                          last_event_id: Annotated[int | None, Header(ge=0)] = None) -> EventSourceResponse:
     """The metrics rows live, as server-sent events; a reconnect with Last-Event-ID resumes."""
     await run_in_threadpool(manager.get, job_id)  # 404 before the stream starts
     start = max(since_step, last_event_id or 0)
-    return EventSourceResponse(metrics_events(manager, job_id, start, settings.sse_poll_s), ping=15)
+    return EventSourceResponse(metrics_events(manager, job_id, start, settings.sse_poll_s, reads), ping=15)

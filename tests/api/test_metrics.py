@@ -95,12 +95,12 @@ class _Job:
 
 def test_streams_of_one_job_share_each_store_read():
     import asyncio
-    from api.routes.metrics import metrics_events
+    from api.routes.metrics import SharedReads, metrics_events
 
-    manager = _CountingManager()
+    manager, reads = _CountingManager(), SharedReads()
 
     async def follow(out: list) -> None:
-        async for chunk in metrics_events(manager, "0123456789ab", 0, poll_s=0.2):
+        async for chunk in metrics_events(manager, "0123456789ab", 0, 0.2, reads):
             out.append(chunk)
 
     async def main() -> list[list]:
