@@ -8,10 +8,19 @@ Periodic evaluation and checkpoints are turned off: neither peer does them while
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
+from typing import Iterator
 
 from bench.procmon import Launched
 from bench.record import RunRecord
@@ -51,15 +60,50 @@ def parse_run(out: Path, launched_at: float, env: str, seed: int) -> RunRecord:
         extra=extra)
 
 
+@contextlib.contextmanager
+def running_cluster(num_cpus: int, log_dir: Path) -> Iterator[tuple[str, dict[str, str]]]:
+    """A one-node cluster (`ray start --head --block` in its own session, its own temp dir and
+    auth token) for runs that attach to it; yields (address, the env to give those runs)."""
+    root = Path(tempfile.mkdtemp(prefix="a2c-ray-", dir="/tmp"))  # short: socket paths are capped
+    token = root / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_AUTH_"))},
+           "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token), "RAY_USAGE_STATS_ENABLED": "0"}
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log = log_dir / "ray-head.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(["ray", "start", "--head", "--block", "--port", str(port),
+                                 "--num-cpus", str(num_cpus), "--num-gpus", "0", "--node-ip-address", "127.0.0.1",
+                                 "--temp-dir", str(root / "ray"), "--include-dashboard", "false",
+                                 "--disable-usage-stats"],
+                                stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while "Ray runtime started" not in log.read_text(errors="replace"):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"ray start --head failed; see {log}")
+            time.sleep(0.5)
+        yield f"127.0.0.1:{port}", env
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, sig)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(20)
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def run_ours(env: str, steps: int, seed: int, workers: int = 2, envs_per_worker: int | None = None,
              extra: list[str] | None = None, timeout_s: float = 300.0, log_dir: Path | None = None,
-             roles_every_s: float | None = None) -> RunRecord:
+             roles_every_s: float | None = None, proc_env: dict[str, str] | None = None) -> RunRecord:
     """Train with the CLI in a subprocess and return its record, peak memory and load included."""
     with tempfile.TemporaryDirectory(prefix="a2c-bench-") as tmp:
         out = Path(tmp) / "run"
         log = (log_dir or Path(tmp)) / f"ours-{env}-s{seed}-w{workers}x{envs_per_worker}.log"
         proc = Launched(train_command(env, steps, seed, workers, envs_per_worker, out, extra),
-                        log, cwd=REPO, roles_every_s=roles_every_s)
+                        log, cwd=REPO, env=proc_env, roles_every_s=roles_every_s)
         code = proc.wait(timeout_s)
         try:
             record = parse_run(out, proc.launched_at, env, seed)

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.ours import REPO, run_ours
+from bench.ours import REPO, run_ours, running_cluster
 from bench.procmon import Launched, load_average
 from bench.record import RunRecord, thin
 
@@ -38,12 +38,12 @@ ZOO_A2C = {"CartPole-v1": (500.0, 500_000), "Acrobot-v1": (-83.0, 500_000),
 PLANS = {
     "quick": {"steps": {"ours": 60_000, "sb3-a2c": 15_000, "rllib-ppo": 15_000}, "max_wall_s": 30,
               "grid": [(1, 8), (2, 8), (2, 64)], "grid_s": 3, "async": [(2, 8)],
-              "batches": [256, 4096], "efficiency": [], "soak_s": 20},
+              "batches": [256, 4096], "efficiency": [], "soak_s": 20, "startup_steps": 5_000},
     "full": {"steps": {"ours": 200_000, "sb3-a2c": 300_000, "rllib-ppo": 300_000}, "max_wall_s": 200,
              "grid": [(w, n) for w in (1, 2, 4) for n in (8, 64, 256)], "grid_s": 8,
              "async": [(2, 8), (2, 64)], "batches": [256, 1024, 4096, 16384, 65536],
              "efficiency": [("CartPole-v1", 500_000), ("Acrobot-v1", 500_000), ("Pendulum-v1", 1_000_000),
-                            ("LunarLander-v3", 200_000)], "soak_s": 600},
+                            ("LunarLander-v3", 200_000)], "soak_s": 600, "startup_steps": 20_000},
 }
 
 
@@ -119,6 +119,27 @@ def compare(plan: dict, seeds: list[int], runners: list[str], log_dir: Path) -> 
                                     for recs in records.values() for rec in recs]}
     if "ours" in agg:
         out["ratios"] = {f"ours/{p}": ratios(agg["ours"], agg[p]) for p in agg if p != "ours"}
+    return out
+
+
+def startup(plan: dict, seeds: list[int], log_dir: Path) -> dict[str, Any]:
+    """Ours' start-up, split into launch -> Ray connected -> actors ready, with an embedded Ray
+    (as in `compare`) and attached to a cluster that is already running (`--address`)."""
+    def parts(rec: RunRecord) -> dict[str, Any]:
+        return {"seed": rec.seed, "startup_s": round(rec.startup_s, 2) if rec.startup_s else None,
+                "ray_connected_s": rec.extra.get("ray_connected_s"), "actors_ready_s": rec.extra.get("actors_ready_s"),
+                "error": rec.error}
+
+    steps = plan["startup_steps"]
+    out: dict[str, Any] = {"embedded": [parts(run_ours("CartPole-v1", steps, s, log_dir=log_dir)) for s in seeds]}
+    with running_cluster(3, log_dir) as (address, env):
+        out["attached"] = [parts(run_ours("CartPole-v1", steps, s, log_dir=log_dir, extra=["--address", address],
+                                          proc_env=env)) for s in seeds]
+    for mode in ("embedded", "attached"):
+        for row in out[mode]:
+            print(f"  ours {mode:8s} seed {row['seed']}: start-up {row['startup_s']}s = Ray connected "
+                  f"{row['ray_connected_s']}s + actors ready {row['actors_ready_s']}s"
+                  + (f"  ERROR {row['error'][:300]}" if row["error"] else ""), flush=True)
     return out
 
 
@@ -263,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the chosen sections, print the tables, write the JSON result."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="tiny budgets (~3 min); exercises every runner")
-    p.add_argument("--only", nargs="+", choices=["compare", "scaling", "efficiency", "soak", "profile"],
+    p.add_argument("--only", nargs="+", choices=["compare", "startup", "scaling", "efficiency", "soak", "profile"],
                    help="run only these sections (default: all)")
     p.add_argument("--runners", nargs="+", default=["ours", "sb3-a2c", "rllib-ppo"],
                    choices=["ours", "sb3-a2c", "rllib-ppo"])
@@ -273,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     mode = "quick" if args.quick else "full"
     plan = PLANS[mode]
-    sections = args.only or ["compare", "scaling", "efficiency", "soak", "profile"]
+    sections = args.only or ["compare", "startup", "scaling", "efficiency", "soak", "profile"]
     seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1])
     RESULTS.mkdir(parents=True, exist_ok=True)
     log_dir = Path(tempfile.mkdtemp(prefix="a2c-bench-logs-"))
@@ -287,6 +308,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bench ({mode}): sections {sections}, logs in {log_dir}, load {load_average()}", flush=True)
     if "compare" in sections:
         result["compare"] = compare(plan, seeds, args.runners, log_dir)
+    if "startup" in sections:
+        result["startup"] = startup(plan, seeds, log_dir)
     if "scaling" in sections:
         result["scaling"] = scaling(plan, log_dir)
     if "efficiency" in sections and plan["efficiency"]:
