@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import os
 import signal
@@ -156,7 +157,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         max_concurrent_jobs=settings.max_concurrent_jobs, resource_timeout_s=settings.resource_timeout_s,
         max_recoveries=settings.max_recoveries), storage_root=settings.storage,
         ray_address=driver_address(settings.address))
-    await asyncio.to_thread(manager.start)
+    # Not asyncio.to_thread: the default executor's threads serve requests, and one made now
+    # would keep the normal priority. The scheduler thread manager.start makes must keep it.
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="job-manager-start") as pool:
+        await asyncio.get_running_loop().run_in_executor(pool, manager.start)
     lower_request_priority(settings.request_nice)
     app.state.store, app.state.manager = store, manager
     try:

@@ -158,10 +158,10 @@ async def _poller(url: str, headers: dict[str, str], job_id: str, until: float, 
                 async with session.get(f"/jobs/{job_id}/metrics", params={"since_step": since, "limit": 1000}) as r:
                     body = await r.read()
                     samples.latencies.append(time.monotonic() - t0)
-                    if r.status != 200:
-                        samples.errors += 1
-                        continue
-                since = json.loads(body)["next_since_step"]
+                if r.status == 200:
+                    since = json.loads(body)["next_since_step"]
+                else:
+                    samples.errors += 1
             except (aiohttp.ClientError, asyncio.TimeoutError):
                 samples.errors += 1
             await asyncio.sleep(max(0.0, interval - (time.monotonic() - t0)))
@@ -179,6 +179,7 @@ async def _streamer(url: str, headers: dict[str, str], job_id: str, until: float
                     connect.latencies.append(time.monotonic() - t0)
                     if r.status != 200:
                         connect.errors += 1
+                        await asyncio.sleep(1.0)  # as EventSource's retry would
                         continue
                     async for line in r.content:
                         if line.startswith(b"id:"):
@@ -188,6 +189,7 @@ async def _streamer(url: str, headers: dict[str, str], job_id: str, until: float
                             return
             except (aiohttp.ClientError, asyncio.TimeoutError):
                 connect.errors += 1
+                await asyncio.sleep(1.0)
 
 
 async def run(args: argparse.Namespace, url: str) -> dict[str, Any]:

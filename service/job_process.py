@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import signal
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -101,6 +102,12 @@ class JobProcess:
         events_out.close()  # the child's ends: EOF on ours once the child is gone
         control_in.close()
 
+    def abandon(self) -> None:
+        """Close the control pipe: the driver exits at once, wherever it is (the server is going
+        away without waiting for it; the job resumes from its last checkpoint)."""
+        with self._lock:
+            self._control.close()
+
     def request_stop(self) -> None:
         """Ask the driver to stop after its current update (it writes a final checkpoint)."""
         with self._lock:
@@ -120,8 +127,10 @@ class JobProcess:
                     message = self._events.recv()
                 except EOFError:
                     self.process.join(10)
-                    raise DriverFailed("DriverDied", f"the job's driver process exited with code "
-                                       f"{self.process.exitcode} before it reported an outcome") from None
+                    how = (f"exited with code {self.process.exitcode}" if self.process.exitcode is not None
+                           else "closed its pipe and did not exit")
+                    raise DriverFailed("DriverDied", f"the job's driver process {how} before it "
+                                       "reported an outcome") from None
                 kind = message[0]
                 if kind == "sink":
                     getattr(sink, message[1])(*message[2])
@@ -136,10 +145,17 @@ class JobProcess:
             self.process.join(30)
             if self.process.is_alive():
                 self.process.kill()
+                self.process.join(10)
 
 
 def _child_main(request: DriverRequest, events, control) -> None:
-    """The child: join Ray, run the trainer, report its outcome; exit if the server goes away."""
+    """The child: join Ray, run the trainer, report its outcome; exit if the server goes away.
+
+    Signals sent to the server's whole process group (Ctrl-C, a service manager's SIGTERM) are
+    ignored here: the server stops its jobs itself, through the control pipe, so that each
+    writes a final checkpoint and is requeued instead of dying mid-update.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=logging.WARNING, format=f"%(levelname)s job-{request.job_id} %(name)s: %(message)s")
     send_lock, stop = threading.Lock(), threading.Event()
     holder: dict[str, Any] = {}
@@ -176,6 +192,7 @@ def _child_main(request: DriverRequest, events, control) -> None:
             except (CheckpointRejected, OSError, storage.StorageUnavailable) as exc:
                 raise CheckpointRejected(f"cannot resume from {request.resume_name}: {exc}") from None
         connect(request.ray_address)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # ray.init installed one that exits
         trainer = Trainer(JobSpec.model_validate(request.spec), request.location, _PipeSink(send),
                           job_id=request.job_id, resume=resume, resource_timeout_s=request.resource_timeout_s)
         holder["trainer"] = trainer

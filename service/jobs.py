@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from learner.checkpoint import CheckpointRejected
 from service import storage
+from service.cluster import driver_address
 from service.job_process import DriverRequest, JobProcess
 from service.spec import InvalidSpec, JobSpec, build_spec
 from service.store import CheckpointRow, EventRow, JobRow, JobStore
@@ -198,7 +199,7 @@ class JobManager:
                  ray_address: str | None = None) -> None:
         self.store, self.data_dir = store, Path(data_dir)
         self.ray_address = ray_address
-        """The Ray cluster the jobs' driver processes join (the server's own)."""
+        """The Ray cluster the jobs' driver processes join (default: the one this process is on)."""
         self.storage_root = str(storage_root or self.data_dir / "jobs")
         """Where jobs' archives go: a path or a storage URI; `<data dir>/jobs` by default."""
         self.limits = limits or JobLimits()
@@ -257,6 +258,9 @@ class JobManager:
         for job in active:
             if job.thread is not None:
                 job.thread.join(max(0.0, deadline - time.monotonic()))
+        for job in active:  # past the grace: their drivers exit now; the next start resumes them
+            if job.driver is not None and job.thread is not None and job.thread.is_alive():
+                job.driver.abandon()
         if self._scheduler is not None:
             self._scheduler.join(5)
 
@@ -407,17 +411,16 @@ class JobManager:
     def _run(self, job: JobRow, active: _Active) -> None:
         """Train one job to its end in a driver process and record the outcome (runs in the job's thread)."""
         try:
-            if self.ray_address is None:
-                raise RuntimeError("the job manager has no Ray address to give the job's driver")
             location = self.job_location(job.id)
+            sink = StoreSink(self.store, job.id, self._record, location)
             driver = JobProcess(DriverRequest(
                 job.id, job.spec, location, self._location(job.resume_path) if job.resume_path else None,
-                job.resume_path, self.limits.resource_timeout_s, self.ray_address))
+                job.resume_path, self.limits.resource_timeout_s, self.ray_address or driver_address()))
             with self._cond:
                 active.driver = driver
                 if active.stop or self._closing:
                     driver.request_stop()
-            summary, ckpt = driver.run(StoreSink(self.store, job.id, self._record, location))
+            summary, ckpt = driver.run(sink)
             summary["checkpoint"] = ckpt.id if ckpt else None  # an id, not a server path
             if summary["status"] == "STOPPED" and self._closing and not active.stop and ckpt:
                 self.store.requeue(job.id, self._record(ckpt.location), ckpt.step, reason=(

@@ -1,7 +1,7 @@
 """`JobStore`: the service's SQLite database of jobs, their events, metrics rows and checkpoints.
 
 The API process is the only writer. One connection, guarded by a lock, serves the request
-threads and the trainer threads; WAL mode keeps a crash from corrupting the file and lets
+threads and the threads that record the jobs' progress (sent by their driver processes); WAL mode keeps a crash from corrupting the file and lets
 outside readers (`sqlite3 jobs.sqlite3`) look while the server runs.
 """
 

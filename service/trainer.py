@@ -189,12 +189,11 @@ class Trainer:
             raise InvalidSpec("learner_device", "cuda was requested but the cluster has no GPU; use auto or cpu")
         return has_gpu and spec.learner_device != "cpu"
 
-    def _start_learner(self, spaces: SpacesSpec, restore: LearnerState | None) -> None:
-        """Start the Learner (1 GPU when `self.use_gpu`) and report its device and node."""
-        spec = self.spec
-        self.learner = ray.remote(Learner).options(num_cpus=1, num_gpus=1 if self.use_gpu else 0).remote(
-            spaces, spec.policy, spec.a2c, spec.total_steps, spec.seed, spec.learner_device,
-            self.use_gpu, restore)
+    def _start_learner(self, spaces: SpacesSpec, restore: LearnerState | None, created: bool = False) -> None:
+        """Start the Learner (1 GPU when `self.use_gpu`; created already when `created`) and
+        report its device and node."""
+        if not created:
+            self._create_learner(spaces, restore)
         try:
             _, reason = ray.get(self.learner.device_info.remote(), timeout=self.resource_timeout_s)
             node = ray.get(self.learner.__ray_call__.remote(actor_node_id), timeout=self.call_timeout_s)
@@ -206,6 +205,13 @@ class Trainer:
         log.info("learner on node %s: %s", node, reason)
         self.sink.event("device", reason)
         self.learner_node = node
+
+    def _create_learner(self, spaces: SpacesSpec, restore: LearnerState | None) -> None:
+        """Ask Ray for the Learner actor, without waiting for it."""
+        spec = self.spec
+        self.learner = ray.remote(Learner).options(num_cpus=1, num_gpus=1 if self.use_gpu else 0).remote(
+            spaces, spec.policy, spec.a2c, spec.total_steps, spec.seed, spec.learner_device,
+            self.use_gpu, restore)
 
     def _learner_get(self, ref, what: str):
         """ray.get of a learner call, sorting failures into LearnerLost, RolloutsLost or TrainingFailed."""
@@ -228,8 +234,11 @@ class Trainer:
                                    self.max_worker_replacements)
         start = self.resume.state if self.resume else None
         try:
-            self.workers.create()  # their start overlaps the learner's
-            self._start_learner(spaces, start)
+            # The learner is asked for first (it may need the GPU node's CPU); the workers'
+            # processes then start while it does.
+            self._create_learner(spaces, start)
+            self.workers.create()
+            self._start_learner(spaces, start, created=True)
             nodes = self.workers.start(self.learner.weights.remote())
             self.sink.event("placement", f"learner on node {self.learner_node[:12]}; workers on nodes "
                             + ", ".join(n[:12] for n in nodes))

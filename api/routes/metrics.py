@@ -52,7 +52,10 @@ class SharedReads:
         key = (job_id, since)
         hit = self._reads.get(key)
         if hit is None or hit[0] != tick:
-            hit = self._reads[key] = (tick, asyncio.ensure_future(_read_events(manager, job_id, since)))
+            task = asyncio.ensure_future(_read_events(manager, job_id, since))
+            # Retrieved here too, so a failed read whose streams all went away is not logged as lost.
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+            hit = self._reads[key] = (tick, task)
         return asyncio.shield(hit[1])  # one stream going away must not cancel the others' read
 
 

@@ -1,6 +1,6 @@
 """Each job's driver runs in its own process: it keeps the normal CPU priority while request
-handling yields, a driver that dies fails only its job (with the reason), and a server that
-dies takes its drivers with it."""
+handling yields, a driver that dies fails only its job (with the reason), Ctrl-C stops the
+server gracefully with its jobs requeued, and a server that dies takes its drivers with it."""
 
 from __future__ import annotations
 
@@ -43,6 +43,13 @@ def test_a_killed_driver_fails_only_its_job_and_drivers_keep_the_training_priori
         raylets = children(server.proc.pid, "raylet")
         assert raylets and all(nice_of(p) == 0 for p in raylets)
 
+        # A stray SIGINT or SIGTERM does not end the driver: the server stops its jobs itself.
+        os.kill(drivers[0], signal.SIGINT)
+        os.kill(drivers[0], signal.SIGTERM)
+        step = client.get(f"/jobs/{job_id}").json()["progress"]["step"]
+        job = client.wait_for(job_id, lambda j: j["progress"]["step"] > step + 4 * 512 or j["status"] != "RUNNING")
+        assert job["status"] == "RUNNING" and server.driver_pids() == drivers, job
+
         os.kill(drivers[0], signal.SIGKILL)
         job = client.wait_finished(job_id, timeout=60)
         assert job["status"] == "FAILED", job
@@ -64,3 +71,21 @@ def test_drivers_exit_when_the_server_is_killed(spawn_server, long_job):
     server.kill()
     # A driver left running would train on while the restarted server resumes the same job.
     assert _wait_gone(drivers) == []
+
+
+def test_ctrl_c_to_the_server_group_requeues_running_jobs(spawn_server, tmp_path_factory, long_job):
+    server = spawn_server(tmp_path_factory.mktemp("ctrl-c") / "data")
+    with server.client() as client:
+        job_id = client.post("/jobs", json=long_job).raise_for_status().json()["id"]
+        client.wait_for(job_id, lambda j: j["status"] == "RUNNING" and j["progress"]["step"] >= 2 * 512)
+    os.killpg(server.proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal sends
+    server.proc.wait(90)
+    assert "Application shutdown complete" in server.log_tail(), server.log_tail()
+    again = spawn_server(server.data_dir)
+    with again.client() as client:
+        job = client.get(f"/jobs/{job_id}").json()
+        assert job["status"] in ("PENDING", "RUNNING"), job
+        requeued = [e["message"] for e in job["events"] if e["kind"] == "requeued"]
+        assert any("server shut down" in m for m in requeued), job["events"]
+        assert client.post(f"/jobs/{job_id}/stop").status_code == 202
+        assert client.wait_finished(job_id)["status"] == "STOPPED"
