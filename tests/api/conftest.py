@@ -85,6 +85,24 @@ def children(pid: int, cmdline_part: str) -> list[int]:
     return found
 
 
+def wait_gone(pids: list[int], timeout: float = 30.0) -> list[int]:
+    """The pids still alive after up to `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = [p for p in pids if os.path.exists(f"/proc/{p}") and "Z" not in _state(p)]
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.2)
+
+
+def _state(pid: int) -> str:
+    try:
+        stat = open(f"/proc/{pid}/stat").read()
+    except OSError:
+        return "Z"
+    return stat[stat.rindex(")") + 2:].split()[0]
+
+
 def nice_of(pid: int, tid: int | None = None) -> int:
     """The nice value of a process, or of one of its threads."""
     path = Path(f"/proc/{pid}/task/{tid or pid}/stat").read_text()

@@ -2,7 +2,8 @@
 
 What test_restart.py does not cover: jobs acknowledged with 201 immediately before the kill
 (they must be in the database, intact, and run after the restart), `PRAGMA integrity_check`
-on the database the dead server left, and a job RUNNING at the kill when no recovery is
+on the database the dead server left, the running job's driver process exiting with the
+server, and a job RUNNING at the kill when no recovery is
 allowed (A2C_MAX_RECOVERIES=0): it ends FAILED with a reason, never RUNNING forever. (The
 resume of a RUNNING job is tested in test_restart.py.)
 """
@@ -11,6 +12,8 @@ from __future__ import annotations
 
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
+
+from tests.api.conftest import wait_gone
 
 TINY_JOB = {"env": "CartPole-v1", "total_steps": 1024, "workers": 1, "envs_per_worker": 2,
             "a2c": {"steps_per_batch": 256}, "eval_every": 0, "eval_episodes": 1, "checkpoint_every": 2}
@@ -31,7 +34,11 @@ def test_jobs_acknowledged_just_before_sigkill_survive_and_run(spawn_server, tmp
 
         with ThreadPoolExecutor(6) as pool:  # concurrent submissions, the last answered just before the kill
             acked = list(pool.map(submit, range(6)))
+        drivers = first.driver_pids()
+        assert len(drivers) == 1, drivers  # the running job's
     first.kill()
+    # Its driver exits too: left running, it would train on while the next server resumes the job.
+    assert wait_gone(drivers) == []
 
     db = sqlite3.connect(data_dir / "jobs.sqlite3")  # what the dead server left, WAL included
     try:
