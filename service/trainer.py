@@ -189,11 +189,8 @@ class Trainer:
             raise InvalidSpec("learner_device", "cuda was requested but the cluster has no GPU; use auto or cpu")
         return has_gpu and spec.learner_device != "cpu"
 
-    def _start_learner(self, spaces: SpacesSpec, restore: LearnerState | None, created: bool = False) -> None:
-        """Start the Learner (1 GPU when `self.use_gpu`; created already when `created`) and
-        report its device and node."""
-        if not created:
-            self._create_learner(spaces, restore)
+    def _await_learner(self) -> None:
+        """Wait for the Learner `_create_learner` asked for, and report its device and node."""
         try:
             _, reason = ray.get(self.learner.device_info.remote(), timeout=self.resource_timeout_s)
             node = ray.get(self.learner.__ray_call__.remote(actor_node_id), timeout=self.call_timeout_s)
@@ -207,7 +204,7 @@ class Trainer:
         self.learner_node = node
 
     def _create_learner(self, spaces: SpacesSpec, restore: LearnerState | None) -> None:
-        """Ask Ray for the Learner actor, without waiting for it."""
+        """Ask Ray for the Learner actor (1 GPU when `self.use_gpu`), without waiting for it."""
         spec = self.spec
         self.learner = ray.remote(Learner).options(num_cpus=1, num_gpus=1 if self.use_gpu else 0).remote(
             spaces, spec.policy, spec.a2c, spec.total_steps, spec.seed, spec.learner_device,
@@ -238,7 +235,7 @@ class Trainer:
             # processes then start while it does.
             self._create_learner(spaces, start)
             self.workers.create()
-            self._start_learner(spaces, start, created=True)
+            self._await_learner()
             nodes = self.workers.start(self.learner.weights.remote())
             self.sink.event("placement", f"learner on node {self.learner_node[:12]}; workers on nodes "
                             + ", ".join(n[:12] for n in nodes))
@@ -321,7 +318,8 @@ class Trainer:
         self.nonfinite_in_a_row = 0
         if self.spec.learner_device == "auto":  # the GPU node may be what was lost: then use a CPU
             self.use_gpu = cluster_has_gpu()
-        self._start_learner(spaces, restore)
+        self._create_learner(spaces, restore)
+        self._await_learner()
         self.sink.event("learner_restarted", f"the learner runs again on node {self.learner_node[:12]} "
                         f"from step {step}; metrics rows after step {step} are recorded again")
         return step, updates

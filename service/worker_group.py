@@ -115,13 +115,10 @@ class WorkerGroup:
         self.actors = [self._new(i) for i in range(self.spec.workers)]
 
     def start(self, weights) -> list[str]:
-        """Start every worker (created now unless `create` ran) with `weights`, waiting up to
-        resource_timeout_s for CPUs.
+        """Start every worker `create` made with `weights`, waiting up to resource_timeout_s for CPUs.
 
         Returns the node id of each worker.
         """
-        if not self.actors:
-            self.create()
         try:
             ray.get([a.set_weights.remote(weights) for a in self.actors], timeout=self.resource_timeout_s)
             return ray.get([a.__ray_call__.remote(actor_node_id) for a in self.actors], timeout=self.call_timeout_s)

@@ -68,45 +68,48 @@ class JobsClient(httpx.Client):
         return self.get(f"/jobs/{job_id}/metrics", params={"limit": 10_000}).raise_for_status().json()["rows"]
 
 
-def children(pid: int, cmdline_part: str) -> list[int]:
-    """The pids of `pid`'s live child processes whose command line contains `cmdline_part`."""
-    found = []
+def _stat(pid: int, tid: int | None = None) -> list[str] | None:
+    """Fields of /proc/<pid>/stat after the command name (state first), or None if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/task/{tid or pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2:].split()
+
+
+def processes() -> Iterator[tuple[int, list[str], list[str]]]:
+    """(pid, its stat fields after the name, its command line's arguments) of every live process."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
+        fields = _stat(int(entry.name))
         try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
         except OSError:
             continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        if int(fields[1]) == pid and fields[0] != "Z" and cmdline_part in cmdline:
-            found.append(int(entry.name))
-    return found
+        if fields is not None and fields[0] != "Z":
+            yield int(entry.name), fields, argv
+
+
+def children(pid: int, cmdline_part: str) -> list[int]:
+    """The pids of `pid`'s live child processes whose command line contains `cmdline_part`."""
+    return [child for child, fields, argv in processes()
+            if int(fields[1]) == pid and cmdline_part in " ".join(argv)]
 
 
 def wait_gone(pids: list[int], timeout: float = 30.0) -> list[int]:
     """The pids still alive after up to `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:
-        alive = [p for p in pids if os.path.exists(f"/proc/{p}") and "Z" not in _state(p)]
+        alive = [p for p in pids if (_stat(p) or ["Z"])[0] != "Z"]
         if not alive or time.monotonic() > deadline:
             return alive
         time.sleep(0.2)
 
 
-def _state(pid: int) -> str:
-    try:
-        stat = open(f"/proc/{pid}/stat").read()
-    except OSError:
-        return "Z"
-    return stat[stat.rindex(")") + 2:].split()[0]
-
-
 def nice_of(pid: int, tid: int | None = None) -> int:
     """The nice value of a process, or of one of its threads."""
-    path = Path(f"/proc/{pid}/task/{tid or pid}/stat").read_text()
-    return int(path[path.rindex(")") + 2:].split()[16])
+    return int(_stat(pid, tid)[16])
 
 
 def read_sse(response: httpx.Response) -> list[tuple[str, dict]]:

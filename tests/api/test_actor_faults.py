@@ -10,9 +10,10 @@ from __future__ import annotations
 import os
 import signal
 import time
-from pathlib import Path
 
 import pytest
+
+from tests.api.conftest import processes
 
 JOB = {"env": "CartPole-v1", "total_steps": 4_000_000, "workers": 2, "envs_per_worker": 4,
        "a2c": {"steps_per_batch": 512}, "eval_every": 0, "checkpoint_every": 40}
@@ -22,19 +23,9 @@ checkpoint, before the next one makes the rows past it (which must be replaced) 
 
 def actor_pids(session_id: int, class_name: str) -> list[int]:
     """PIDs of Ray actor processes of `class_name` in a session (the server's, by setsid)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            title = (entry / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace").strip()
-        except OSError:
-            continue
-        session = int(stat.rsplit(")", 1)[1].split()[3])  # field 6 of /proc/<pid>/stat
-        if session == session_id and (title == f"ray::{class_name}" or title.startswith(f"ray::{class_name}.")):
-            found.append(int(entry.name))
-    return found
+    return [pid for pid, fields, argv in processes()
+            if int(fields[3]) == session_id  # field 6 of /proc/<pid>/stat
+            and (argv[0].strip() == f"ray::{class_name}" or argv[0].strip().startswith(f"ray::{class_name}."))]
 
 
 class EventLog:

@@ -1,7 +1,8 @@
 """Each job's driver runs in its own process: it keeps the normal CPU priority while request
-handling yields, a driver that dies fails only its job (with the reason), and Ctrl-C stops the
-server gracefully with its jobs requeued. (That a killed server takes its drivers with it is in
-test_crash.py.)"""
+handling yields, and a driver that dies fails only its job (with the reason).
+
+Ctrl-C to the server's group is in test_restart.py; a killed server taking its drivers with it,
+in test_crash.py."""
 
 from __future__ import annotations
 
@@ -41,21 +42,3 @@ def test_a_killed_driver_fails_only_its_job_and_drivers_keep_the_training_priori
         # The server still runs jobs.
         again = client.post("/jobs", json={**long_job, "total_steps": 4096}).raise_for_status().json()["id"]
         assert client.wait_finished(again)["status"] == "SUCCEEDED"
-
-
-def test_ctrl_c_to_the_server_group_requeues_running_jobs(spawn_server, tmp_path_factory, long_job):
-    server = spawn_server(tmp_path_factory.mktemp("ctrl-c") / "data")
-    with server.client() as client:
-        job_id = client.post("/jobs", json=long_job).raise_for_status().json()["id"]
-        client.wait_for(job_id, lambda j: j["status"] == "RUNNING" and j["progress"]["step"] >= 2 * 512)
-    os.killpg(server.proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal sends
-    server.proc.wait(90)
-    assert "Application shutdown complete" in server.log_tail(), server.log_tail()
-    again = spawn_server(server.data_dir)
-    with again.client() as client:
-        job = client.get(f"/jobs/{job_id}").json()
-        assert job["status"] in ("PENDING", "RUNNING"), job
-        requeued = [e["message"] for e in job["events"] if e["kind"] == "requeued"]
-        assert any("server shut down" in m for m in requeued), job["events"]
-        assert client.post(f"/jobs/{job_id}/stop").status_code == 202
-        assert client.wait_finished(job_id)["status"] == "STOPPED"

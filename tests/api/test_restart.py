@@ -2,10 +2,14 @@
 
 Token auth is checked on this server; then a crash (SIGKILL: the embedded Ray dies with it)
 must keep finished jobs, metrics and checkpoints, and must not leave the running job RUNNING:
-it resumes from its last checkpoint. A graceful shutdown (SIGTERM) checkpoints and requeues.
+it resumes from its last checkpoint. A graceful shutdown (SIGTERM to the server, or Ctrl-C to
+its whole process group) checkpoints and requeues.
 """
 
 from __future__ import annotations
+
+import os
+import signal
 
 import pytest
 
@@ -73,11 +77,17 @@ def test_sigkill_mid_job_then_restart_keeps_history_and_resumes_the_running_job(
         assert client.wait_finished(running_id)["status"] == "STOPPED"
 
 
-def test_graceful_shutdown_checkpoints_and_the_next_start_resumes(spawn_server, tmp_path_factory, long_job):
+@pytest.mark.parametrize("how", ["sigterm", "ctrl-c"])
+def test_graceful_shutdown_checkpoints_and_the_next_start_resumes(spawn_server, tmp_path_factory, long_job, how):
     server = spawn_server(tmp_path_factory.mktemp("graceful") / "data")
     with server.client() as client:
         job_id = client.post("/jobs", json=long_job).raise_for_status().json()["id"]
         client.wait_for(job_id, lambda j: j["status"] == "RUNNING" and j["progress"]["step"] >= 4 * 512)
+    if how == "ctrl-c":
+        # What Ctrl-C in the terminal sends: SIGINT to the whole process group, the job's driver
+        # included, which must leave the stopping to the server.
+        os.killpg(server.proc.pid, signal.SIGINT)
+        server.proc.wait(90)
     server.stop()  # SIGTERM; uvicorn shuts down, then re-raises the signal (exit code -15)
     assert "Application shutdown complete" in server.log_tail(), server.log_tail()
 
