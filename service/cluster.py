@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import ray
 
@@ -98,6 +99,26 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> str:
                     f"RAY_AUTH_TOKEN_PATH or {DEFAULT_TOKEN_PATH})")
         raise ClusterUnreachable(f"cannot join the Ray cluster at {address}: {_first_line(exc)}; {hint}") from None
     return f"cluster at {address} ({_resources()})"
+
+
+TRAINING_NICENESS = 0
+"""The CPU priority (Linux nice value) of the learner and rollout worker processes.
+
+Ray starts its worker processes at nice 15 (`RAY_worker_niceness`), below its own daemons. For
+this service the actors are the work: at 15 they lose the CPU to anything at the default 0,
+including the API server's request handling (`A2C_REQUEST_NICE` puts it at +10 on purpose, to
+yield to training). Ray Jobs starts its own job supervisors at 0 the same way.
+"""
+
+
+def training_actor(cls: type, **options: Any) -> Any:
+    """`ray.remote(cls)` with `options` (resources), in a worker process at TRAINING_NICENESS.
+
+    The setting travels in the actor's runtime env, which Ray merges with the job's: the new
+    worker process reads it when it starts (raising a nice value needs no privilege).
+    """
+    env = {"env_vars": {"RAY_worker_niceness": str(TRAINING_NICENESS)}}
+    return ray.remote(cls).options(runtime_env=env, **options)
 
 
 def driver_address(address: str | None = None) -> str:

@@ -97,6 +97,13 @@ def children(pid: int, cmdline_part: str) -> list[int]:
             if int(fields[1]) == pid and cmdline_part in " ".join(argv)]
 
 
+def actor_pids(session_id: int, class_name: str) -> list[int]:
+    """PIDs of Ray actor processes of `class_name` in a session (the server's, by setsid)."""
+    return [pid for pid, fields, argv in processes()
+            if int(fields[3]) == session_id  # field 6 of /proc/<pid>/stat
+            and (argv[0].strip() == f"ray::{class_name}" or argv[0].strip().startswith(f"ray::{class_name}."))]
+
+
 def wait_gone(pids: list[int], timeout: float = 30.0) -> list[int]:
     """The pids still alive after up to `timeout` seconds."""
     deadline = time.monotonic() + timeout

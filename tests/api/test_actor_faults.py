@@ -13,19 +13,12 @@ import time
 
 import pytest
 
-from tests.api.conftest import processes
+from tests.api.conftest import actor_pids
 
 JOB = {"env": "CartPole-v1", "total_steps": 4_000_000, "workers": 2, "envs_per_worker": 4,
        "a2c": {"steps_per_batch": 512}, "eval_every": 0, "checkpoint_every": 40}
 """An update takes ~50 ms here: 40 of them leave the test time to kill the learner 3 updates past a
 checkpoint, before the next one makes the rows past it (which must be replaced) disappear."""
-
-
-def actor_pids(session_id: int, class_name: str) -> list[int]:
-    """PIDs of Ray actor processes of `class_name` in a session (the server's, by setsid)."""
-    return [pid for pid, fields, argv in processes()
-            if int(fields[3]) == session_id  # field 6 of /proc/<pid>/stat
-            and (argv[0].strip() == f"ray::{class_name}" or argv[0].strip().startswith(f"ray::{class_name}."))]
 
 
 class EventLog:

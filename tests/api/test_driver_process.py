@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import signal
 
-from tests.api.conftest import children, nice_of
+from tests.api.conftest import actor_pids, children, nice_of
 
 
 def test_a_killed_driver_fails_only_its_job_and_drivers_keep_the_training_priority(spawn_server, long_job):
@@ -25,6 +25,11 @@ def test_a_killed_driver_fails_only_its_job_and_drivers_keep_the_training_priori
         assert nice_of(drivers[0]) == 0
         raylets = children(server.proc.pid, "raylet")
         assert raylets and all(nice_of(p) == 0 for p in raylets)
+        # Ray would start actor processes at nice 15, below the request handling.
+        session = server.proc.pid  # started with start_new_session
+        actors = actor_pids(session, "Learner") + actor_pids(session, "RolloutWorker")
+        assert len(actors) == 1 + long_job.get("workers", 1), actors
+        assert all(nice_of(p) == 0 for p in actors), [nice_of(p) for p in actors]
 
         # A stray SIGINT or SIGTERM does not end the driver: the server stops its jobs itself.
         os.kill(drivers[0], signal.SIGINT)
