@@ -1,8 +1,12 @@
 """`JobStore`: the service's SQLite database of jobs, their events, metrics rows and checkpoints.
 
-The API process is the only writer. One connection, guarded by a lock, serves the request
-threads and the threads that record the jobs' progress (sent by their driver processes); WAL mode keeps a crash from corrupting the file and lets
-outside readers (`sqlite3 jobs.sqlite3`) look while the server runs.
+The API process is the only writer. Writes (the threads that record the jobs' progress, sent by
+their driver processes, and the request threads that submit or stop jobs) go through one
+connection under a lock. Reads go through a second connection under their own lock: in WAL mode
+a reader never blocks the writer, so a request thread that is slow to be scheduled (request
+handling runs at a lower priority) cannot hold up a metrics row. WAL mode also keeps a crash
+from corrupting the file and lets outside readers (`sqlite3 jobs.sqlite3`) look while the
+server runs.
 """
 
 from __future__ import annotations
@@ -165,9 +169,7 @@ class JobStore:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
-        self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None,
-                                     timeout=30)
-        self._conn.row_factory = sqlite3.Row
+        self._conn = self._connect()
         self._conn.execute("PRAGMA journal_mode=WAL")
         # NORMAL in WAL mode: a committed row survives a process crash (only power loss can
         # drop the last transactions), and a metrics row per update costs no fsync.
@@ -182,6 +184,13 @@ class JobStore:
             for statement in filter(str.strip, _SCHEMA.split(";")):
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        self._read_lock = threading.Lock()
+        self._reader = self._connect()  # after the schema exists; autocommit: each read sees the latest commit
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+        conn.row_factory = sqlite3.Row
+        return conn
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -196,11 +205,13 @@ class JobStore:
             self._conn.execute("COMMIT")
 
     def _read(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            return self._conn.execute(sql, args).fetchall()
+        with self._read_lock:
+            return self._reader.execute(sql, args).fetchall()
 
     def close(self) -> None:
-        """Close the database (checkpointing the WAL into the main file)."""
+        """Close the database (the last connection to close checkpoints the WAL into the main file)."""
+        with self._read_lock:
+            self._reader.close()
         with self._lock:
             self._conn.close()
 

@@ -195,3 +195,31 @@ def test_rewind_drops_rows_past_the_step_so_the_resumed_run_replaces_them(store)
     assert [(r["step"], r["run"]) for r in rows] == [
         (512, "first"), (1024, "first"), (1536, "resumed"), (2048, "resumed"), (2560, "resumed")]
     assert store.get_job(job_id).step == 2560
+
+
+def test_reads_do_not_wait_for_a_write_in_progress_and_see_each_commit(store):
+    """A request thread reads while a progress writer holds the write lock (WAL: readers see the
+    last commit), so a slow reader can never hold up the writer, nor the writer a reader."""
+    job, _ = store.create_job("a" * 12, SPEC)
+    store.append_metrics(job.id, {"step": 512})
+    in_write, release = threading.Event(), threading.Event()
+
+    def slow_write():
+        with store._write() as conn:
+            conn.execute("UPDATE jobs SET step = 1024 WHERE id = ?", (job.id,))
+            in_write.set()
+            release.wait(10)
+
+    writer = threading.Thread(target=slow_write)
+    writer.start()
+    try:
+        assert in_write.wait(10)
+        read = []
+        reader = threading.Thread(target=lambda: read.append(store.get_job(job.id).step))
+        reader.start()
+        reader.join(5)
+        assert read == [512], "the read waited for the write lock, or saw an uncommitted row"
+    finally:
+        release.set()
+        writer.join()
+    assert store.get_job(job.id).step == 1024
