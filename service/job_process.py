@@ -4,7 +4,8 @@ The HTTP server and a driver loop in one process share a GIL. Under load every r
 delays the loop's next Ray call: 100 clients cut two jobs' env steps/s by 60% that way
 (`python -m bench.load`). So each job's `Trainer.run()` runs in its own process, forked from a
 fork server that has the trainer's modules imported. The child joins the server's Ray cluster
-and sends every sink call down a pipe, in order. The server replays
+and sends every sink call down a pipe, in order, from a sender thread (the training loop only
+queues them, so a server slow to read never holds it up). The server replays
 them into the job's `StoreSink`, so the server stays the only writer of the job store.
 
 "stop" goes the other way, down a second pipe. When the server dies, the child sees that pipe
@@ -17,6 +18,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import queue
 import signal
 import threading
 from dataclasses import dataclass
@@ -157,12 +159,19 @@ def _child_main(request: DriverRequest, events, control) -> None:
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=logging.WARNING, format=f"%(levelname)s job-{request.job_id} %(name)s: %(message)s")
-    send_lock, stop = threading.Lock(), threading.Event()
+    stop = threading.Event()
     holder: dict[str, Any] = {}
+    # The training loop only puts messages on a queue; one thread sends them, in order. A
+    # server that is slow to read (busy with requests) then fills the queue, not the loop's time.
+    outbox: queue.SimpleQueue = queue.SimpleQueue()
+    send = outbox.put
 
-    def send(message: tuple) -> None:
-        with send_lock:
+    def sender() -> None:
+        while (message := outbox.get()) is not None:
             events.send(message)
+
+    sending = threading.Thread(target=sender, name="sender", daemon=True)
+    sending.start()
 
     def watch_control() -> None:
         while True:
@@ -203,4 +212,6 @@ def _child_main(request: DriverRequest, events, control) -> None:
     except BaseException as exc:  # noqa: BLE001 - every failure goes to the server with its reason
         send(("failed", type(exc).__name__, str(exc) or type(exc).__name__))
     finally:
+        outbox.put(None)
+        sending.join()  # everything queued reaches the server before the pipe closes
         events.close()
