@@ -12,7 +12,10 @@ poll `GET /jobs/{id}/metrics?since_step=` every `--poll-interval` seconds (1 s b
 dashboard's refresh; 0 polls back to back). Prints p50/p99/max latency per endpoint,
 the error count (any non-2xx or transport error; the exit code is 1 when it is not 0), and the
 throughput drop: load vs the mean of the two quiet windows. Throughput is read from the jobs'
-own progress (`GET /jobs/{id}` step counts at the window edges).
+own progress (`GET /jobs/{id}` step counts at the window edges). It also prints the cores each
+part used in each window (the machine, these clients, and, for a server it started, the server,
+its job drivers, learners, workers and Ray's daemons), to tell a CPU share lost to the requests
+from a slower machine. `--clients 0` measures the drop's noise floor: the same windows, no load.
 
 The clients run in this process (asyncio + aiohttp, one session and connection each, as
 independent clients have) on the same machine as the server and the training, so their CPU
@@ -38,6 +41,8 @@ from typing import Any
 
 import aiohttp
 import httpx
+
+from bench import procmon
 
 REPO = Path(__file__).resolve().parents[1]
 JOB: dict[str, Any] = {"env": "CartPole-v1", "total_steps": 50_000_000, "workers": 1, "envs_per_worker": 8,
@@ -124,21 +129,34 @@ async def _get_json(session: aiohttp.ClientSession, path: str) -> Any:
         return await r.json()
 
 
-async def _steps(session: aiohttp.ClientSession, job_ids: list[str]) -> int:
-    """Env steps trained so far, summed over the jobs."""
+async def _steps(session: aiohttp.ClientSession, job_ids: list[str]) -> tuple[int, float]:
+    """Env steps trained so far, summed over the jobs, and when (the midpoint of the requests:
+    under load one takes seconds, and the server reads the count somewhere inside it)."""
+    t0 = time.monotonic()
     jobs = [await _get_json(session, f"/jobs/{j}") for j in job_ids]
     bad = [j for j in jobs if j["status"] != "RUNNING"]
     if bad:
         raise RuntimeError(f"job {bad[0]['id']} is {bad[0]['status']}: {bad[0].get('error')}")
-    return sum(j["progress"]["step"] for j in jobs)
+    return sum(j["progress"]["step"] for j in jobs), (t0 + time.monotonic()) / 2
 
 
-async def _throughput(session: aiohttp.ClientSession, job_ids: list[str], seconds: float) -> float:
-    """Env steps/s of the jobs together over the next `seconds`."""
-    t0, s0 = time.monotonic(), await _steps(session, job_ids)
+def _cpu(server_pid: int | None) -> dict[str, float]:
+    """CPU seconds used so far: by the whole machine, by this process's clients, and by role in
+    the server's tree (the server, its job drivers, learners, workers, Ray's daemons) when it
+    runs here."""
+    out = {"clients": procmon.process_cpu_s(os.getpid()), **procmon.machine_cpu_s()}
+    if server_pid is not None:
+        out.update(procmon.roles_cpu_s(server_pid, root_role="server"))
+    return out
+
+
+async def _throughput(session: aiohttp.ClientSession, job_ids: list[str], seconds: float,
+                      server_pid: int | None) -> tuple[float, dict[str, float]]:
+    """Env steps/s of the jobs together over the next `seconds`, and the cores each role used."""
+    (s0, t0), c0, ct0 = await _steps(session, job_ids), _cpu(server_pid), time.monotonic()
     await asyncio.sleep(seconds)
-    t1, s1 = time.monotonic(), await _steps(session, job_ids)
-    return (s1 - s0) / (t1 - t0)
+    (s1, t1), c1, ct1 = await _steps(session, job_ids), _cpu(server_pid), time.monotonic()
+    return (s1 - s0) / (t1 - t0), {k: round((v - c0.get(k, 0.0)) / (ct1 - ct0), 2) for k, v in c1.items()}
 
 
 def _client(url: str, headers: dict[str, str]) -> aiohttp.ClientSession:
@@ -192,7 +210,7 @@ async def _streamer(url: str, headers: dict[str, str], job_id: str, until: float
                 await asyncio.sleep(1.0)
 
 
-async def run(args: argparse.Namespace, url: str) -> dict[str, Any]:
+async def run(args: argparse.Namespace, url: str, server_pid: int | None = None) -> dict[str, Any]:
     """Submit two jobs, measure quiet / load / quiet, stop the jobs; returns the report."""
     headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
     async with aiohttp.ClientSession(base_url=url, headers=headers) as control:
@@ -211,7 +229,7 @@ async def run(args: argparse.Namespace, url: str) -> dict[str, Any]:
                     raise RuntimeError(f"jobs did not start: {[(j['status'], j.get('error')) for j in jobs]}")
                 await asyncio.sleep(0.5)
             await asyncio.sleep(args.warmup_s)
-            quiet_before = await _throughput(control, job_ids, args.quiet_s)
+            quiet_before, cores_before = await _throughput(control, job_ids, args.quiet_s, server_pid)
 
             polls, streams = Samples(), Samples()
             until = time.monotonic() + args.duration
@@ -221,13 +239,14 @@ async def run(args: argparse.Namespace, url: str) -> dict[str, Any]:
             tasks += [asyncio.create_task(_poller(url, headers, job_ids[i % 2], until, args.poll_interval, polls))
                       for i in range(args.clients - n_sse)]
             await asyncio.sleep(min(2.0, args.duration / 10))  # let every client connect first
-            loaded = await _throughput(control, job_ids, max(1.0, until - time.monotonic() - 0.5))
+            loaded, cores_load = await _throughput(control, job_ids, max(1.0, until - time.monotonic() - 0.5), server_pid)
             # Pollers end on their own; a stream waits for its next event, so end it here.
-            _, late = await asyncio.wait(tasks, timeout=max(0.0, until - time.monotonic()) + 5)
+            _, late = (await asyncio.wait(tasks, timeout=max(0.0, until - time.monotonic()) + 5)
+                       if tasks else (set(), set()))  # --clients 0: the noise floor of the drop
             for task in late:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
-            quiet_after = await _throughput(control, job_ids, args.quiet_s)
+            quiet_after, cores_after = await _throughput(control, job_ids, args.quiet_s, server_pid)
         finally:
             for j in job_ids:
                 async with control.post(f"/jobs/{j}/stop"):
@@ -242,6 +261,7 @@ async def run(args: argparse.Namespace, url: str) -> dict[str, Any]:
         "env_steps_per_s": {"quiet_before": round(quiet_before, 1), "load": round(loaded, 1),
                             "quiet_after": round(quiet_after, 1)},
         "throughput_drop_pct": round(100 * (1 - loaded / quiet), 1) if quiet > 0 else None,
+        "cores_used": {"quiet_before": cores_before, "load": cores_load, "quiet_after": cores_after},
         "load_average": os.getloadavg(),
     }
 
@@ -256,6 +276,10 @@ def _print(report: dict[str, Any]) -> None:
     sps = report["env_steps_per_s"]
     print(f"training env steps/s (2 jobs): quiet {sps['quiet_before']} -> load {sps['load']} -> quiet "
           f"{sps['quiet_after']}; drop {report['throughput_drop_pct']}% vs the quiet mean")
+    cores = report["cores_used"]
+    print("cores used (quiet -> load -> quiet): " + "; ".join(
+        f"{role} {cores['quiet_before'].get(role, 0)} -> {cores['load'].get(role, 0)} -> {cores['quiet_after'].get(role, 0)}"
+        for role in cores["load"]))
     print(f"errors: {report['errors']}; load average at the end: "
           + " ".join(f"{x:.2f}" for x in report["load_average"]))
     print(json.dumps(report))
@@ -279,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if server is not None:
             server.wait_ready()
-        report = asyncio.run(run(args, args.url or server.url))
+        report = asyncio.run(run(args, args.url or server.url, server and server.proc.pid))
     finally:
         if server is not None:
             server.stop()

@@ -97,14 +97,17 @@ class TreeMonitor:
         self._thread.join()
 
 
-def role_of(pid: int, root: int) -> str:
-    """What a process in a training tree is: driver, learner, worker, or ray (system)."""
+def role_of(pid: int, root: int, root_role: str = "driver") -> str:
+    """What a process in a training tree is: `root_role` for the root, then learner, worker,
+    job driver (an API server's, forked from its fork server), or ray (system)."""
     if pid == root:
-        return "driver"
+        return root_role
     try:
         cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return "gone"
+    if "multiprocessing.forkserver" in cmd:
+        return "job driver"
     # Ray names an actor's process after its class: "ray::Learner", "ray::RolloutWorker.sample".
     if cmd.startswith("ray::"):
         for marker, role in (("Learner", "learner"), ("RolloutWorker", "worker"),
@@ -124,6 +127,35 @@ def roles_memory_mb(root: int) -> dict[str, float]:
         else:
             out[role] = out.get(role, 0.0) + rss
     return {k: round(v, 1) for k, v in out.items() if k != "gone"}
+
+
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) one process has used so far; 0 when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+def machine_cpu_s() -> dict[str, float]:
+    """CPU seconds the whole machine has spent busy, idle (or waiting on I/O), and stolen by the
+    hypervisor, summed over its cores (from /proc/stat)."""
+    user, nice, system, idle, iowait, irq, softirq, steal = map(
+        int, Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9])
+    tick = os.sysconf("SC_CLK_TCK")
+    return {"machine busy": (user + nice + system + irq + softirq) / tick,
+            "machine idle": (idle + iowait) / tick, "machine steal": steal / tick}
+
+
+def roles_cpu_s(root: int, root_role: str = "driver") -> dict[str, float]:
+    """CPU seconds used so far by role (see `role_of`) of the processes alive in a tree."""
+    out: dict[str, float] = {}
+    for pid in tree_pids(root):
+        role = role_of(pid, root, root_role)
+        out[role] = out.get(role, 0.0) + process_cpu_s(pid)
+    out.pop("gone", None)
+    return out
 
 
 class Launched:

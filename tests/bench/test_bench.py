@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+import time
 
 import pytest
 
 from bench.ours import parse_run
-from bench.procmon import tree_memory_mb, tree_pids
+from bench.procmon import machine_cpu_s, process_cpu_s, roles_cpu_s, tree_memory_mb, tree_pids
 from bench.profile import summarize_stacks
 from bench.record import RunRecord, thin
 from bench.run import aggregate, ratios
@@ -90,3 +93,23 @@ def test_rllib_config_is_one_full_batch_epoch_without_kl():
     cfg = build_config("CartPole-v1", 0, 2, 8, 256)
     assert (cfg.num_epochs, cfg.minibatch_size, cfg.train_batch_size_per_learner) == (1, 256, 256)
     assert cfg.use_kl_loss is False and cfg.clip_param >= 1e3
+
+
+def test_cpu_accounting_counts_a_busy_child_under_its_parent():
+    """bench.load's cores-by-role table: a child's CPU shows up in its parent's tree, and the
+    machine's busy time grows at least as much."""
+    child = subprocess.Popen([sys.executable, "-c", "import time\nt = time.process_time()\n"
+                              "while time.process_time() - t < 0.6: pass\ntime.sleep(30)"])
+    try:
+        before = machine_cpu_s()["machine busy"]
+        deadline = time.monotonic() + 30
+        while process_cpu_s(child.pid) < 0.6 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        used = process_cpu_s(child.pid)
+        assert used >= 0.6
+        roles = roles_cpu_s(os.getpid(), root_role="parent")
+        assert roles["ray"] >= used and 0 < roles["parent"] <= process_cpu_s(os.getpid())
+        assert machine_cpu_s()["machine busy"] - before >= 0.4  # the part of the child's burn after `before`
+    finally:
+        child.kill()
+        child.wait()
