@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any
 
 import ray
 
@@ -79,7 +78,8 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> str:
         # "local", not None: None would join whatever `ray start` last ran on this machine (and
         # then refuse num_cpus), which is not what a user who gave no address asked for.
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
-                 logging_level=logging.WARNING, configure_logging=False)
+                 logging_level=logging.WARNING, configure_logging=False,
+                 _system_config={"worker_niceness": TRAINING_NICENESS})
         return f"embedded local Ray ({_resources()})"
     _enable_token_auth_if_possible()
     try:
@@ -102,23 +102,16 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> str:
 
 
 TRAINING_NICENESS = 0
-"""The CPU priority (Linux nice value) of the learner and rollout worker processes.
+"""The CPU priority (Linux nice value) of an embedded Ray's worker processes: the learner's and
+the rollout workers'.
 
-Ray starts its worker processes at nice 15 (`RAY_worker_niceness`), below its own daemons. For
-this service the actors are the work: at 15 they lose the CPU to anything at the default 0,
-including the API server's request handling (`A2C_REQUEST_NICE` puts it at +10 on purpose, to
-yield to training). Ray Jobs starts its own job supervisors at 0 the same way.
+Ray starts its worker processes at nice 15 (`worker_niceness`), below its own daemons. Here the
+actors are the work: at 15 they lose the CPU to anything at the default 0, including the API
+server's request handling, which `A2C_REQUEST_NICE` puts at +10 on purpose, to yield to
+training. A cluster started with `ray start` keeps its own setting; start it with
+`RAY_worker_niceness=0` in the environment for the same order. (Set per actor instead, in its
+runtime env, it would cost each actor a fresh worker process: 1.5 s more start-up here.)
 """
-
-
-def training_actor(cls: type, **options: Any) -> Any:
-    """`ray.remote(cls)` with `options` (resources), in a worker process at TRAINING_NICENESS.
-
-    The setting travels in the actor's runtime env, which Ray merges with the job's: the new
-    worker process reads it when it starts (raising a nice value needs no privilege).
-    """
-    env = {"env_vars": {"RAY_worker_niceness": str(TRAINING_NICENESS)}}
-    return ray.remote(cls).options(runtime_env=env, **options)
 
 
 def driver_address(address: str | None = None) -> str:

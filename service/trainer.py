@@ -31,7 +31,7 @@ from learner.checkpoint import Checkpoint, archive_bytes, read_archive
 from learner.learner import Learner, LearnerState
 from learner.policy import ActorCritic, SpacesSpec
 from service import storage
-from service.cluster import cluster_has_gpu, training_actor
+from service.cluster import cluster_has_gpu
 from service.spec import InvalidSpec, JobSpec
 from service.worker_group import (LearnerLost, RolloutsLost, TrainingFailed, WorkerGroup, actor_node_id,
                                   first_line, loss_of)
@@ -206,7 +206,7 @@ class Trainer:
     def _create_learner(self, spaces: SpacesSpec, restore: LearnerState | None) -> None:
         """Ask Ray for the Learner actor (1 GPU when `self.use_gpu`), without waiting for it."""
         spec = self.spec
-        self.learner = training_actor(Learner, num_cpus=1, num_gpus=1 if self.use_gpu else 0).remote(
+        self.learner = ray.remote(Learner).options(num_cpus=1, num_gpus=1 if self.use_gpu else 0).remote(
             spaces, spec.policy, spec.a2c, spec.total_steps, spec.seed, spec.learner_device,
             self.use_gpu, restore)
 

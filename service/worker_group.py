@@ -23,7 +23,6 @@ from ray.exceptions import (ActorUnavailableError, GetTimeoutError, ObjectLostEr
                             RayTaskError)
 
 from learner.policy import SpacesSpec
-from service.cluster import training_actor
 from service.spec import JobSpec
 from workers.worker import Episodes, RolloutWorker
 
@@ -106,7 +105,7 @@ class WorkerGroup:
     def _new(self, index: int) -> Any:
         """Rollout worker `index` (a replacement gets the same index, hence the same env seeds)."""
         spec = self.spec
-        return training_actor(RolloutWorker, num_cpus=1).remote(
+        return ray.remote(RolloutWorker).options(num_cpus=1).remote(
             spec.env, spec.env_kwargs, spec.envs_per_worker, spec.steps_per_env, self.spaces,
             spec.policy, spec.seed, index)
 
