@@ -1,4 +1,8 @@
-"""Injected dependencies of the routes: settings, the job store and manager, token auth."""
+"""Injected dependencies of the routes: settings, the job store and manager, token auth.
+
+They are `async def` because they do no I/O: FastAPI runs a plain `def` dependency in its
+thread pool, a thread round trip per dependency per request.
+"""
 
 from __future__ import annotations
 
@@ -14,12 +18,12 @@ from service.jobs import JobManager
 from service.store import JobStore
 
 
-def get_app_settings(request: Request) -> Settings:
+async def get_app_settings(request: Request) -> Settings:
     """The settings the app was created with."""
     return request.app.state.settings
 
 
-def get_store(request: Request) -> JobStore:
+async def get_store(request: Request) -> JobStore:
     """The job store opened by the app's lifespan."""
     store = getattr(request.app.state, "store", None)
     if store is None:
@@ -27,7 +31,7 @@ def get_store(request: Request) -> JobStore:
     return store
 
 
-def get_manager(request: Request) -> JobManager:
+async def get_manager(request: Request) -> JobManager:
     """The job manager started by the app's lifespan."""
     manager = getattr(request.app.state, "manager", None)
     if manager is None:
@@ -42,7 +46,7 @@ ManagerDep = Annotated[JobManager, Depends(get_manager)]
 _bearer = HTTPBearer(auto_error=False, description="The server's A2C_API_TOKEN, when it has one.")
 
 
-def require_token(settings: SettingsDep,
+async def require_token(settings: SettingsDep,
                   credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
     """401 unless the request carries `Authorization: Bearer <A2C_API_TOKEN>` (when a token is set)."""
     if settings.api_token is None:
