@@ -505,6 +505,12 @@ class JobManager:
         job = self.get(job_id)
         return job, self.store.metrics(job_id, since_step, limit)
 
+    def metrics_json(self, job_id: str, since_step: int = 0, limit: int = 1000
+                     ) -> tuple[JobRow, list[tuple[int, str]]]:
+        """`metrics`, with each row as (step, its stored JSON): what the API sends, unparsed."""
+        job = self.get(job_id)
+        return job, self.store.metrics_json(job_id, since_step, limit)
+
     def checkpoints(self, job_id: str) -> list[CheckpointRow]:
         """The job's checkpoints in step order."""
         self.get(job_id)

@@ -375,9 +375,13 @@ class JobStore:
 
     def metrics(self, job_id: str, since_step: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
         """Rows with step > since_step, in step order, at most `limit`."""
-        rows = self._read("SELECT row FROM metrics WHERE job_id = ? AND step > ? ORDER BY step LIMIT ?",
-                          (job_id, since_step, limit))
-        return [json.loads(r[0]) for r in rows]
+        return [json.loads(row) for _, row in self.metrics_json(job_id, since_step, limit)]
+
+    def metrics_json(self, job_id: str, since_step: int = 0, limit: int = 1000) -> list[tuple[int, str]]:
+        """The same rows as (step, the row as stored: a JSON object), for sending on unparsed."""
+        return [(r[0], r[1]) for r in self._read(
+            "SELECT step, row FROM metrics WHERE job_id = ? AND step > ? ORDER BY step LIMIT ?",
+            (job_id, since_step, limit))]
 
     def status_counts(self) -> dict[str, int]:
         """How many jobs are in each state (states with none are left out)."""

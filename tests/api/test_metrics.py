@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 
 METRIC_KEYS = {"step", "wall_s", "env_steps_per_s", "episode_return_mean", "episode_return_min",
@@ -79,10 +80,10 @@ class _CountingManager:
         self.reads, self.rows = 0, [{"step": 512 * (i + 1)} for i in range(3)]
         self.lock = threading.Lock()
 
-    def metrics(self, job_id: str, since_step: int, limit: int):
+    def metrics_json(self, job_id: str, since_step: int, limit: int):
         with self.lock:
             self.reads += 1
-            rows = [r for r in self.rows if r["step"] > since_step][:limit]
+            rows = [(r["step"], json.dumps(r)) for r in self.rows if r["step"] > since_step][:limit]
         return _Job(finished=False), rows
 
 
