@@ -11,8 +11,9 @@ measured with no clients (quiet), then while `--clients` concurrent clients hit 
 poll `GET /jobs/{id}/metrics?since_step=` every `--poll-interval` seconds (1 s by default, a
 dashboard's refresh; 0 polls back to back). Prints p50/p99/max latency per endpoint,
 the error count (any non-2xx or transport error; the exit code is 1 when it is not 0), and the
-throughput drop: load vs the mean of the two quiet windows. Throughput is read from the jobs'
-own progress (`GET /jobs/{id}` step counts at the window edges). It also prints the cores each
+throughput drop: load vs the mean of the two quiet windows. Throughput comes from the jobs'
+own metrics rows (step and `wall_s`, interpolated at the window edges), so it does not depend
+on how long a request takes under load. It also prints the cores each
 part used in each window (the machine, these clients, and, for a server it started, the server,
 its job drivers, learners, workers and Ray's daemons), to tell a CPU share lost to the requests
 from a slower machine. `--clients 0` measures the drop's noise floor: the same windows, no load.
@@ -41,6 +42,7 @@ from typing import Any
 
 import aiohttp
 import httpx
+import numpy as np
 
 from bench import procmon
 
@@ -129,15 +131,33 @@ async def _get_json(session: aiohttp.ClientSession, path: str) -> Any:
         return await r.json()
 
 
-async def _steps(session: aiohttp.ClientSession, job_ids: list[str]) -> tuple[int, float]:
-    """Env steps trained so far, summed over the jobs, and when (the midpoint of the requests:
-    under load one takes seconds, and the server reads the count somewhere inside it)."""
-    t0 = time.monotonic()
-    jobs = [await _get_json(session, f"/jobs/{j}") for j in job_ids]
-    bad = [j for j in jobs if j["status"] != "RUNNING"]
-    if bad:
-        raise RuntimeError(f"job {bad[0]['id']} is {bad[0]['status']}: {bad[0].get('error')}")
-    return sum(j["progress"]["step"] for j in jobs), (t0 + time.monotonic()) / 2
+async def _loop_start(session: aiohttp.ClientSession, job_id: str, samples: int = 5) -> float:
+    """When the job's training loop started, on this process's clock: its metrics rows carry
+    `wall_s`, seconds since then on its driver's monotonic clock. Each sample (time of the
+    response minus the newest row's `wall_s`) overestimates it by the row's age; the least of a
+    few quiet-time samples is within an update and a request (tens of ms)."""
+    best = float("inf")
+    for _ in range(samples):
+        job = await _get_json(session, f"/jobs/{job_id}")
+        if job["status"] != "RUNNING":
+            raise RuntimeError(f"job {job_id} is {job['status']}: {job.get('error')}")
+        rows = (await _get_json(session, f"/jobs/{job_id}/metrics?since_step={job['progress']['step'] - 1}"))["rows"]
+        if rows:
+            best = min(best, time.monotonic() - rows[-1]["wall_s"])
+        await asyncio.sleep(0.2)
+    if best == float("inf"):
+        raise RuntimeError(f"job {job_id} has no metrics rows")
+    return best
+
+
+async def _rows(session: aiohttp.ClientSession, job_id: str) -> tuple[np.ndarray, np.ndarray]:
+    """The job's (wall_s, step) of every metrics row so far, in step order."""
+    wall, steps, since = [], [], 0
+    while rows := (await _get_json(session, f"/jobs/{job_id}/metrics?since_step={since}&limit=10000"))["rows"]:
+        wall += [r["wall_s"] for r in rows]
+        steps += [r["step"] for r in rows]
+        since = rows[-1]["step"]
+    return np.asarray(wall), np.asarray(steps, float)
 
 
 def _cpu(server_pid: int | None) -> dict[str, float]:
@@ -150,13 +170,25 @@ def _cpu(server_pid: int | None) -> dict[str, float]:
     return out
 
 
-async def _throughput(session: aiohttp.ClientSession, job_ids: list[str], seconds: float,
-                      server_pid: int | None) -> tuple[float, dict[str, float]]:
-    """Env steps/s of the jobs together over the next `seconds`, and the cores each role used."""
-    (s0, t0), c0, ct0 = await _steps(session, job_ids), _cpu(server_pid), time.monotonic()
+async def _window(seconds: float, server_pid: int | None) -> tuple[float, float, dict[str, float]]:
+    """Wait `seconds`; returns when it started and ended (this process's clock) and the cores
+    each role used meanwhile. Env steps come later, from the jobs' rows: a request timed at the
+    edges would err by its latency, seconds under load."""
+    t0, c0 = time.monotonic(), _cpu(server_pid)
     await asyncio.sleep(seconds)
-    (s1, t1), c1, ct1 = await _steps(session, job_ids), _cpu(server_pid), time.monotonic()
-    return (s1 - s0) / (t1 - t0), {k: round((v - c0.get(k, 0.0)) / (ct1 - ct0), 2) for k, v in c1.items()}
+    t1, c1 = time.monotonic(), _cpu(server_pid)
+    return t0, t1, {k: round((v - c0.get(k, 0.0)) / (t1 - t0), 2) for k, v in c1.items()}
+
+
+def _steps_per_s(jobs: list[tuple[float, np.ndarray, np.ndarray]], t0: float, t1: float) -> float:
+    """Env steps/s of the jobs together between t0 and t1 (this process's clock), interpolated
+    in each job's rows; `jobs` holds (loop start, wall_s, step) per job."""
+    total = 0.0
+    for start, wall, steps in jobs:
+        if t1 - start > wall[-1]:
+            raise RuntimeError("a job has no rows past the end of the last window (did it stop?)")
+        total += float(np.interp(t1 - start, wall, steps) - np.interp(t0 - start, wall, steps))
+    return total / (t1 - t0)
 
 
 def _client(url: str, headers: dict[str, str]) -> aiohttp.ClientSession:
@@ -229,7 +261,8 @@ async def run(args: argparse.Namespace, url: str, server_pid: int | None = None)
                     raise RuntimeError(f"jobs did not start: {[(j['status'], j.get('error')) for j in jobs]}")
                 await asyncio.sleep(0.5)
             await asyncio.sleep(args.warmup_s)
-            quiet_before, cores_before = await _throughput(control, job_ids, args.quiet_s, server_pid)
+            starts = [await _loop_start(control, j) for j in job_ids]
+            windows = {"quiet_before": await _window(args.quiet_s, server_pid)}
 
             polls, streams = Samples(), Samples()
             until = time.monotonic() + args.duration
@@ -239,29 +272,31 @@ async def run(args: argparse.Namespace, url: str, server_pid: int | None = None)
             tasks += [asyncio.create_task(_poller(url, headers, job_ids[i % 2], until, args.poll_interval, polls))
                       for i in range(args.clients - n_sse)]
             await asyncio.sleep(min(2.0, args.duration / 10))  # let every client connect first
-            loaded, cores_load = await _throughput(control, job_ids, max(1.0, until - time.monotonic() - 0.5), server_pid)
+            windows["load"] = await _window(max(1.0, until - time.monotonic() - 0.5), server_pid)
             # Pollers end on their own; a stream waits for its next event, so end it here.
             _, late = (await asyncio.wait(tasks, timeout=max(0.0, until - time.monotonic()) + 5)
                        if tasks else (set(), set()))  # --clients 0: the noise floor of the drop
             for task in late:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
-            quiet_after, cores_after = await _throughput(control, job_ids, args.quiet_s, server_pid)
+            windows["quiet_after"] = await _window(args.quiet_s, server_pid)
+            await asyncio.sleep(2.0)  # the rows of the last updates reach the store
+            jobs = [(start, *await _rows(control, j)) for start, j in zip(starts, job_ids)]
+            sps = {name: _steps_per_s(jobs, t0, t1) for name, (t0, t1, _) in windows.items()}
         finally:
             for j in job_ids:
                 async with control.post(f"/jobs/{j}/stop"):
                     pass
-    quiet = (quiet_before + quiet_after) / 2
+    quiet = (sps["quiet_before"] + sps["quiet_after"]) / 2
     return {
         "clients": args.clients, "sse_clients": n_sse, "duration_s": args.duration,
         "poll_interval_s": args.poll_interval,
         "endpoints": {"GET /jobs/{id}/metrics": polls.summary(),
                       "GET /jobs/{id}/metrics/stream (connect)": streams.summary()},
         "errors": polls.errors + streams.errors,
-        "env_steps_per_s": {"quiet_before": round(quiet_before, 1), "load": round(loaded, 1),
-                            "quiet_after": round(quiet_after, 1)},
-        "throughput_drop_pct": round(100 * (1 - loaded / quiet), 1) if quiet > 0 else None,
-        "cores_used": {"quiet_before": cores_before, "load": cores_load, "quiet_after": cores_after},
+        "env_steps_per_s": {name: round(v, 1) for name, v in sps.items()},
+        "throughput_drop_pct": round(100 * (1 - sps["load"] / quiet), 1) if quiet > 0 else None,
+        "cores_used": {name: cores for name, (_, _, cores) in windows.items()},
         "load_average": os.getloadavg(),
     }
 
