@@ -22,6 +22,7 @@ import queue
 import signal
 import threading
 from dataclasses import dataclass
+from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
 from service.trainer import CheckpointInfo, TrainingSink
@@ -161,14 +162,17 @@ def _child_main(request: DriverRequest, events, control) -> None:
     logging.basicConfig(level=logging.WARNING, format=f"%(levelname)s job-{request.job_id} %(name)s: %(message)s")
     stop = threading.Event()
     holder: dict[str, Any] = {}
-    # The training loop only puts messages on a queue; one thread sends them, in order. A
-    # server that is slow to read (busy with requests) then fills the queue, not the loop's time.
+    # The training loop only pickles each message (a snapshot: the caller may reuse its objects)
+    # onto a queue; one thread writes them to the pipe, in order. A server that is slow to read
+    # (busy with requests) then fills the queue, not the loop's time.
     outbox: queue.SimpleQueue = queue.SimpleQueue()
-    send = outbox.put
+
+    def send(message: tuple) -> None:
+        outbox.put(ForkingPickler.dumps(message))
 
     def sender() -> None:
-        while (message := outbox.get()) is not None:
-            events.send(message)
+        while (data := outbox.get()) is not None:
+            events.send_bytes(data)  # what Connection.send does after pickling; recv() reads it
 
     sending = threading.Thread(target=sender, name="sender", daemon=True)
     sending.start()
