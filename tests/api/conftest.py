@@ -212,16 +212,28 @@ class ServerProcess:
         shutil.rmtree(self.ray_tmp, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
+def start_server(tmp_path_factory, data_dir: Path | None = None, token: str | None = None,
+                 **env: str) -> ServerProcess:
+    """Start a server on `data_dir` (default: a fresh one), with `token` and extra env; the
+    caller stops it. Stop servers as soon as they are done: an idle server's embedded Ray
+    takes CPU from every test after it."""
+    server = ServerProcess(data_dir or tmp_path_factory.mktemp("server") / "data", token, env)
+    try:
+        return server.start()
+    except BaseException:
+        server.stop()
+        raise
+
+
+@pytest.fixture
 def spawn_server(tmp_path_factory) -> Iterator[Callable[..., ServerProcess]]:
-    """A factory of started servers; all are stopped at the end of the session."""
+    """`start_server` for one test: the servers it starts are stopped when it ends."""
     started: list[ServerProcess] = []
 
     def spawn(data_dir: Path | None = None, token: str | None = None, **env: str) -> ServerProcess:
-        """Start a server on `data_dir` (default: a fresh one), with `token` and extra env."""
-        server = ServerProcess(data_dir or tmp_path_factory.mktemp("server") / "data", token, env)
+        server = start_server(tmp_path_factory, data_dir, token, **env)
         started.append(server)
-        return server.start()
+        return server
 
     yield spawn
     for server in started:
@@ -229,9 +241,11 @@ def spawn_server(tmp_path_factory) -> Iterator[Callable[..., ServerProcess]]:
 
 
 @pytest.fixture(scope="session")
-def server(spawn_server) -> ServerProcess:
+def server(tmp_path_factory) -> Iterator[ServerProcess]:
     """The shared server (no token) for the lifecycle, stop, resume and error tests."""
-    return spawn_server()
+    server = start_server(tmp_path_factory)
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tests.api.conftest import actor_pids
+from tests.api.conftest import actor_pids, start_server
 
 JOB = {"env": "CartPole-v1", "total_steps": 4_000_000, "workers": 2, "envs_per_worker": 4,
        "a2c": {"steps_per_batch": 512}, "eval_every": 0, "checkpoint_every": 40}
@@ -52,9 +52,11 @@ class EventLog:
 
 
 @pytest.fixture(scope="module")
-def fault_server(spawn_server):
+def fault_server(tmp_path_factory):
     """A server of its own, so that every RolloutWorker and Learner process in it is this test's."""
-    return spawn_server()
+    server = start_server(tmp_path_factory)
+    yield server
+    server.stop()
 
 
 def test_killed_worker_and_learner_show_in_the_job_events_and_rows_stay_one_per_step(fault_server):

@@ -10,6 +10,8 @@ import pytest
 
 from learner.checkpoint import read_archive
 
+from tests.api.conftest import start_server
+
 
 def test_checkpoints_are_listed_in_step_order_with_sizes(client, finished_job):
     listed = client.get(f"/jobs/{finished_job['id']}/checkpoints").json()
@@ -60,11 +62,13 @@ STORAGE_JOB = {"env": "CartPole-v1", "total_steps": 4096, "workers": 2, "envs_pe
 
 
 @pytest.fixture(scope="module")
-def uri_server(spawn_server, tmp_path_factory):
+def uri_server(tmp_path_factory):
     """A server whose A2C_STORAGE is an fsspec URI: `local://`, which takes the same fsspec path
     as s3:// and, unlike memory://, is shared by the server and its jobs' driver processes."""
     pytest.importorskip("fsspec")
-    return spawn_server(A2C_STORAGE=f"local://{tmp_path_factory.mktemp('uri-storage')}/jobs")
+    server = start_server(tmp_path_factory, A2C_STORAGE=f"local://{tmp_path_factory.mktemp('uri-storage')}/jobs")
+    yield server
+    server.stop()
 
 
 def test_jobs_write_to_a_storage_uri_and_the_api_lists_serves_and_resumes_from_it(uri_server, tmp_path):

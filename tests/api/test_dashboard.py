@@ -16,6 +16,8 @@ from typing import Iterator
 
 import pytest
 
+from tests.api.conftest import start_server
+
 pytestmark = pytest.mark.browser
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -39,9 +41,11 @@ def _browser_missing() -> str | None:
 
 
 @pytest.fixture(scope="module")
-def dashboard_server(spawn_server):
+def dashboard_server(tmp_path_factory):
     """A server of its own, with a token, so the page's token handling is exercised."""
-    return spawn_server(token=TOKEN)
+    server = start_server(tmp_path_factory, token=TOKEN)
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -10,16 +10,20 @@ from datetime import datetime
 
 import pytest
 
+from tests.api.conftest import start_server
+
 JOB = {"env": "CartPole-v1", "total_steps": 2048, "workers": 1, "envs_per_worker": 2,
        "a2c": {"steps_per_batch": 256}, "eval_every": 0, "eval_episodes": 1, "checkpoint_every": 4}
 """8 updates on 2 CPUs: two such jobs would fit the server's 4 CPUs at once."""
 
 
 @pytest.fixture(scope="module")
-def limited(spawn_server, tmp_path_factory):
+def limited(tmp_path_factory):
     """A server that allows 4096 steps, 1 worker per job and 1 job running at a time."""
-    return spawn_server(tmp_path_factory.mktemp("limits") / "data", A2C_MAX_TOTAL_STEPS="4096",
-                        A2C_MAX_WORKERS_PER_JOB="1", A2C_MAX_CONCURRENT_JOBS="1")
+    server = start_server(tmp_path_factory, tmp_path_factory.mktemp("limits") / "data", A2C_MAX_TOTAL_STEPS="4096",
+                          A2C_MAX_WORKERS_PER_JOB="1", A2C_MAX_CONCURRENT_JOBS="1")
+    yield server
+    server.stop()
 
 
 def test_total_steps_over_a2c_max_total_steps_is_422(limited):

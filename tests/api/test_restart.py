@@ -13,13 +13,17 @@ import signal
 
 import pytest
 
+from tests.api.conftest import start_server
+
 TOKEN = "s3cret-token-for-tests"
 
 
 @pytest.fixture(scope="module")
-def first_server(spawn_server, tmp_path_factory):
+def first_server(tmp_path_factory):
     """A server with A2C_API_TOKEN set, on a fresh data dir."""
-    return spawn_server(tmp_path_factory.mktemp("restart") / "data", token=TOKEN)
+    server = start_server(tmp_path_factory, tmp_path_factory.mktemp("restart") / "data", token=TOKEN)
+    yield server
+    server.stop()
 
 
 def test_every_route_but_healthz_needs_the_token(first_server):
