@@ -6,12 +6,13 @@
 
 Phases, in one invocation: two training jobs are submitted and warmed up; their env steps/s is
 measured with no clients (quiet), then while `--clients` concurrent clients hit the API for
-`--duration` seconds (load), then quiet again. Half the clients (`--sse-fraction`) hold
+`--duration` seconds (load), then quiet again; `--repeat N` does load and quiet N times, and
+reports each load window's drop against its two quiet neighbours and their median. Half the clients (`--sse-fraction`) hold
 `GET /jobs/{id}/metrics/stream` open and read its events (reconnecting when it ends); the rest
 poll `GET /jobs/{id}/metrics?since_step=` every `--poll-interval` seconds (1 s by default, a
 dashboard's refresh; 0 polls back to back). Prints p50/p99/max latency per endpoint,
 the error count (any non-2xx or transport error; the exit code is 1 when it is not 0), and the
-throughput drop: load vs the mean of the two quiet windows. Throughput comes from the jobs'
+throughput drop: load vs the mean of the quiet windows either side. Throughput comes from the jobs'
 own metrics rows (step and `wall_s`, interpolated at the window edges), so it does not depend
 on how long a request takes under load. It also prints the cores each
 part used in each window (the machine, these clients, and, for a server it started, the server,
@@ -32,6 +33,7 @@ import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -262,59 +264,67 @@ async def run(args: argparse.Namespace, url: str, server_pid: int | None = None)
                 await asyncio.sleep(0.5)
             await asyncio.sleep(args.warmup_s)
             starts = [await _loop_start(control, j) for j in job_ids]
-            windows = {"quiet_before": await _window(args.quiet_s, server_pid)}
-
+            windows = [("quiet", await _window(args.quiet_s, server_pid))]
             polls, streams = Samples(), Samples()
-            until = time.monotonic() + args.duration
             n_sse = round(args.clients * args.sse_fraction)
-            tasks = [asyncio.create_task(_streamer(url, headers, job_ids[i % 2], until, streams))
-                     for i in range(n_sse)]
-            tasks += [asyncio.create_task(_poller(url, headers, job_ids[i % 2], until, args.poll_interval, polls))
-                      for i in range(args.clients - n_sse)]
-            await asyncio.sleep(min(2.0, args.duration / 10))  # let every client connect first
-            windows["load"] = await _window(max(1.0, until - time.monotonic() - 0.5), server_pid)
-            # Pollers end on their own; a stream waits for its next event, so end it here.
-            _, late = (await asyncio.wait(tasks, timeout=max(0.0, until - time.monotonic()) + 5)
-                       if tasks else (set(), set()))  # --clients 0: the noise floor of the drop
-            for task in late:
-                task.cancel()
-            await asyncio.gather(*late, return_exceptions=True)
-            windows["quiet_after"] = await _window(args.quiet_s, server_pid)
+            for _ in range(args.repeat):  # load, then quiet again: each load window has two neighbours
+                until = time.monotonic() + args.duration
+                tasks = [asyncio.create_task(_streamer(url, headers, job_ids[i % 2], until, streams))
+                         for i in range(n_sse)]
+                tasks += [asyncio.create_task(_poller(url, headers, job_ids[i % 2], until, args.poll_interval, polls))
+                          for i in range(args.clients - n_sse)]
+                await asyncio.sleep(min(2.0, args.duration / 10))  # let every client connect first
+                windows.append(("load", await _window(max(1.0, until - time.monotonic() - 0.5), server_pid)))
+                # Pollers end on their own; a stream waits for its next event, so end it here.
+                _, late = (await asyncio.wait(tasks, timeout=max(0.0, until - time.monotonic()) + 5)
+                           if tasks else (set(), set()))  # --clients 0: the noise floor of the drop
+                for task in late:
+                    task.cancel()
+                await asyncio.gather(*late, return_exceptions=True)
+                windows.append(("quiet", await _window(args.quiet_s, server_pid)))
             await asyncio.sleep(2.0)  # the rows of the last updates reach the store
             jobs = [(start, *await _rows(control, j)) for start, j in zip(starts, job_ids)]
-            sps = {name: _steps_per_s(jobs, t0, t1) for name, (t0, t1, _) in windows.items()}
+            sps = [_steps_per_s(jobs, t0, t1) for _, (t0, t1, _) in windows]
         finally:
             for j in job_ids:
                 async with control.post(f"/jobs/{j}/stop"):
                     pass
-    quiet = (sps["quiet_before"] + sps["quiet_after"]) / 2
+    # Each load window against the mean of the quiet windows before and after it.
+    drops = [round(100 * (1 - sps[k] / ((sps[k - 1] + sps[k + 1]) / 2)), 1) for k in range(1, len(sps), 2)]
     return {
         "clients": args.clients, "sse_clients": n_sse, "duration_s": args.duration,
-        "poll_interval_s": args.poll_interval,
+        "poll_interval_s": args.poll_interval, "repeat": args.repeat,
         "endpoints": {"GET /jobs/{id}/metrics": polls.summary(),
                       "GET /jobs/{id}/metrics/stream (connect)": streams.summary()},
         "errors": polls.errors + streams.errors,
-        "env_steps_per_s": {name: round(v, 1) for name, v in sps.items()},
-        "throughput_drop_pct": round(100 * (1 - sps["load"] / quiet), 1) if quiet > 0 else None,
-        "cores_used": {name: cores for name, (_, _, cores) in windows.items()},
+        "windows": [{"phase": name, "env_steps_per_s": round(v, 1), "cores_used": cores}
+                    for (name, (_, _, cores)), v in zip(windows, sps)],
+        "drops_pct": drops,
+        "throughput_drop_pct": round(statistics.median(drops), 1),
         "load_average": os.getloadavg(),
     }
 
 
 def _print(report: dict[str, Any]) -> None:
     print(f"{report['clients']} clients ({report['sse_clients']} on the SSE stream, the rest polling every "
-          f"{report['poll_interval_s']} s) for {report['duration_s']} s")
+          f"{report['poll_interval_s']} s) for {report['duration_s']} s, {report['repeat']} time(s)")
     print(f"{'endpoint':42} {'count':>7} {'errors':>6} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
     for name, s in report["endpoints"].items():
         print(f"{name:42} {s['count']:>7} {s['errors']:>6} {s['p50_ms']!s:>8} {s['p99_ms']!s:>8} {s['max_ms']!s:>8}"
               + (f"   ({s['events']} events read)" if "events" in s else ""))
-    sps = report["env_steps_per_s"]
-    print(f"training env steps/s (2 jobs): quiet {sps['quiet_before']} -> load {sps['load']} -> quiet "
-          f"{sps['quiet_after']}; drop {report['throughput_drop_pct']}% vs the quiet mean")
-    cores = report["cores_used"]
-    print("cores used (quiet -> load -> quiet): " + "; ".join(
-        f"{role} {cores['quiet_before'].get(role, 0)} -> {cores['load'].get(role, 0)} -> {cores['quiet_after'].get(role, 0)}"
-        for role in cores["load"]))
+    windows = report["windows"]
+    for k, drop in zip(range(1, len(windows), 2), report["drops_pct"]):
+        print("training env steps/s (2 jobs): " + " -> ".join(
+            f"{w['phase']} {w['env_steps_per_s']}" for w in windows[k - 1:k + 2]) + f"; drop {drop}%")
+    print(f"drop (median of {len(report['drops_pct'])}, each load window vs its two quiet neighbours): "
+          f"{report['throughput_drop_pct']}%")
+
+    def mean_cores(phase: str, role: str) -> float:
+        values = [w["cores_used"].get(role, 0.0) for w in windows if w["phase"] == phase]
+        return round(sum(values) / len(values), 2)
+
+    print("cores used (quiet -> load, mean over windows): " + "; ".join(
+        f"{role} {mean_cores('quiet', role)} -> {mean_cores('load', role)}" for role in windows[1]["cores_used"]))
     print(f"errors: {report['errors']}; load average at the end: "
           + " ".join(f"{x:.2f}" for x in report["load_average"]))
     print(json.dumps(report))
@@ -328,7 +338,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clients", type=int, default=100)
     p.add_argument("--sse-fraction", type=float, default=0.5, help="share of clients on the SSE stream")
     p.add_argument("--poll-interval", type=float, default=1.0, help="seconds between one poller's requests")
-    p.add_argument("--duration", type=float, default=60.0, help="seconds of load")
+    p.add_argument("--duration", type=float, default=60.0, help="seconds of each load window")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="load windows, each followed by a quiet one; the drop reported is the median")
     p.add_argument("--quiet-s", type=float, default=30.0, help="seconds of each no-load window")
     p.add_argument("--warmup-s", type=float, default=5.0, help="seconds of training before measuring")
     p.add_argument("--ray-cpus", type=int, default=4, help="CPUs of the embedded Ray of a started server")
