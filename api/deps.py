@@ -47,7 +47,7 @@ _bearer = HTTPBearer(auto_error=False, description="The server's A2C_API_TOKEN, 
 
 
 async def require_token(settings: SettingsDep,
-                  credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
+                        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
     """401 unless the request carries `Authorization: Bearer <A2C_API_TOKEN>` (when a token is set)."""
     if settings.api_token is None:
         return
