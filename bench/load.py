@@ -7,17 +7,19 @@
 Phases, in one invocation: two training jobs are submitted and warmed up; their env steps/s is
 measured with no clients (quiet), then while `--clients` concurrent clients hit the API for
 `--duration` seconds (load), then quiet again; `--repeat N` does load and quiet N times, and
-reports each load window's drop against its two quiet neighbours and their median. Half the clients (`--sse-fraction`) hold
-`GET /jobs/{id}/metrics/stream` open and read its events (reconnecting when it ends); the rest
-poll `GET /jobs/{id}/metrics?since_step=` every `--poll-interval` seconds (1 s by default, a
-dashboard's refresh; 0 polls back to back). Prints p50/p99/max latency per endpoint,
-the error count (any non-2xx or transport error; the exit code is 1 when it is not 0), and the
-throughput drop: load vs the mean of the quiet windows either side. Throughput comes from the jobs'
-own metrics rows (step and `wall_s`, interpolated at the window edges), so it does not depend
-on how long a request takes under load. It also prints the cores each
-part used in each window (the machine, these clients, and, for a server it started, the server,
-its job drivers, learners, workers and Ray's daemons), to tell a CPU share lost to the requests
-from a slower machine. `--clients 0` measures the drop's noise floor: the same windows, no load.
+reports each load window's drop against its two quiet neighbours and their median. Half the
+clients (`--sse-fraction`) hold `GET /jobs/{id}/metrics/stream` open and read its events
+(reconnecting when it ends); the rest poll `GET /jobs/{id}/metrics?since_step=` every
+`--poll-interval` seconds (1 s by default, a dashboard's refresh; 0 polls back to back).
+
+Prints p50/p99/max latency per endpoint, the error count (any non-2xx or transport error; the
+exit code is 1 when it is not 0), and the throughput drop: load vs the mean of the quiet
+windows either side. Throughput comes from the jobs' own metrics rows (step and `wall_s`,
+interpolated at the window edges), so it does not depend on how long a request takes under
+load. It also prints the cores each part used in each window (the machine, these clients, and,
+for a server it started, the server, its job drivers, learners, workers and Ray's daemons), to
+tell a CPU share lost to the requests from a slower machine. `--clients 0` measures the drop's
+noise floor: the same windows, no load.
 
 The clients run in this process (asyncio + aiohttp, one session and connection each, as
 independent clients have) on the same machine as the server and the training, so their CPU

@@ -26,6 +26,19 @@ DEFAULT_TOKEN_PATH = Path.home() / ".ray" / "auth_token"
 """Where `ray start --head`, `ray.init()` and `ray get-auth-token --generate` keep the token."""
 
 
+TRAINING_NICENESS = 0
+"""The CPU priority (Linux nice value) of an embedded Ray's worker processes: the learner's and
+the rollout workers'.
+
+Ray starts its worker processes at nice 15 (`worker_niceness`), below its own daemons. Here the
+actors are the work: at 15 they lose the CPU to anything at the default 0, including the API
+server's request handling, which `A2C_REQUEST_NICE` puts at +10 on purpose, to yield to
+training. A cluster started with `ray start` keeps its own setting; start it with
+`RAY_worker_niceness=0` in the environment for the same order. (Set per actor instead, in its
+runtime env, it would cost each actor a fresh worker process: 1.5 s more start-up here.)
+"""
+
+
 class ClusterUnreachable(ConnectionError):
     """The Ray cluster named by the address could not be joined; the message says what to fix."""
 
@@ -99,19 +112,6 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> str:
                     f"RAY_AUTH_TOKEN_PATH or {DEFAULT_TOKEN_PATH})")
         raise ClusterUnreachable(f"cannot join the Ray cluster at {address}: {_first_line(exc)}; {hint}") from None
     return f"cluster at {address} ({_resources()})"
-
-
-TRAINING_NICENESS = 0
-"""The CPU priority (Linux nice value) of an embedded Ray's worker processes: the learner's and
-the rollout workers'.
-
-Ray starts its worker processes at nice 15 (`worker_niceness`), below its own daemons. Here the
-actors are the work: at 15 they lose the CPU to anything at the default 0, including the API
-server's request handling, which `A2C_REQUEST_NICE` puts at +10 on purpose, to yield to
-training. A cluster started with `ray start` keeps its own setting; start it with
-`RAY_worker_niceness=0` in the environment for the same order. (Set per actor instead, in its
-runtime env, it would cost each actor a fresh worker process: 1.5 s more start-up here.)
-"""
 
 
 def driver_address(address: str | None = None) -> str:
