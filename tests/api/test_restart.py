@@ -81,27 +81,33 @@ def test_sigkill_mid_job_then_restart_keeps_history_and_resumes_the_running_job(
         assert client.wait_finished(running_id)["status"] == "STOPPED"
 
 
-@pytest.mark.parametrize("how", ["sigterm", "ctrl-c"])
-def test_graceful_shutdown_checkpoints_and_the_next_start_resumes(spawn_server, tmp_path_factory, long_job, how):
-    server = spawn_server(tmp_path_factory.mktemp("graceful") / "data")
-    with server.client() as client:
-        job_id = client.post("/jobs", json=long_job).raise_for_status().json()["id"]
-        client.wait_for(job_id, lambda j: j["status"] == "RUNNING" and j["progress"]["step"] >= 4 * 512)
+def _shut_down(server, how: str) -> None:
+    """Stop `server` gracefully: SIGTERM to it, or what Ctrl-C in its terminal sends."""
     if how == "ctrl-c":
-        # What Ctrl-C in the terminal sends: SIGINT to the whole process group, the job's driver
-        # included, which must leave the stopping to the server.
+        # SIGINT to the whole process group, the job's driver included, which must leave the
+        # stopping to the server.
         os.killpg(server.proc.pid, signal.SIGINT)
         server.proc.wait(90)
     server.stop()  # SIGTERM; uvicorn shuts down, then re-raises the signal (exit code -15)
     assert "Application shutdown complete" in server.log_tail(), server.log_tail()
 
-    again = spawn_server(server.data_dir)
-    with again.client() as client:
-        job = client.get(f"/jobs/{job_id}").json()
-        requeued = [e["message"] for e in job["events"] if e["kind"] == "requeued"]
-        assert any("server shut down" in m for m in requeued), job["events"]
-        ckpts = client.get(f"/jobs/{job_id}/checkpoints").json()["checkpoints"]
-        last = ckpts[-1]["step"]
-        job = client.wait_for(job_id, lambda j: j["status"] == "RUNNING" and j["progress"]["step"] > last)
+
+def test_graceful_shutdown_checkpoints_and_the_next_start_resumes(spawn_server, tmp_path_factory, long_job):
+    """SIGTERM, then Ctrl-C: each shutdown requeues the running job with a checkpoint, and the
+    next server on the data dir trains it on from there (one chain: a server start is ~10 s)."""
+    server = spawn_server(tmp_path_factory.mktemp("graceful") / "data")
+    with server.client() as client:
+        job_id = client.post("/jobs", json=long_job).raise_for_status().json()["id"]
+        client.wait_for(job_id, lambda j: j["status"] == "RUNNING" and j["progress"]["step"] >= 4 * 512)
+    for how in ("sigterm", "ctrl-c"):
+        _shut_down(server, how)
+        server = spawn_server(server.data_dir)
+        with server.client() as client:
+            job = client.get(f"/jobs/{job_id}").json()
+            requeued = [e["message"] for e in job["events"] if e["kind"] == "requeued"]
+            assert sum("server shut down" in m for m in requeued) == 1 + (how == "ctrl-c"), (how, job["events"])
+            last = client.get(f"/jobs/{job_id}/checkpoints").json()["checkpoints"][-1]["step"]
+            client.wait_for(job_id, lambda j: j["status"] == "RUNNING" and j["progress"]["step"] > last)
+    with server.client() as client:
         assert client.post(f"/jobs/{job_id}/stop").status_code == 202
         assert client.wait_finished(job_id)["status"] == "STOPPED"
