@@ -32,6 +32,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -54,6 +55,8 @@ REPO = Path(__file__).resolve().parents[1]
 JOB: dict[str, Any] = {"env": "CartPole-v1", "total_steps": 50_000_000, "workers": 1, "envs_per_worker": 8,
                        "eval_every": 0, "eval_episodes": 1, "checkpoint_every": 50}
 """Each job: 1 worker + the learner (2 CPUs), trains until stopped."""
+SSE_ID = re.compile(rb"^id:[ ]?([^\r\n]*)", re.MULTILINE)
+"""An event's `id:` line (its value: the row's step)."""
 
 
 @dataclass
@@ -235,10 +238,14 @@ async def _streamer(url: str, headers: dict[str, str], job_id: str, until: float
                         connect.errors += 1
                         await asyncio.sleep(1.0)  # as EventSource's retry would
                         continue
-                    async for line in r.content:
-                        if line.startswith(b"id:"):
-                            last = line[3:].strip().decode()
-                            connect.events += 1
+                    tail = b""
+                    async for chunk in r.content.iter_any():
+                        # Whole lines only; the ids are read from the chunk at once, not line by
+                        # line in Python (a browser's EventSource parses in native code too).
+                        text, cut = tail + chunk, (tail + chunk).rfind(b"\n") + 1
+                        ids, tail = SSE_ID.findall(text, 0, cut), text[cut:]
+                        if ids:
+                            last, connect.events = ids[-1].decode(), connect.events + len(ids)
                         if time.monotonic() >= until:
                             return
             except (aiohttp.ClientError, asyncio.TimeoutError):
