@@ -10,12 +10,9 @@ import signal
 import sys
 import threading
 from contextlib import asynccontextmanager
-from types import UnionType
-from typing import Any, AsyncIterator, Union, get_args, get_origin
+from typing import AsyncIterator
 
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
-from fastapi.dependencies.models import Dependant
-from fastapi.exceptions import RequestValidationError
+from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -24,6 +21,7 @@ from api.config import Settings, get_settings
 from api.deps import Authenticated
 from api.errors import install_error_handlers
 from api.routes import checkpoints, dashboard, health, jobs, metrics, plots, prometheus
+from api.routing import StrictQueryRoute
 
 log = logging.getLogger(__name__)
 
@@ -60,49 +58,7 @@ class BodySizeLimit:
         await self.app(scope, limited, send)
 
 
-def _query_params(dependant: Dependant) -> dict[str, bool]:
-    """The query parameters a route (with its sub-dependencies) takes: name -> repeatable."""
-    params = {field.alias: _is_list(field.field_info.annotation) for field in dependant.query_params}
-    for sub in dependant.dependencies:
-        params.update(_query_params(sub))
-    return params
-
-
-def _is_list(annotation: Any) -> bool:
-    """Whether a parameter's type is a list (`list[X] | None` included)."""
-    if get_origin(annotation) in (list, tuple, set, frozenset):
-        return True
-    return any(_is_list(arg) for arg in get_args(annotation)) if get_origin(annotation) in (Union, UnionType) else False
-
-
-_QUERY_PARAMS: dict[int, dict[str, bool]] = {}
-"""_query_params by id of the route's dependant (routes live as long as the app)."""
-
-
-async def check_query_params(request: Request) -> None:
-    """422 for a query parameter the route does not take (`?since=100` for `since_step` must not
-    silently return every row), or one given twice that takes one value (FastAPI would keep
-    the last and drop the other)."""
-    route = request.scope.get("route")
-    dependant = getattr(route, "dependant", None)
-    if dependant is None or not request.query_params:
-        return
-    known = _QUERY_PARAMS.get(id(dependant))
-    if known is None:
-        known = _QUERY_PARAMS[id(dependant)] = _query_params(dependant)
-    for name in sorted(set(request.query_params)):
-        if name not in known:
-            # The route's parameters are not listed: this runs before the token check, and the
-            # schema that lists them is behind the token.
-            msg = "unknown query parameter (misspelt?); /docs lists this route's parameters"
-        elif not known[name] and len(request.query_params.getlist(name)) > 1:
-            msg = "given more than once; this parameter takes one value"
-        else:
-            continue
-        raise RequestValidationError([{"type": "extra_forbidden", "loc": ("query", name), "msg": msg}])
-
-
-docs = APIRouter(include_in_schema=False, dependencies=[Authenticated])
+docs = APIRouter(include_in_schema=False, dependencies=[Authenticated], route_class=StrictQueryRoute)
 
 
 @docs.get("/openapi.json")
@@ -205,8 +161,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """The API app. Without `settings`, they come from the environment (`A2C_*`)."""
     app = FastAPI(title="a2c-service", version="0.1.0", lifespan=lifespan,
                   description="A2C training jobs on Ray: submit, watch metrics, download checkpoints.",
-                  docs_url=None, redoc_url=None, openapi_url=None,
-                  dependencies=[Depends(check_query_params)])
+                  docs_url=None, redoc_url=None, openapi_url=None)
     app.state.settings = settings or get_settings()
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=app.state.settings.max_body_bytes)

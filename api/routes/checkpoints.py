@@ -8,13 +8,14 @@ from fastapi import APIRouter, Path
 from fastapi.responses import FileResponse, Response, StreamingResponse
 
 from api.deps import Authenticated, ManagerDep
+from api.routing import StrictQueryRoute
 from api.schemas import CheckpointPublic, CheckpointsPublic
 from service import storage
 from service.jobs import CHECKPOINT_ID_PATTERN, JOB_ID_PATTERN
 
 CHUNK_BYTES = 1 << 20
 
-router = APIRouter(prefix="/jobs/{job_id}/checkpoints", tags=["checkpoints"], dependencies=[Authenticated])
+router = APIRouter(prefix="/jobs/{job_id}/checkpoints", tags=["checkpoints"], dependencies=[Authenticated], route_class=StrictQueryRoute)
 
 JobId = Annotated[str, Path(pattern=JOB_ID_PATTERN, description="A job id (12 hex digits).")]
 CheckpointId = Annotated[str, Path(pattern=CHECKPOINT_ID_PATTERN,

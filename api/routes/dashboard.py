@@ -12,9 +12,11 @@ from fastapi import APIRouter
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
+from api.routing import StrictQueryRoute
+
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 
-router = APIRouter(include_in_schema=False)
+router = APIRouter(include_in_schema=False, route_class=StrictQueryRoute)
 static_files = StaticFiles(directory=STATIC_DIR)
 """Mounted at /static by create_app."""
 

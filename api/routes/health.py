@@ -5,9 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Response, status
 
 from api.deps import Authenticated, ManagerDep
+from api.routing import StrictQueryRoute
 from api.schemas import Health
 
-router = APIRouter(tags=["health"])
+router = APIRouter(tags=["health"], route_class=StrictQueryRoute)
 
 
 @router.get("/healthz", response_model=Health)

@@ -8,10 +8,11 @@ from fastapi import APIRouter, Body, Header, Path, Query, Response, status
 from pydantic import SkipValidation
 
 from api.deps import Authenticated, ManagerDep
+from api.routing import StrictQueryRoute
 from api.schemas import JobCreate, JobDetail, JobPublic, JobsPublic, JobStatus
 from service.jobs import JOB_ID_PATTERN
 
-router = APIRouter(prefix="/jobs", tags=["jobs"], dependencies=[Authenticated])
+router = APIRouter(prefix="/jobs", tags=["jobs"], dependencies=[Authenticated], route_class=StrictQueryRoute)
 
 JobId = Annotated[str, Path(pattern=JOB_ID_PATTERN, description="A job id (12 hex digits).")]
 IdempotencyKey = Annotated[str | None, Header(

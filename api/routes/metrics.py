@@ -12,11 +12,12 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import Authenticated, ManagerDep, SettingsDep
+from api.routing import StrictQueryRoute
 from api.schemas import MetricsPublic
 from service.jobs import JOB_ID_PATTERN, JobManager
 from service.store import JobRow
 
-router = APIRouter(prefix="/jobs/{job_id}/metrics", tags=["metrics"], dependencies=[Authenticated])
+router = APIRouter(prefix="/jobs/{job_id}/metrics", tags=["metrics"], dependencies=[Authenticated], route_class=StrictQueryRoute)
 
 JobId = Annotated[str, Path(pattern=JOB_ID_PATTERN, description="A job id (12 hex digits).")]
 SinceStep = Annotated[int, Query(ge=0, description="Only rows with a larger step.")]

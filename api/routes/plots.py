@@ -8,10 +8,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query, Response
 
 from api.deps import Authenticated, ManagerDep
+from api.routing import StrictQueryRoute
 from service.jobs import JOB_ID_PATTERN, JobManager
 from service.store import JobRow
 
-router = APIRouter(prefix="/jobs/{job_id}", tags=["metrics"], dependencies=[Authenticated])
+router = APIRouter(prefix="/jobs/{job_id}", tags=["metrics"], dependencies=[Authenticated], route_class=StrictQueryRoute)
 
 JobId = Annotated[str, Path(pattern=JOB_ID_PATTERN, description="A job id (12 hex digits).")]
 PAGE = 10_000

@@ -16,10 +16,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.deps import Authenticated, StoreDep
+from api.routing import StrictQueryRoute
 from service.jobs import STATUSES
 from service.store import JobStore
 
-router = APIRouter(tags=["monitoring"], dependencies=[Authenticated])
+router = APIRouter(tags=["monitoring"], dependencies=[Authenticated], route_class=StrictQueryRoute)
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 

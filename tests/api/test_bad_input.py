@@ -415,6 +415,16 @@ def test_unknown_query_parameters_are_422_naming_them(client, path, param):
     assert r.json()["detail"][0]["loc"] == ["query", param]
 
 
+def test_every_route_refuses_an_unknown_query_parameter(client):
+    # Every router must use StrictQueryRoute: one without it would ignore the misspelling.
+    paths = [path.replace("{job_id}", "0123456789ab").replace("{ckpt_id}", "latest")
+             for path, ops in client.get("/openapi.json").json()["paths"].items() if "get" in ops]
+    assert len(paths) >= 8, paths
+    for path in [*paths, "/", "/docs", "/openapi.json"]:
+        r = client.get(path, params={"bogus": "1"})
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", "bogus"], (path, r.text)
+
+
 def test_a_one_value_query_parameter_given_twice_is_422(client):
     r = client.get("/jobs", params=[("max_results", "1"), ("max_results", "2")])
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", "max_results"], r.text
