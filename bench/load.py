@@ -242,7 +242,8 @@ async def _streamer(url: str, headers: dict[str, str], job_id: str, until: float
                     async for chunk in r.content.iter_any():
                         # Whole lines only; the ids are read from the chunk at once, not line by
                         # line in Python (a browser's EventSource parses in native code too).
-                        text, cut = tail + chunk, (tail + chunk).rfind(b"\n") + 1
+                        text = tail + chunk
+                        cut = text.rfind(b"\n") + 1
                         ids, tail = SSE_ID.findall(text, 0, cut), text[cut:]
                         if ids:
                             last, connect.events = ids[-1].decode(), connect.events + len(ids)
@@ -339,14 +340,14 @@ def _print(report: dict[str, Any]) -> None:
     print(json.dumps(report))
 
 
-def _run_loop(main: Any) -> Any:
+def _run_loop(coro: Any) -> Any:
     """Run the clients' coroutine on uvloop where it is installed (as the server does): the
     clients share the machine with the training, and asyncio's own loop costs them more CPU."""
     try:
         import uvloop
     except ImportError:
-        return asyncio.run(main)
-    return uvloop.run(main)
+        return asyncio.run(coro)
+    return uvloop.run(coro)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,7 +15,8 @@ from service.jobs import CHECKPOINT_ID_PATTERN, JOB_ID_PATTERN
 
 CHUNK_BYTES = 1 << 20
 
-router = APIRouter(prefix="/jobs/{job_id}/checkpoints", tags=["checkpoints"], dependencies=[Authenticated], route_class=StrictQueryRoute)
+router = APIRouter(prefix="/jobs/{job_id}/checkpoints", tags=["checkpoints"], dependencies=[Authenticated],
+                   route_class=StrictQueryRoute)
 
 JobId = Annotated[str, Path(pattern=JOB_ID_PATTERN, description="A job id (12 hex digits).")]
 CheckpointId = Annotated[str, Path(pattern=CHECKPOINT_ID_PATTERN,

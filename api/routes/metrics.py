@@ -17,7 +17,8 @@ from api.schemas import MetricsPublic
 from service.jobs import JOB_ID_PATTERN, JobManager
 from service.store import JobRow
 
-router = APIRouter(prefix="/jobs/{job_id}/metrics", tags=["metrics"], dependencies=[Authenticated], route_class=StrictQueryRoute)
+router = APIRouter(prefix="/jobs/{job_id}/metrics", tags=["metrics"], dependencies=[Authenticated],
+                   route_class=StrictQueryRoute)
 
 JobId = Annotated[str, Path(pattern=JOB_ID_PATTERN, description="A job id (12 hex digits).")]
 SinceStep = Annotated[int, Query(ge=0, description="Only rows with a larger step.")]

@@ -12,7 +12,8 @@ from api.routing import StrictQueryRoute
 from service.jobs import JOB_ID_PATTERN, JobManager
 from service.store import JobRow
 
-router = APIRouter(prefix="/jobs/{job_id}", tags=["metrics"], dependencies=[Authenticated], route_class=StrictQueryRoute)
+router = APIRouter(prefix="/jobs/{job_id}", tags=["metrics"], dependencies=[Authenticated],
+                   route_class=StrictQueryRoute)
 
 JobId = Annotated[str, Path(pattern=JOB_ID_PATTERN, description="A job id (12 hex digits).")]
 PAGE = 10_000
