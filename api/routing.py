@@ -33,19 +33,9 @@ def _is_list(annotation: Any) -> bool:
     return any(_is_list(arg) for arg in get_args(annotation)) if get_origin(annotation) in (Union, UnionType) else False
 
 
-_QUERY_PARAMS: dict[int, dict[str, bool]] = {}
-"""_query_params by id of the route's dependant (routes live as long as the app)."""
-
-
-def refuse_unexpected_query_params(request: Request) -> None:
-    """Raise a 422 (RequestValidationError) for a query parameter the matched route does not
-    take, or one given more than once that takes one value."""
-    dependant = getattr(request.scope.get("route"), "dependant", None)
-    if dependant is None:
-        return
-    known = _QUERY_PARAMS.get(id(dependant))
-    if known is None:
-        known = _QUERY_PARAMS[id(dependant)] = _query_params(dependant)
+def refuse_unexpected_query_params(request: Request, known: dict[str, bool]) -> None:
+    """Raise a 422 (RequestValidationError) for a query parameter not in `known` (the route's,
+    from `_query_params`), or one given more than once that takes one value."""
     for name in sorted(set(request.query_params)):
         if name not in known:
             # The route's parameters are not listed: this runs before the token check, and the
@@ -64,10 +54,16 @@ class StrictQueryRoute(APIRoute):
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         """FastAPI's handler, behind the query parameter check."""
         handler = super().get_route_handler()
+        known: dict[str, bool] | None = None  # this handler's route's parameters, on first use
 
         async def checked(request: Request) -> Response:
+            nonlocal known
             if request.scope.get("query_string"):
-                refuse_unexpected_query_params(request)
+                dependant = getattr(request.scope.get("route"), "dependant", None)
+                if known is None and dependant is not None:
+                    known = _query_params(dependant)
+                if known is not None:
+                    refuse_unexpected_query_params(request, known)
             return await handler(request)
 
         return checked
