@@ -21,8 +21,8 @@ for a server it started, the server, its job drivers, learners, workers and Ray'
 tell a CPU share lost to the requests from a slower machine. `--clients 0` measures the drop's
 noise floor: the same windows, no load.
 
-The clients run in this process (asyncio + aiohttp, one session and connection each, as
-independent clients have) on the same machine as the server and the training, so their CPU
+The clients run in this process (aiohttp, on uvloop where installed; one session and connection
+each, as independent clients have) on the same machine as the server and the training, so their CPU
 use is part of the measured drop; remote clients would not cost the training that.
 """
 
@@ -300,7 +300,9 @@ async def run(args: argparse.Namespace, url: str, server_pid: int | None = None)
                 async with control.post(f"/jobs/{j}/stop"):
                     pass
     # Each load window against the mean of the quiet windows before and after it.
-    drops = [round(100 * (1 - sps[k] / ((sps[k - 1] + sps[k + 1]) / 2)), 1) for k in range(1, len(sps), 2)]
+    quiet = [(sps[k - 1] + sps[k + 1]) / 2 for k in range(1, len(sps), 2)]
+    drops = [round(100 * (1 - sps[k] / q), 1) if q > 0 else None for k, q in zip(range(1, len(sps), 2), quiet)]
+    measured = [d for d in drops if d is not None]  # a stalled quiet window has no drop to compare
     return {
         "clients": args.clients, "sse_clients": n_sse, "duration_s": args.duration,
         "poll_interval_s": args.poll_interval, "repeat": args.repeat,
@@ -310,7 +312,7 @@ async def run(args: argparse.Namespace, url: str, server_pid: int | None = None)
         "windows": [{"phase": name, "env_steps_per_s": round(v, 1), "cores_used": cores}
                     for (name, (_, _, cores)), v in zip(windows, sps)],
         "drops_pct": drops,
-        "throughput_drop_pct": round(statistics.median(drops), 1),
+        "throughput_drop_pct": round(statistics.median(measured), 1) if measured else None,
         "load_average": os.getloadavg(),
     }
 
@@ -366,6 +368,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ray-cpus", type=int, default=4, help="CPUs of the embedded Ray of a started server")
     p.add_argument("--start-timeout", type=float, default=300.0)
     args = p.parse_args(argv)
+    if args.repeat < 1:
+        p.error("--repeat must be at least 1 (load windows to measure)")
     server = None if args.url else Server(args.ray_cpus)
     try:
         if server is not None:
