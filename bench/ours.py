@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -26,6 +27,8 @@ from bench.procmon import Launched
 from bench.record import RunRecord
 
 REPO = Path(__file__).resolve().parent.parent
+RAY_UP = re.compile(r"up in ([0-9.]+)s$")
+"""The end of the CLI's "ray" event: the seconds `connect` took."""
 
 
 def train_command(env: str, steps: int, seed: int, workers: int, envs_per_worker: int | None,
@@ -43,11 +46,16 @@ def parse_run(out: Path, launched_at: float, env: str, seed: int) -> RunRecord:
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line]
     events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines() if line]
     started = next(e["time"] for e in events if e["kind"] == "started")
-    ray_up = next((e["time"] for e in events if e["kind"] == "ray"), None)
+    ray_event = next((e for e in events if e["kind"] == "ray"), None)
+    ray_up = ray_event["time"] if ray_event else None
+    # The CLI's "ray" event ends "up in 4.12s": how long connecting (an embedded ray.init) took.
+    took = RAY_UP.search(ray_event["message"]) if ray_event else None
+    ray_init_s = float(took.group(1)) if took else None
     config = json.loads((out / "config.json").read_text())
     last = rows[-1]
     extra = {
         "ray_connected_s": round(ray_up - launched_at, 2) if ray_up else None,
+        "ray_init_s": ray_init_s,
         "actors_ready_s": round(started - ray_up, 2) if ray_up else None,
         "max_policy_lag": max(r.get("policy_lag", 0) for r in rows),
         "updates": len(rows),

@@ -172,8 +172,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     storage.write_bytes_atomic(storage.join(out, "config.json"), spec.model_dump_json(indent=2).encode())
     sink = ConsoleSink(out, spec.total_steps)
     try:
+        connecting = time.monotonic()
         where = connect(args.address, num_cpus=args.num_cpus or max(os.cpu_count() or 1, spec.workers + 1))
-        sink.event("ray", where)
+        sink.event("ray", f"{where}, up in {time.monotonic() - connecting:.2f}s")
         if spec.tuned:
             sink.event("tuned", f"from the tuned table for {spec.env}: "
                        + ", ".join(f"{k}={spec.value_at(k)}" for k in spec.tuned))

@@ -64,13 +64,14 @@ def test_parse_run_reads_metrics_and_events_of_a_cli_run(tmp_path):
         {"step": 256 * i, "wall_s": 0.01 * i, "episode_return_mean": 10.0 * i, "policy_lag": 0})
         for i in range(1, 5)) + "\n")
     (tmp_path / "events.jsonl").write_text(
-        json.dumps({"time": 105.0, "kind": "ray", "message": ""}) + "\n"
+        json.dumps({"time": 105.0, "kind": "ray", "message": "embedded local Ray (1 node, 3 CPUs), up in 4.25s"}) + "\n"
         + json.dumps({"time": 107.5, "kind": "started", "message": ""}) + "\n")
     (tmp_path / "config.json").write_text(json.dumps(
         {"workers": 2, "envs_per_worker": 8, "mode": "sync", "a2c": {}, "policy": {}, "tuned": []}))
     rec = parse_run(tmp_path, launched_at=100.0, env="CartPole-v1", seed=0)
     assert (rec.steps, rec.loop_wall_s, rec.startup_s) == (1024, 0.04, 7.5)
     assert rec.extra["actors_ready_s"] == 2.5 and rec.curve[-1] == (0.04, 1024, 40.0)
+    assert (rec.extra["ray_connected_s"], rec.extra["ray_init_s"]) == (5.0, 4.25)
 
 
 def test_process_tree_memory_includes_this_process():
