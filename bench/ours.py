@@ -120,6 +120,13 @@ def run_ours(env: str, steps: int, seed: int, workers: int = 2, envs_per_worker:
         if code != 0:
             record.error = f"exit {code}: {proc.tail()}"
         record.peak_rss_mb, record.peak_pss_mb = proc.monitor.peak_rss_mb, proc.monitor.peak_pss_mb
+        connected, ray_init = record.extra.get("ray_connected_s"), record.extra.get("ray_init_s")
+        if connected is not None and ray_init is not None and record.startup_s:
+            # The machine's CPU seconds from the start of connecting to the first env step: on a
+            # 2-core machine, Ray + actors cannot take less wall time than half of it.
+            busy = proc.monitor.machine_busy_s(proc.launched_at + connected - ray_init,
+                                               proc.launched_at + record.startup_s)
+            record.extra["ray_and_actors_cpu_s"] = round(busy, 2) if busy is not None else None
         record.load_before, record.load_after = proc.load_before, proc.load_after
         if roles_every_s:
             record.extra["rss_by_role"] = proc.monitor.roles

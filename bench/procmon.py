@@ -66,7 +66,8 @@ def load_average() -> tuple[float, float, float]:
 
 
 class TreeMonitor:
-    """Samples a process tree's memory every `interval_s` and keeps the peaks (a context manager)."""
+    """Samples a process tree's memory every `interval_s` and keeps the peaks (a context manager);
+    it also samples how busy the whole machine was, for `machine_busy_s`."""
 
     def __init__(self, root: int, interval_s: float = 0.5, roles_every_s: float | None = None) -> None:
         self.root, self.interval_s, self.roles_every_s = root, interval_s, roles_every_s
@@ -74,6 +75,8 @@ class TreeMonitor:
         self.samples = 0
         self.roles: list[tuple[float, dict[str, float]]] = []
         """(seconds since start, RSS by role), every `roles_every_s` when that is set."""
+        self.busy: list[tuple[float, float]] = []
+        """(time.time(), the machine's busy CPU seconds so far), one per sample."""
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
 
@@ -83,10 +86,19 @@ class TreeMonitor:
             if self.roles_every_s and time.monotonic() - t0 >= next_roles:
                 self.roles.append((round(time.monotonic() - t0, 1), roles_memory_mb(self.root)))
                 next_roles += self.roles_every_s
+            self.busy.append((time.time(), machine_cpu_s()["machine busy"]))
             rss, pss = tree_memory_mb(self.root)
             self.peak_rss_mb, self.peak_pss_mb = max(self.peak_rss_mb, rss), max(self.peak_pss_mb, pss)
             self.samples += 1
             self._stop.wait(self.interval_s)
+
+    def machine_busy_s(self, t0: float, t1: float) -> float | None:
+        """CPU seconds the machine spent busy (all cores, every process) between two wall-clock
+        times, interpolated between samples; None outside the sampled span."""
+        times = [t for t, _ in self.busy]
+        if len(times) < 2 or not times[0] <= t0 <= t1 <= times[-1]:
+            return None
+        return _interpolate(self.busy, t1) - _interpolate(self.busy, t0)
 
     def __enter__(self) -> "TreeMonitor":
         self._thread.start()
@@ -95,6 +107,14 @@ class TreeMonitor:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
+
+
+def _interpolate(points: list[tuple[float, float]], t: float) -> float:
+    """The value at `t` of a piecewise-linear series of (t, value) points sorted by t."""
+    for (t0, v0), (t1, v1) in zip(points, points[1:]):
+        if t0 <= t <= t1:
+            return v0 if t1 == t0 else v0 + (v1 - v0) * (t - t0) / (t1 - t0)
+    raise ValueError(f"{t} is outside the series")
 
 
 def role_of(pid: int, root: int, root_role: str = "driver") -> str:

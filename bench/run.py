@@ -128,10 +128,12 @@ def startup(plan: dict, seeds: list[int], log_dir: Path) -> dict[str, Any]:
     running (`--address`). `ray_and_actors_s` is the target's "Ray start-up plus actor creation"."""
     def parts(rec: RunRecord) -> dict[str, Any]:
         ray_init, actors = rec.extra.get("ray_init_s"), rec.extra.get("actors_ready_s")
+        both = round(ray_init + actors, 2) if ray_init is not None and actors is not None else None
+        cpu = rec.extra.get("ray_and_actors_cpu_s")
         return {"seed": rec.seed, "startup_s": round(rec.startup_s, 2) if rec.startup_s else None,
                 "ray_connected_s": rec.extra.get("ray_connected_s"), "ray_init_s": ray_init, "actors_ready_s": actors,
-                "ray_and_actors_s": round(ray_init + actors, 2) if ray_init is not None and actors is not None else None,
-                "error": rec.error}
+                "ray_and_actors_s": both, "ray_and_actors_cpu_s": cpu,
+                "cores_busy": round(cpu / both, 2) if cpu is not None and both else None, "error": rec.error}
 
     steps = plan["startup_steps"]
     out: dict[str, Any] = {"embedded": [parts(run_ours("CartPole-v1", steps, s, log_dir=log_dir)) for s in seeds]}
@@ -142,7 +144,8 @@ def startup(plan: dict, seeds: list[int], log_dir: Path) -> dict[str, Any]:
         for row in out[mode]:
             print(f"  ours {mode:8s} seed {row['seed']}: start-up {row['startup_s']}s = Ray connected "
                   f"{row['ray_connected_s']}s (of which connecting {row['ray_init_s']}s) + actors ready "
-                  f"{row['actors_ready_s']}s; Ray + actors {row['ray_and_actors_s']}s"
+                  f"{row['actors_ready_s']}s; Ray + actors {row['ray_and_actors_s']}s, in which the machine "
+                  f"was busy {row['ray_and_actors_cpu_s']} CPU-s ({row['cores_busy']} cores, all processes)"
                   + (f"  ERROR {row['error'][:300]}" if row["error"] else ""), flush=True)
     return out
 

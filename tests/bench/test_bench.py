@@ -114,3 +114,12 @@ def test_cpu_accounting_counts_a_busy_child_under_its_parent():
     finally:
         child.kill()
         child.wait()
+
+
+def test_machine_busy_seconds_are_interpolated_between_samples():
+    from bench.procmon import TreeMonitor
+    monitor = TreeMonitor(os.getpid())
+    monitor.busy = [(10.0, 100.0), (11.0, 101.5), (12.0, 103.5)]
+    assert monitor.machine_busy_s(10.5, 11.5) == pytest.approx(0.75 + 1.0)
+    assert monitor.machine_busy_s(10.0, 12.0) == pytest.approx(3.5)
+    assert monitor.machine_busy_s(9.0, 11.0) is None  # before the first sample: unknown
