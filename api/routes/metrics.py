@@ -68,9 +68,19 @@ class SharedReads:
         return asyncio.shield(hit[1])  # one stream going away must not cancel the others' read
 
 
+def metrics_event(step: int, row: str) -> str:
+    """One stored metrics row as a server-sent event: `id` its step, `event: metrics`, `data` the
+    row's JSON. The bytes are those of sse-starlette's `ServerSentEvent(row, event="metrics",
+    id=str(step)).encode()`, built in one f-string: a stored row is one line of JSON (the store
+    writes it with `json.dumps`, which escapes newlines), so there are no lines to split, and
+    the generic encoder cost 20 times more per row (3.4 us against 0.15 us; streams catching up
+    send hundreds of thousands of rows)."""
+    return f"id: {step}\r\nevent: metrics\r\ndata: {row}\r\n\r\n"
+
+
 async def _read_events(manager: JobManager, job_id: str, since: int) -> tuple[JobRow, bytes, int, int]:
     job, rows = await asyncio.to_thread(manager.metrics_json, job_id, since, STREAM_BATCH)
-    events = b"".join(ServerSentEvent(row, event="metrics", id=str(step)).encode() for step, row in rows)
+    events = "".join(metrics_event(step, row) for step, row in rows).encode()
     return job, events, rows[-1][0] if rows else since, len(rows)
 
 

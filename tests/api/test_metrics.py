@@ -73,6 +73,14 @@ def test_stream_of_a_running_job_is_live_and_api_keeps_answering(client, long_jo
     assert events[-1] == ("end", {"status": "STOPPED", "step": steps[-1]})
 
 
+def test_metrics_events_are_encoded_as_sse_starlette_encodes_them():
+    from sse_starlette import ServerSentEvent
+
+    from api.routes.metrics import metrics_event
+    row = json.dumps({"step": 1536, "episode_return_mean": None, "note": "a\nb \u2028 \\r"})
+    assert metrics_event(1536, row).encode() == ServerSentEvent(row, event="metrics", id="1536").encode()
+
+
 class _CountingManager:
     """A JobManager stand-in for `metrics_events`: a running job whose rows grow between reads."""
 
