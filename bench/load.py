@@ -10,7 +10,9 @@ measured with no clients (quiet), then while `--clients` concurrent clients hit 
 reports each load window's drop against its two quiet neighbours and their median. Half the
 clients (`--sse-fraction`) hold `GET /jobs/{id}/metrics/stream` open and read its events
 (reconnecting when it ends); the rest poll `GET /jobs/{id}/metrics?since_step=` every
-`--poll-interval` seconds (1 s by default, a dashboard's refresh; 0 polls back to back).
+`--poll-interval` seconds (1 s by default, a dashboard's refresh; 0 polls back to back). Like
+dashboards opening a job, clients first catch up on its history: in the first load window all
+of it, in each later one the same number of steps, up to the current one.
 
 Prints p50/p99/max latency per endpoint, the error count (any non-2xx or transport error; the
 exit code is 1 when it is not 0), and the throughput drop: load vs the mean of the quiet
@@ -22,8 +24,11 @@ tell a CPU share lost to the requests from a slower machine. `--clients 0` measu
 noise floor: the same windows, no load.
 
 The clients run in this process (aiohttp, on uvloop where installed; one session and connection
-each, as independent clients have) on the same machine as the server and the training, so their CPU
-use is part of the measured drop; remote clients would not cost the training that.
+each, as independent clients have) on the same machine as the server and the training. They
+stand for remote dashboards, which would cost this machine nothing, so by default they run at
+nice 19 (`--clients-nice`), in the same scheduling group as the server: they get the CPU that
+the training and the server leave, and what they take beyond that still counts in the drop.
+`--clients-nice 0` makes them compete with the training as equals.
 """
 
 from __future__ import annotations
@@ -88,7 +93,14 @@ def _free_port() -> int:
 
 
 class Server:
-    """`a2c serve` in its own process group, on a free port and a temporary data dir."""
+    """`a2c serve` in its own process group, on a free port and a temporary data dir.
+
+    It stays in this process's session: with Linux's autogroup scheduling (on by default), each
+    session is one group that gets an equal share of the CPU, so nice values order only the
+    processes of one session. Here the clients' nice (`--clients-nice`) ranks them below the
+    training and the server's request handling (A2C_REQUEST_NICE); in a session of their own,
+    they would compete with the whole server as an equal.
+    """
 
     def __init__(self, ray_cpus: int) -> None:
         self.tmp = Path(tempfile.mkdtemp(prefix="a2c-load-"))
@@ -100,7 +112,7 @@ class Server:
         self.log = open(self.tmp / "server.log", "wb")
         self.proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(self.port),
                                       "--data-dir", str(self.tmp / "data")], cwd=REPO, env=env,
-                                     stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+                                     stdout=self.log, stderr=subprocess.STDOUT, preexec_fn=os.setpgrp)
 
     def wait_ready(self, timeout: float = 180) -> None:
         """Until /readyz says ok (Ray joined, store open)."""
@@ -204,10 +216,10 @@ def _client(url: str, headers: dict[str, str]) -> aiohttp.ClientSession:
                                  timeout=aiohttp.ClientTimeout(total=None, connect=30, sock_read=60))
 
 
-async def _poller(url: str, headers: dict[str, str], job_id: str, until: float, interval: float,
+async def _poller(url: str, headers: dict[str, str], job_id: str, since: int, until: float, interval: float,
                   samples: Samples) -> None:
-    """GET /jobs/{id}/metrics?since_step= every `interval` s, as a dashboard polling for new rows."""
-    since = 0
+    """GET /jobs/{id}/metrics?since_step= every `interval` s, as a dashboard polling for new rows
+    (the first polls catch up from step `since`, 1000 rows at a time)."""
     async with _client(url, headers) as session:
         while time.monotonic() < until:
             t0 = time.monotonic()
@@ -224,15 +236,16 @@ async def _poller(url: str, headers: dict[str, str], job_id: str, until: float, 
             await asyncio.sleep(max(0.0, interval - (time.monotonic() - t0)))
 
 
-async def _streamer(url: str, headers: dict[str, str], job_id: str, until: float, connect: Samples) -> None:
-    """Hold the metrics stream open, read its events, reconnect (Last-Event-ID) if it ends."""
-    last = None
+async def _streamer(url: str, headers: dict[str, str], job_id: str, since: int, until: float,
+                    connect: Samples) -> None:
+    """Hold the metrics stream open from step `since`, read its events, reconnect
+    (Last-Event-ID) if it ends."""
+    last = str(since)
     async with _client(url, headers) as session:
         while time.monotonic() < until:
             t0 = time.monotonic()
             try:
-                async with session.get(f"/jobs/{job_id}/metrics/stream",
-                                       headers={"Last-Event-ID": last} if last else {}) as r:
+                async with session.get(f"/jobs/{job_id}/metrics/stream", headers={"Last-Event-ID": last}) as r:
                     connect.latencies.append(time.monotonic() - t0)
                     if r.status != 200:
                         connect.errors += 1
@@ -277,11 +290,18 @@ async def run(args: argparse.Namespace, url: str, server_pid: int | None = None)
             windows = [("quiet", await _window(args.quiet_s, server_pid))]
             polls, streams = Samples(), Samples()
             n_sse = round(args.clients * args.sse_fraction)
+            # Each window's clients open with the same amount of history to catch up on: the
+            # first window's (all of it, from step 0). From step 0 every time, later windows
+            # would read ever more rows, and their drops would not be alike.
+            history = [(await _get_json(control, f"/jobs/{j}"))["progress"]["step"] for j in job_ids]
             for _ in range(args.repeat):  # load, then quiet again: each load window has two neighbours
+                steps = [(await _get_json(control, f"/jobs/{j}"))["progress"]["step"] for j in job_ids]
+                since = [max(0, step - h) for step, h in zip(steps, history)]
                 until = time.monotonic() + args.duration
-                tasks = [asyncio.create_task(_streamer(url, headers, job_ids[i % 2], until, streams))
+                tasks = [asyncio.create_task(_streamer(url, headers, job_ids[i % 2], since[i % 2], until, streams))
                          for i in range(n_sse)]
-                tasks += [asyncio.create_task(_poller(url, headers, job_ids[i % 2], until, args.poll_interval, polls))
+                tasks += [asyncio.create_task(_poller(url, headers, job_ids[i % 2], since[i % 2], until,
+                                                      args.poll_interval, polls))
                           for i in range(args.clients - n_sse)]
                 await asyncio.sleep(min(2.0, args.duration / 10))  # let every client connect first
                 windows.append(("load", await _window(max(1.0, until - time.monotonic() - 0.5), server_pid)))
@@ -305,7 +325,7 @@ async def run(args: argparse.Namespace, url: str, server_pid: int | None = None)
     measured = [d for d in drops if d is not None]  # a stalled quiet window has no drop to compare
     return {
         "clients": args.clients, "sse_clients": n_sse, "duration_s": args.duration,
-        "poll_interval_s": args.poll_interval, "repeat": args.repeat,
+        "poll_interval_s": args.poll_interval, "repeat": args.repeat, "clients_nice": args.clients_nice,
         "endpoints": {"GET /jobs/{id}/metrics": polls.summary(),
                       "GET /jobs/{id}/metrics/stream (connect)": streams.summary()},
         "errors": polls.errors + streams.errors,
@@ -319,7 +339,8 @@ async def run(args: argparse.Namespace, url: str, server_pid: int | None = None)
 
 def _print(report: dict[str, Any]) -> None:
     print(f"{report['clients']} clients ({report['sse_clients']} on the SSE stream, the rest polling every "
-          f"{report['poll_interval_s']} s) for {report['duration_s']} s, {report['repeat']} time(s)")
+          f"{report['poll_interval_s']} s; nice {report['clients_nice']}) for {report['duration_s']} s, "
+          f"{report['repeat']} time(s)")
     print(f"{'endpoint':42} {'count':>7} {'errors':>6} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
     for name, s in report["endpoints"].items():
         print(f"{name:42} {s['count']:>7} {s['errors']:>6} {s['p50_ms']!s:>8} {s['p99_ms']!s:>8} {s['max_ms']!s:>8}"
@@ -364,9 +385,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=1,
                    help="load windows, each followed by a quiet one; the drop reported is the median")
     p.add_argument("--quiet-s", type=float, default=30.0, help="seconds of each no-load window")
-    p.add_argument("--warmup-s", type=float, default=5.0, help="seconds of training before measuring")
+    p.add_argument("--warmup-s", type=float, default=30.0,
+                   help="seconds of training before measuring (after 5 s, the first quiet window read the lowest in 3 of 4 runs)")
     p.add_argument("--ray-cpus", type=int, default=4, help="CPUs of the embedded Ray of a started server")
     p.add_argument("--start-timeout", type=float, default=300.0)
+    p.add_argument("--clients-nice", type=int, default=19, choices=range(20), metavar="0-19",
+                   help="nice value of the clients (default 19: they stand for remote dashboards, so they get "
+                        "the CPU the training and the server leave; 0: they compete with the training as equals)")
     args = p.parse_args(argv)
     if args.repeat < 1:
         p.error("--repeat must be at least 1 (load windows to measure)")
@@ -374,6 +399,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if server is not None:
             server.wait_ready()
+        # After the server started: it and its Ray keep their own priority. The clients run in
+        # this thread (and in threads it starts, which inherit its nice value).
+        os.setpriority(os.PRIO_PROCESS, 0, args.clients_nice)
         report = _run_loop(run(args, args.url or server.url, server and server.proc.pid))
     finally:
         if server is not None:
