@@ -386,7 +386,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="load windows, each followed by a quiet one; the drop reported is the median")
     p.add_argument("--quiet-s", type=float, default=30.0, help="seconds of each no-load window")
     p.add_argument("--warmup-s", type=float, default=30.0,
-                   help="seconds of training before measuring (after 5 s, the first quiet window read the lowest in 3 of 4 runs)")
+                   help="seconds of training before measuring (after 5 s, the first quiet window "
+                        "read the lowest in 3 of 4 runs)")
     p.add_argument("--ray-cpus", type=int, default=4, help="CPUs of the embedded Ray of a started server")
     p.add_argument("--start-timeout", type=float, default=300.0)
     p.add_argument("--clients-nice", type=int, default=19, choices=range(20), metavar="0-19",
