@@ -71,6 +71,12 @@ class PolicyConfig(FrozenModel):
     out of the policy's features."""
     log_std_init: float = Field(0.0, ge=-5, le=2)
     """Initial log standard deviation of the Gaussian head (Box action spaces)."""
+    use_sde: bool = False
+    """Generalized state-dependent exploration (gSDE, Raffin et al. 2021; Box action spaces
+    only): the exploration noise is the policy's last hidden features times a matrix drawn
+    once per rollout for each env, so it changes smoothly along a trajectory instead of every
+    step. Its std is then one value per (hidden feature, action component), starting at
+    exp(log_std_init)."""
     normalize_observations: bool = False
     """Feed the network observations normalised by their running mean and std (clipped to
     +-10), as SB3's VecNormalize does. The statistics are buffers of the policy: the learner

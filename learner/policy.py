@@ -60,8 +60,12 @@ class ActorCritic(nn.Module):
         self.action_head = nn.Linear(width, spaces.action_dim)
         self.value_head = nn.Linear(width, 1)
         self.discrete = spaces.action_type == "discrete"
+        if self.discrete and config.use_sde:
+            raise ValueError("use_sde needs a Box action space; this env's actions are Discrete")
         if not self.discrete:
-            self.log_std = nn.Parameter(torch.full((spaces.action_dim,), config.log_std_init))
+            # gSDE: one std per (hidden feature, action component); else one per component.
+            shape = (width, spaces.action_dim) if config.use_sde else (spaces.action_dim,)
+            self.log_std = nn.Parameter(torch.full(shape, config.log_std_init))
         # Orthogonal init as in OpenAI baselines / SB3: small policy logits keep early entropy high.
         for module in [*self.torso, *(self.value_torso or [])]:
             if isinstance(module, nn.Linear):
@@ -73,27 +77,38 @@ class ActorCritic(nn.Module):
         nn.init.zeros_(self.value_head.bias)
 
     def _forward(self, obs: torch.Tensor, with_value: bool = True
-                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Raw action-head outputs (B, action_dim), logits or Gaussian means, and values (B,)
-        (None unless `with_value`) for a batch of B observations."""
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """For a batch of B observations: the policy's last hidden features (B, hidden), the
+        action head's outputs (B, action_dim), logits or Gaussian means, and values (B,) (None
+        unless `with_value`)."""
         obs = obs.reshape(obs.shape[0], -1)
         if self.obs_norm is not None:
             obs = self.obs_norm(obs)
         latent = self.torso(obs)
         out = self.action_head(latent)
         if not with_value:
-            return out, None
-        if self.value_torso is not None:
-            latent = self.value_torso(obs)
-        return out, self.value_head(latent).squeeze(-1)
+            return latent, out, None
+        value_latent = latent if self.value_torso is None else self.value_torso(obs)
+        return latent, out, self.value_head(value_latent).squeeze(-1)
+
+    def _action_std(self, latent: torch.Tensor) -> torch.Tensor:
+        """The Gaussian head's std for each of B samples, (B, action_dim).
+
+        Without gSDE, exp(log_std) for every sample. With it, the std of the noise
+        `latent @ E` when E's entries are N(0, exp(log_std)^2): sqrt(latent^2 @ exp(log_std)^2),
+        the features detached (the noise does not train them), as in SB3's default.
+        """
+        if not self.config.use_sde:
+            return self.log_std.exp().expand(latent.shape[0], -1)
+        return torch.sqrt(latent.detach().square() @ self.log_std.exp().square() + 1e-6)
 
     def _heads(self, obs: torch.Tensor) -> tuple[torch.distributions.Distribution, torch.Tensor]:
         """Action distribution over a batch of B observations, and values of shape (B,)."""
-        out, value = self._forward(obs)
+        latent, out, value = self._forward(obs)
         if self.discrete:
             dist: torch.distributions.Distribution = Categorical(logits=out, validate_args=False)
         else:
-            dist = Normal(out, self.log_std.exp().expand_as(out), validate_args=False)
+            dist = Normal(out, self._action_std(latent), validate_args=False)
         return dist, value
 
     def _log_prob(self, dist: torch.distributions.Distribution, action: torch.Tensor) -> torch.Tensor:
@@ -104,30 +119,44 @@ class ActorCritic(nn.Module):
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, deterministic: bool = False,
-            generator: torch.Generator | None = None
+            generator: torch.Generator | None = None, exploration: torch.Tensor | None = None
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Actions for (B, *obs_shape) observations: (action, log_prob (B,), value (B,)).
 
-        Sampling draws from `generator` when given (reproducible per worker). Box actions are
-        returned unclipped (their log-prob is of the sampled value); clip them with
-        `clip_action` only when sending them to the env. The same distributions as
-        `evaluate_actions`, computed without torch.distributions objects: this runs once per
-        env step on every worker, where their construction cost more than the network.
+        Sampling draws from `generator` when given (reproducible per worker); with gSDE the
+        noise is `latent @ exploration[b]` for sample b instead, `exploration` being
+        `sample_exploration(B)` of the rollout. Box actions are returned unclipped (their
+        log-prob is of the sampled value); clip them with `clip_action` only when sending them
+        to the env. The same distributions as `evaluate_actions`, computed without
+        torch.distributions objects: this runs once per env step on every worker, where their
+        construction cost more than the network.
         """
-        out, value = self._forward(obs)
+        latent, out, value = self._forward(obs)
         if self.discrete:
             log_p = torch.log_softmax(out, -1)
             action = (log_p.argmax(-1) if deterministic
                       else torch.multinomial(log_p.exp(), 1, generator=generator).squeeze(-1))
             return action, log_p.gather(-1, action.unsqueeze(-1)).squeeze(-1), value
-        log_std = self.log_std.expand_as(out)
+        std = self._action_std(latent)
         if deterministic:
             action = out
+        elif self.config.use_sde:
+            if exploration is None:
+                raise ValueError("gSDE sampling needs the rollout's exploration matrices (sample_exploration)")
+            action = out + torch.bmm(latent.unsqueeze(1), exploration).squeeze(1)
         else:
-            action = out + log_std.exp() * torch.randn(out.shape, generator=generator, dtype=out.dtype)
-        z = (action - out) / log_std.exp()
-        log_prob = (-0.5 * z.square() - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+            action = out + std * torch.randn(out.shape, generator=generator, dtype=out.dtype)
+        z = (action - out) / std
+        log_prob = (-0.5 * z.square() - std.log() - 0.5 * math.log(2 * math.pi)).sum(-1)
         return action, log_prob, value
+
+    @torch.no_grad()
+    def sample_exploration(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """gSDE's noise matrices for n envs, (n, hidden, action_dim), with N(0, exp(log_std)^2)
+        entries. A worker draws them at the start of each rollout: for its T steps, each env's
+        exploration noise is then a fixed linear function of its state's features."""
+        std = self.log_std.exp()
+        return torch.randn((n, *std.shape), generator=generator, dtype=std.dtype) * std
 
     @torch.no_grad()
     def value(self, obs: torch.Tensor) -> torch.Tensor:

@@ -38,8 +38,7 @@ from service.job_process import DriverRequest, JobProcess
 from service.spec import InvalidSpec, JobSpec, build_spec
 from service.store import CheckpointRow, EventRow, JobRow, JobStore
 from service.tensorboard_log import TensorBoardLog
-from service.trainer import CheckpointInfo, check_resume, read_checkpoint
-from workers.env import UnknownEnvironment, describe_spaces
+from service.trainer import CheckpointInfo, job_spaces, read_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -366,14 +365,8 @@ class JobManager:
         if spec.workers + 1 > cpus:
             raise InvalidSpec("workers", f"{spec.workers} workers and a learner need "
                               f"{spec.workers + 1} CPUs; the cluster has {cpus:g}")
-        try:
-            spaces = describe_spaces(spec.env, spec.env_kwargs)
-        except UnknownEnvironment as exc:
-            raise InvalidSpec("env", str(exc)) from None
-        except Exception as exc:  # noqa: BLE001 - bad env_kwargs raise whatever the env raises
-            raise InvalidSpec("env_kwargs", f"{spec.env} cannot be made with these kwargs: {exc}") from None
+        job_spaces(spec, resume)
         if resume is not None:
-            check_resume(spec, resume, spaces)
             if spec.total_steps <= resume.state.step:
                 raise InvalidSpec("total_steps", f"must be above the checkpoint's step "
                                   f"({resume.state.step}) to train further")

@@ -40,7 +40,7 @@ from workers.worker import Episodes
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CheckpointInfo", "NullSink", "Trainer", "TrainingFailed", "TrainingSink"]
+__all__ = ["CheckpointInfo", "NullSink", "Trainer", "TrainingFailed", "TrainingSink", "job_spaces"]
 
 RETURN_WINDOW = 20
 """Episode returns and summary means are over the last this many finished episodes."""
@@ -106,6 +106,23 @@ def read_checkpoint(location: str) -> Checkpoint:
     return read_archive(storage.read_bytes(location))
 
 
+def job_spaces(spec: JobSpec, resume: Checkpoint | None = None) -> SpacesSpec:
+    """The env's spaces, once the job's env, policy and resumed checkpoint (if any) are known to
+    fit them; raises InvalidSpec naming the field that does not."""
+    try:
+        spaces = describe_spaces(spec.env, spec.env_kwargs)
+    except UnknownEnvironment as exc:
+        raise InvalidSpec("env", str(exc)) from None
+    except Exception as exc:  # noqa: BLE001 - bad env_kwargs raise whatever the env raises
+        raise InvalidSpec("env_kwargs", f"{spec.env} cannot be made with these kwargs: {exc}") from None
+    if spec.policy.use_sde and spaces.action_type != "box":
+        raise InvalidSpec("policy.use_sde", f"gSDE explores continuous actions; {spec.env}'s are "
+                          f"{spaces.action_type}: set use_sde to false")
+    if resume is not None:
+        check_resume(spec, resume, spaces)
+    return spaces
+
+
 def check_resume(spec: JobSpec, resume: Checkpoint, spaces: SpacesSpec) -> None:
     """Refuse a resumed job whose env or policy the checkpoint's weights do not fit."""
     if resume.spaces != spaces:
@@ -165,18 +182,6 @@ class Trainer:
         """Whether a stop was requested."""
         return self._stop.is_set()
 
-    def _spaces(self) -> SpacesSpec:
-        """The env's spaces, checked for support before any actor starts."""
-        try:
-            spaces = describe_spaces(self.spec.env, self.spec.env_kwargs)
-        except UnknownEnvironment as exc:
-            raise InvalidSpec("env", str(exc)) from None
-        except Exception as exc:  # noqa: BLE001 - e.g. bad env_kwargs raise TypeError in the env
-            raise InvalidSpec("env_kwargs", f"{self.spec.env} cannot be made: {exc}") from None
-        if self.resume is not None:
-            check_resume(self.spec, self.resume, spaces)
-        return spaces
-
     def _check_cluster(self) -> bool:
         """Refuse a job the cluster can never hold; returns whether the learner gets a GPU."""
         spec = self.spec
@@ -225,7 +230,7 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         """Train; returns the summary (keys of ARCHITECTURE.md plus `status`)."""
         spec, t0 = self.spec, time.monotonic()
-        spaces = self._spaces()
+        spaces = job_spaces(spec, self.resume)  # checked before any actor starts
         self.use_gpu = self._check_cluster()
         self.workers = WorkerGroup(spec, spaces, self.sink, self.call_timeout_s, self.resource_timeout_s,
                                    self.max_worker_replacements)

@@ -63,10 +63,12 @@ class RolloutWorker:
         ep_returns: list[float] = []
         ep_lengths: list[int] = []
         with torch.inference_mode():
+            # gSDE: one noise matrix per env for this rollout (SB3's sde_sample_freq=-1).
+            exploration = self.policy.sample_exploration(N, self.generator) if self.policy.config.use_sde else None
             for t in range(T):
                 obs_buf[t] = self.obs
                 action, log_prob, value = self.policy.act(torch.from_numpy(obs_buf[t]),
-                                                             generator=self.generator)
+                                                             generator=self.generator, exploration=exploration)
                 action_np = action.numpy()
                 if actions is None:
                     actions = np.empty((T, *action_np.shape), action_np.dtype)

@@ -141,3 +141,29 @@ def test_act_samples_and_log_probs_agree_with_evaluate_actions():
     actions, _, _ = policy.act(torch.zeros(20000, 3), generator=torch.Generator().manual_seed(1))
     p1 = torch.sigmoid(torch.tensor(1.0 - 0.0)).item()
     assert abs(actions.float().mean().item() - p1) < 0.015
+
+
+def test_gsde_act_log_probs_agree_with_evaluate_actions_and_its_noise_has_the_stated_std():
+    torch.manual_seed(3)
+    policy = ActorCritic(BOX, PolicyConfig(hidden_sizes=(8,), log_std_init=-0.5, use_sde=True))
+    assert policy.log_std.shape == (8, 2)  # one std per (hidden feature, action component)
+    obs = torch.randn(400, 3)
+    gen = torch.Generator().manual_seed(0)
+    action, logp, value = policy.act(obs, generator=gen, exploration=policy.sample_exploration(400, gen))
+    ref_value, ref_logp, entropy = policy.evaluate_actions(obs, action)
+    torch.testing.assert_close(logp, ref_logp.detach())
+    torch.testing.assert_close(value, ref_value.detach())
+    # For one state, the noise over many drawn matrices has the std the log-prob assumes.
+    one = obs[:1].expand(20000, 3)
+    noisy, _, _ = policy.act(one, exploration=policy.sample_exploration(20000, gen))
+    dist, _ = policy._heads(obs[:1])
+    torch.testing.assert_close(noisy.std(0), dist.stddev[0].detach(), rtol=0.03, atol=0.0)
+    # The std trains through log_std only: the features get no gradient from the noise's scale.
+    entropy.sum().backward()
+    assert policy.log_std.grad.abs().sum() > 0 and policy.torso[0].weight.grad is None
+    try:
+        policy.act(obs, generator=gen)
+    except ValueError as exc:
+        assert "exploration" in str(exc)
+    else:
+        raise AssertionError("gSDE sampling without exploration matrices must be refused")

@@ -63,3 +63,11 @@ def test_tuned_layout_fields_fill_only_when_unset(monkeypatch):
     assert spec.tuned == ("a2c.steps_per_batch", "envs_per_worker") and spec.value_at("envs_per_worker") == 4
     mine = build_spec({"env": "Acrobot-v1", "workers": 2, "envs_per_worker": 8})
     assert mine.envs_per_worker == 8 and "envs_per_worker" not in mine.tuned
+
+
+def test_gsde_on_a_discrete_env_names_the_field():
+    from service.trainer import job_spaces
+    with pytest.raises(InvalidSpec) as exc:
+        job_spaces(build_spec({"env": "CartPole-v1", "policy": {"use_sde": True}}))
+    assert exc.value.field == "policy.use_sde" and "false" in str(exc.value)
+    assert job_spaces(build_spec({"env": "Pendulum-v1", "policy": {"use_sde": True}})).action_type == "box"

@@ -83,3 +83,25 @@ def test_evaluate_runs_each_env_for_one_episode(env_id):
     worker, weights = _worker(env=env_id, n=2, T=4)
     returns = worker.evaluate(weights, episodes=3, seed=5)
     assert len(returns) == 3 and all(np.isfinite(returns))
+
+
+def test_gsde_noise_is_one_linear_map_of_the_features_per_env_and_rollout():
+    spaces = describe_spaces("Pendulum-v1")
+    config = PolicyConfig(hidden_sizes=(4,), use_sde=True, log_std_init=-1.0)
+    worker = RolloutWorker("Pendulum-v1", {}, 2, 16, spaces, config, 0, 0)
+    torch.manual_seed(5)
+    weights = Weights(1, numpy_state(ActorCritic(spaces, config)))
+    maps = []
+    for _ in range(2):
+        rollout, _ = worker.sample(weights)
+        with torch.no_grad():
+            obs = torch.from_numpy(rollout.obs.reshape(-1, 3))
+            latent, mean, _ = worker.policy._forward(obs)
+        noise = (torch.from_numpy(rollout.actions.reshape(-1, 1)) - mean).reshape(16, 2, 1)
+        latent = latent.reshape(16, 2, 4)
+        for env in range(2):  # 16 steps, 4 features: the noise fits one 4x1 map exactly
+            solution = torch.linalg.lstsq(latent[:, env].double(), noise[:, env].double())
+            assert (latent[:, env].double() @ solution.solution - noise[:, env]).abs().max() < 1e-4
+            maps.append(solution.solution)
+    assert not torch.allclose(maps[0], maps[1])  # each env has its own noise map...
+    assert not torch.allclose(maps[0], maps[2])  # ...and the next rollout draws new ones
