@@ -209,9 +209,11 @@ class Trainer:
         self.learner_node = node
 
     def _create_learner(self, spaces: SpacesSpec, restore: LearnerState | None) -> None:
-        """Ask Ray for the Learner actor (1 GPU when `self.use_gpu`), without waiting for it."""
+        """Ask Ray for the Learner actor (1 GPU when `self.use_gpu`), without waiting for it.
+        Its calls make no task events, as the workers' (see `WorkerGroup._new`)."""
         spec = self.spec
-        self.learner = ray.remote(Learner).options(num_cpus=1, num_gpus=1 if self.use_gpu else 0).remote(
+        self.learner = ray.remote(Learner).options(
+            num_cpus=1, num_gpus=1 if self.use_gpu else 0, enable_task_events=False).remote(
             spaces, spec.policy, spec.a2c, spec.total_steps, spec.seed, spec.learner_device,
             self.use_gpu, restore)
 

@@ -103,9 +103,15 @@ class WorkerGroup:
         return self.actors[index]
 
     def _new(self, index: int) -> Any:
-        """Rollout worker `index` (a replacement gets the same index, hence the same env seeds)."""
+        """Rollout worker `index` (a replacement gets the same index, hence the same env seeds).
+
+        Without task events (as the learner): Ray's GCS keeps an event record of every actor
+        call, up to its task-event cap, and a job makes hundreds of calls a second. With them,
+        the GCS grew 55 -> 122 MB over two minutes of CartPole; without, 46 -> 48 MB, at the
+        same env steps/s. Ray's state API and dashboard then do not list these calls.
+        """
         spec = self.spec
-        return ray.remote(RolloutWorker).options(num_cpus=1).remote(
+        return ray.remote(RolloutWorker).options(num_cpus=1, enable_task_events=False).remote(
             spec.env, spec.env_kwargs, spec.envs_per_worker, spec.steps_per_env, self.spaces,
             spec.policy, spec.seed, index)
 
