@@ -163,10 +163,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     import uuid
 
     from service.cluster import connect
-    from service.trainer import Trainer, read_checkpoint
+    from service.trainer import Trainer, job_spaces, read_checkpoint
 
     resume = read_checkpoint(args.resume) if args.resume else None
     spec = spec_from_args(args, base=resume.config if resume else None)
+    job_spaces(spec, resume)  # the env, policy and checkpoint must fit before Ray starts
     job_id = uuid.uuid4().hex[:12]
     out = args.out or storage.join(args.storage, job_id)
     storage.write_bytes_atomic(storage.join(out, "config.json"), spec.model_dump_json(indent=2).encode())

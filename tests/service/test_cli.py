@@ -19,8 +19,13 @@ def a2c(*args, timeout=300):
     (["--env", "some.module:Env"], "env"),
     (["--env", "CartPole-v1", "--learning-rate", "-0.1"], "a2c.learning_rate"),
     (["--env", "CartPole-v1", "--workers", "3", "--steps-per-batch", "100"], "steps_per_batch"),
+    (["--env", "CartPole-v1", "--use-sde", "true"], "policy.use_sde"),
+    (["--env", "Pendulum-v1", "--config", "BAD_KWARGS"], "env_kwargs"),
 ])
 def test_bad_spec_fails_before_ray_starts_and_names_the_field(flags, field, tmp_path):
+    if "BAD_KWARGS" in flags:  # an env kwarg the env's constructor does not take
+        (tmp_path / "job.yaml").write_text("env_kwargs: {no_such_kwarg: 1}\n")
+        flags = [str(tmp_path / "job.yaml") if f == "BAD_KWARGS" else f for f in flags]
     result = a2c("train", *flags, "--out", str(tmp_path / "run"), timeout=60)
     assert result.returncode == 2, result.stderr
     assert f"invalid job spec: {field}" in result.stderr or field in result.stderr
