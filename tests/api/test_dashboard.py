@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Iterator
 
@@ -27,6 +28,15 @@ TOKEN = "dashboard-test-token"
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "dashboard"
 WAIT_MS = 300_000
 """Hang guard for waits on training (the same as the API tests' job timeout)."""
+
+
+def to_fixed(value: float, digits: int) -> str:
+    """JavaScript's ``Number.prototype.toFixed``: a tie on the exact binary value rounds away from zero.
+
+    Python's format rounds ties to even, so a CartPole mean of 295.25 (exact in binary) is
+    "295.2" in Python and "295.3" on the page.
+    """
+    return str(Decimal(value).quantize(Decimal(1).scaleb(-digits), rounding=ROUND_HALF_UP))
 
 
 def _browser_missing() -> str | None:
@@ -214,7 +224,7 @@ def test_job_from_the_form_draws_live_curves_stops_and_its_checkpoint_downloads(
     row.locator(".badge.stopped").wait_for()
     page.wait_for_function(f"document.querySelector(\"tr[data-job='{job_id}'] .ret\").textContent !== '—'")
     latest = api.get(f"/jobs/{job_id}").json()["latest_metrics"]["episode_return_mean"]
-    assert row.locator(".ret").inner_text() == f"{latest:.1f}"
+    assert row.locator(".ret").inner_text() == to_fixed(latest, 1)
     assert row.locator(".progress-text").inner_text() == f"{math.floor(job['progress']['fraction'] * 100 + 0.5)}%"
     assert row.locator("td").nth(2).inner_text() == "CartPole-v1"
     shot(page, "05-jobs-table")
