@@ -256,8 +256,8 @@ class Trainer:
             while step < spec.total_steps and not self._stop.is_set():
                 try:
                     rollouts, episodes = self.workers.gather(pending)
-                    stats_ref = self.learner.update.remote(*rollouts)
-                    next_weights = self.learner.weights.remote()
+                    stats_ref, next_weights = self.learner.update_and_weights.options(
+                        num_returns=2).remote(*rollouts)
                     if step + spec.a2c.steps_per_batch < spec.total_steps:
                         # Sync waits for the new weights (exact A2C); async samples with the old (lag 1).
                         pending = self.workers.sample(next_weights if spec.mode == "sync" else weights)

@@ -88,13 +88,12 @@ def test_rewards_are_divided_by_the_std_of_discounted_returns_that_restart_at_ep
                                                         gamma=gamma, normalize_rewards=True), 1000, 0)
     rewards = np.array([[1.0], [2.0], [4.0]])
     terminated = np.array([[False], [True], [False]])
-    scaled = learner._normalized_rewards(torch.as_tensor(rewards, dtype=torch.float32),
-                                         torch.as_tensor(terminated))
+    scaled = learner._normalized_rewards(rewards.astype(np.float32), terminated)
     returns = np.array([1.0, 2.0 + gamma * 1.0, 4.0])  # the episode ended after step 1
     var = returns.var() * 3 / (3 + 1e-4)  # the prior count of 1e-4 at mean 0, var 1 is negligible
     np.testing.assert_allclose(scaled.numpy()[:, 0], rewards[:, 0] / np.sqrt(var), rtol=1e-3)
     # The running return of the env carries into the next update: 4 then 4 * 0.5 + 1.
-    learner._normalized_rewards(torch.tensor([[1.0]]), torch.tensor([[False]]))
+    learner._normalized_rewards(np.array([[1.0]], np.float32), np.array([[False]]))
     assert learner.discounted.tolist() == [3.0]
 
 
