@@ -50,11 +50,12 @@ def events_of(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
 
 
-def placement(cluster, ray_job_id: str) -> dict[str, list[str]]:
-    """class name -> names of the raylets its actors ran on (dead actors included)."""
+def placement(cluster, ray_job_id: str, actors: list[dict] | None = None) -> dict[str, list[str]]:
+    """class name -> names of the raylets its actors ran on (dead actors included), from
+    `actors` when given (one snapshot of the state API), else from a fresh listing."""
     names = cluster.node_names()
     where: dict[str, list[str]] = {}
-    for actor in cluster.actors(ray_job_id):
+    for actor in cluster.actors(ray_job_id) if actors is None else actors:
         where.setdefault(actor["class_name"], []).append(names.get(actor["node_id"], actor["node_id"]))
     return where
 
@@ -206,9 +207,11 @@ def test_job_finishes_when_the_raylet_of_a_worker_dies(ray_cluster, tmp_path):
                                    "the training driver to start", 180)
 
     def workers_placed():
-        where = placement(ray_cluster, ray_job)
-        alive = [a for a in ray_cluster.actors(ray_job) if a["state"] == "ALIVE"]
-        return len(alive) == 3 and where
+        # One snapshot for both: from two, the learner could be listed pending (no node yet)
+        # in the first and alive in the second, as in a CI run that read {'Learner': [None]}.
+        actors = ray_cluster.actors(ray_job)
+        alive = [a for a in actors if a["state"] == "ALIVE"]
+        return len(alive) == 3 and placement(ray_cluster, ray_job, actors)
 
     where = ray_cluster.wait_for(workers_placed, "the learner and 2 workers to be alive", 240)
     assert where["Learner"] == ["gpu"] and "cpu" in where["RolloutWorker"], where
