@@ -163,20 +163,20 @@ class Learner:
             self.discounted = np.zeros(N)
         return self.return_norm.scale(torch.from_numpy(rewards).to(self.device))
 
-    def _batch(self, rollouts: tuple[Rollout, ...]) -> dict[str, torch.Tensor]:
-        """Rollouts joined along the env axis into (T, N_total, ...) tensors on the device."""
+    def _batch(self, rollouts: tuple[Rollout, ...]
+               ) -> tuple[dict[str, np.ndarray], dict[str, torch.Tensor]]:
+        """Rollouts joined along the env axis into (T, N_total, ...) arrays on the host, and
+        the same as tensors on the device (`bootstrap_values` is (N_total,))."""
         fields = ("obs", "actions", "rewards", "terminated", "truncated", "values",
                   "log_probs", "final_values")
-        out = {f: torch.as_tensor(np.concatenate([getattr(r, f) for r in rollouts], axis=1),
-                                  device=self.device) for f in fields}
-        out["bootstrap_values"] = torch.as_tensor(
-            np.concatenate([r.bootstrap_values for r in rollouts]), device=self.device)
-        return out
+        host = {f: np.concatenate([getattr(r, f) for r in rollouts], axis=1) for f in fields}
+        host["bootstrap_values"] = np.concatenate([r.bootstrap_values for r in rollouts])
+        return host, {f: torch.as_tensor(a, device=self.device) for f, a in host.items()}
 
     def update(self, *rollouts: Rollout) -> dict[str, float]:
         """One A2C update on the joined rollouts; returns the update's stats."""
         cfg = self.config
-        b = self._batch(rollouts)
+        host, b = self._batch(rollouts)
         steps = sum(r.num_steps for r in rollouts)
         policy_lag = self.version - min(r.weights_version for r in rollouts)
         # Statistics are updated before the loss (as SB3's VecNormalize, which updates them as
@@ -188,9 +188,7 @@ class Learner:
             self.policy.obs_norm.update(b["obs"].reshape(steps, -1))
         rewards = b["rewards"]
         if self.return_norm is not None:
-            rewards = self._normalized_rewards(
-                np.concatenate([r.rewards for r in rollouts], axis=1),
-                np.concatenate([r.terminated | r.truncated for r in rollouts], axis=1))
+            rewards = self._normalized_rewards(host["rewards"], host["terminated"] | host["truncated"])
         advantages, returns = gae(rewards, b["values"], b["terminated"], b["truncated"],
                                   b["final_values"], b["bootstrap_values"], cfg.gamma, cfg.gae_lambda)
         obs = b["obs"].reshape(steps, *b["obs"].shape[2:])
