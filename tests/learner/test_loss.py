@@ -141,6 +141,15 @@ def test_act_samples_and_log_probs_agree_with_evaluate_actions():
     actions, _, _ = policy.act(torch.zeros(20000, 3), generator=torch.Generator().manual_seed(1))
     p1 = torch.sigmoid(torch.tensor(1.0 - 0.0)).item()
     assert abs(actions.float().mean().item() - p1) < 0.015
+    # With more actions too, each at its own frequency; a ~1e-13 action is never drawn.
+    four = ActorCritic(SpacesSpec(obs_shape=(3,), action_type="discrete", action_n=4), PolicyConfig(hidden_sizes=(8,)))
+    bias = torch.tensor([0.0, 1.0, 2.0, -30.0])
+    with torch.no_grad():
+        four.action_head.bias.copy_(bias)
+    actions, _, _ = four.act(torch.zeros(40000, 3), generator=torch.Generator().manual_seed(2))
+    freq = torch.bincount(actions, minlength=4).double() / actions.numel()
+    torch.testing.assert_close(freq, torch.softmax(bias.double(), 0), atol=0.01, rtol=0)
+    assert freq[3] == 0
 
 
 def test_gsde_act_log_probs_agree_with_evaluate_actions_and_its_noise_has_the_stated_std():
