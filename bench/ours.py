@@ -127,6 +127,9 @@ def run_ours(env: str, steps: int, seed: int, workers: int = 2, envs_per_worker:
             busy = proc.monitor.machine_busy_s(proc.launched_at + connected - ray_init,
                                                proc.launched_at + record.startup_s)
             record.extra["ray_and_actors_cpu_s"] = round(busy, 2) if busy is not None else None
+            # Where those CPU seconds went: each process's, from launch to the first env step.
+            record.extra["startup_cpu_by_process_s"] = proc.monitor.cpu_by_process_s(
+                proc.launched_at + record.startup_s)
         record.load_before, record.load_after = proc.load_before, proc.load_after
         if roles_every_s:
             record.extra["rss_by_role"] = proc.monitor.roles

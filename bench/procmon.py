@@ -77,6 +77,8 @@ class TreeMonitor:
         """(seconds since start, RSS by role), every `roles_every_s` when that is set."""
         self.busy: list[tuple[float, float]] = []
         """(time.time(), the machine's busy CPU seconds so far), one per sample."""
+        self.cpu: list[tuple[float, dict[str, float]]] = []
+        """(time.time(), CPU seconds so far by process, see `processes_cpu_s`), one per sample."""
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
 
@@ -87,6 +89,7 @@ class TreeMonitor:
                 self.roles.append((round(time.monotonic() - t0, 1), roles_memory_mb(self.root)))
                 next_roles += self.roles_every_s
             self.busy.append((time.time(), machine_cpu_s()["machine busy"]))
+            self.cpu.append((time.time(), processes_cpu_s(self.root)))
             rss, pss = tree_memory_mb(self.root)
             self.peak_rss_mb, self.peak_pss_mb = max(self.peak_rss_mb, rss), max(self.peak_pss_mb, pss)
             self.samples += 1
@@ -99,6 +102,17 @@ class TreeMonitor:
         if len(times) < 2 or not times[0] <= t0 <= t1 <= times[-1]:
             return None
         return _interpolate(self.busy, t1) - _interpolate(self.busy, t0)
+
+    def cpu_by_process_s(self, t: float) -> dict[str, float] | None:
+        """CPU seconds each process of the tree (`processes_cpu_s`) had used by wall-clock time
+        `t`, interpolated between samples, processes under 0.01 s left out; None outside the
+        sampled span."""
+        if len(self.cpu) < 2 or not self.cpu[0][0] <= t <= self.cpu[-1][0]:
+            return None
+        names = {name for _, used in self.cpu for name in used}
+        at_t = {name: round(_interpolate([(ts, used.get(name, 0.0)) for ts, used in self.cpu], t), 2)
+                for name in sorted(names)}
+        return {name: used for name, used in at_t.items() if used >= 0.01}
 
     def __enter__(self) -> "TreeMonitor":
         self._thread.start()
@@ -166,6 +180,36 @@ def machine_cpu_s() -> dict[str, float]:
     tick = os.sysconf("SC_CLK_TCK")
     return {"machine busy": (user + nice + system + irq + softirq) / tick,
             "machine idle": (idle + iowait) / tick, "machine steal": steal / tick}
+
+
+def process_name(pid: int, root: int, root_role: str = "driver") -> str:
+    """`role_of`, with Ray's own processes named: "ray gcs_server", "ray raylet", "ray
+    dashboard", "ray DashboardAgent", "ray log_monitor", ... (a Python daemon by its script)."""
+    role = role_of(pid, root, root_role)
+    if role != "ray":
+        return role
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return "gone"
+    if args[0].startswith("ray::"):
+        return "ray " + args[0].split()[0][len("ray::"):]
+    script = next((a for a in args if a.endswith(".py")), args[0])
+    return "ray " + Path(script).name.removesuffix(".py")
+
+
+def processes_cpu_s(root: int, root_role: str = "driver") -> dict[str, float]:
+    """CPU seconds used so far by each process of a tree, keyed by `process_name` (a worker
+    as "worker 1", "worker 2"... in pid order)."""
+    out: dict[str, float] = {}
+    seen: dict[str, int] = {}
+    for pid in sorted(tree_pids(root)):
+        name = process_name(pid, root, root_role)
+        if name == "gone":
+            continue
+        seen[name] = seen.get(name, 0) + 1
+        out[name if name != "worker" and seen[name] == 1 else f"{name} {seen[name]}"] = process_cpu_s(pid)
+    return out
 
 
 def roles_cpu_s(root: int, root_role: str = "driver") -> dict[str, float]:

@@ -133,7 +133,8 @@ def startup(plan: dict, seeds: list[int], log_dir: Path) -> dict[str, Any]:
         return {"seed": rec.seed, "startup_s": round(rec.startup_s, 2) if rec.startup_s else None,
                 "ray_connected_s": rec.extra.get("ray_connected_s"), "ray_init_s": ray_init, "actors_ready_s": actors,
                 "ray_and_actors_s": both, "ray_and_actors_cpu_s": cpu,
-                "cores_busy": round(cpu / both, 2) if cpu is not None and both else None, "error": rec.error}
+                "cores_busy": round(cpu / both, 2) if cpu is not None and both else None,
+                "cpu_by_process_s": rec.extra.get("startup_cpu_by_process_s"), "error": rec.error}
 
     steps = plan["startup_steps"]
     out: dict[str, Any] = {"embedded": [parts(run_ours("CartPole-v1", steps, s, log_dir=log_dir)) for s in seeds]}
@@ -147,6 +148,10 @@ def startup(plan: dict, seeds: list[int], log_dir: Path) -> dict[str, Any]:
                   f"{row['actors_ready_s']}s; Ray + actors {row['ray_and_actors_s']}s, in which the machine "
                   f"was busy {row['ray_and_actors_cpu_s']} CPU-s ({row['cores_busy']} cores, all processes)"
                   + (f"  ERROR {row['error'][:300]}" if row["error"] else ""), flush=True)
+            if row["cpu_by_process_s"]:
+                by_cpu = sorted(row["cpu_by_process_s"].items(), key=lambda kv: -kv[1])
+                print("    CPU-s by process, launch to first env step (the cluster's own, when attached, "
+                      "are not in this tree): " + ", ".join(f"{k} {v:.2f}" for k, v in by_cpu), flush=True)
     return out
 
 

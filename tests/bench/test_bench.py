@@ -123,3 +123,28 @@ def test_machine_busy_seconds_are_interpolated_between_samples():
     assert monitor.machine_busy_s(10.5, 11.5) == pytest.approx(0.75 + 1.0)
     assert monitor.machine_busy_s(10.0, 12.0) == pytest.approx(3.5)
     assert monitor.machine_busy_s(9.0, 11.0) is None  # before the first sample: unknown
+
+
+def test_startup_cpu_is_split_by_process_named_by_its_script_or_actor(tmp_path):
+    """The startup section's profile: each process of the tree by name (Ray's daemons by their
+    script or actor name, workers numbered), interpolated at a time between samples."""
+    from bench.procmon import TreeMonitor, processes_cpu_s
+    script = tmp_path / "probe_daemon.py"  # a Python daemon, as Ray's log_monitor.py
+    script.write_text("import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass\n"
+                      "time.sleep(30)\n")
+    daemon = subprocess.Popen([sys.executable, "-u", str(script)])
+    worker = subprocess.Popen(["bash", "-c", "exec -a 'ray::RolloutWorker.sample' sleep 30"])
+    try:
+        deadline = time.monotonic() + 30
+        while process_cpu_s(daemon.pid) < 0.3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        used = processes_cpu_s(os.getpid(), root_role="bench")
+        assert used["ray probe_daemon"] >= 0.3 and "worker 1" in used and used["bench"] > 0
+    finally:
+        for proc in (daemon, worker):
+            proc.kill()
+            proc.wait()
+    monitor = TreeMonitor(os.getpid())
+    monitor.cpu = [(10.0, {"driver": 1.0}), (11.0, {"driver": 2.0, "learner": 0.5, "ray IDLE": 0.0})]
+    assert monitor.cpu_by_process_s(10.5) == {"driver": 1.5, "learner": 0.25}
+    assert monitor.cpu_by_process_s(12.0) is None
