@@ -105,13 +105,16 @@ def running_cluster(num_cpus: int, log_dir: Path) -> Iterator[tuple[str, dict[st
 
 def run_ours(env: str, steps: int, seed: int, workers: int = 2, envs_per_worker: int | None = None,
              extra: list[str] | None = None, timeout_s: float = 300.0, log_dir: Path | None = None,
-             roles_every_s: float | None = None, proc_env: dict[str, str] | None = None) -> RunRecord:
-    """Train with the CLI in a subprocess and return its record, peak memory and load included."""
+             roles_every_s: float | None = None, proc_env: dict[str, str] | None = None,
+             track_processes: bool = False) -> RunRecord:
+    """Train with the CLI in a subprocess and return its record, peak memory and load included
+    (with `track_processes`, also each process's CPU seconds up to the first env step)."""
     with tempfile.TemporaryDirectory(prefix="a2c-bench-") as tmp:
         out = Path(tmp) / "run"
         log = (log_dir or Path(tmp)) / f"ours-{env}-s{seed}-w{workers}x{envs_per_worker}.log"
         proc = Launched(train_command(env, steps, seed, workers, envs_per_worker, out, extra),
-                        log, cwd=REPO, env=proc_env, roles_every_s=roles_every_s)
+                        log, cwd=REPO, env=proc_env, roles_every_s=roles_every_s,
+                        track_processes=track_processes)
         code = proc.wait(timeout_s)
         try:
             record = parse_run(out, proc.launched_at, env, seed)
@@ -127,7 +130,9 @@ def run_ours(env: str, steps: int, seed: int, workers: int = 2, envs_per_worker:
             busy = proc.monitor.machine_busy_s(proc.launched_at + connected - ray_init,
                                                proc.launched_at + record.startup_s)
             record.extra["ray_and_actors_cpu_s"] = round(busy, 2) if busy is not None else None
-            # Where those CPU seconds went: each process's, from launch to the first env step.
+        if track_processes and record.startup_s:
+            # Each process's CPU seconds from its start to the first env step (the Ray daemons
+            # and actors start after `ray.init` begins; the driver counts from launch).
             record.extra["startup_cpu_by_process_s"] = proc.monitor.cpu_by_process_s(
                 proc.launched_at + record.startup_s)
         record.load_before, record.load_after = proc.load_before, proc.load_after

@@ -67,18 +67,21 @@ def load_average() -> tuple[float, float, float]:
 
 class TreeMonitor:
     """Samples a process tree's memory every `interval_s` and keeps the peaks (a context manager);
-    it also samples how busy the whole machine was, for `machine_busy_s`."""
+    it also samples how busy the whole machine was, for `machine_busy_s`, and with
+    `track_processes` each process's CPU time, for `cpu_by_process_s`."""
 
-    def __init__(self, root: int, interval_s: float = 0.5, roles_every_s: float | None = None) -> None:
+    def __init__(self, root: int, interval_s: float = 0.5, roles_every_s: float | None = None,
+                 track_processes: bool = False) -> None:
         self.root, self.interval_s, self.roles_every_s = root, interval_s, roles_every_s
+        self.track_processes = track_processes
         self.peak_rss_mb = self.peak_pss_mb = 0.0
         self.samples = 0
         self.roles: list[tuple[float, dict[str, float]]] = []
         """(seconds since start, RSS by role), every `roles_every_s` when that is set."""
         self.busy: list[tuple[float, float]] = []
         """(time.time(), the machine's busy CPU seconds so far), one per sample."""
-        self.cpu: list[tuple[float, dict[str, float]]] = []
-        """(time.time(), CPU seconds so far by process, see `processes_cpu_s`), one per sample."""
+        self.cpu: list[tuple[float, dict[int, tuple[str, float]]]] = []
+        """(time.time(), `processes_cpu_s` of the tree), one per sample with `track_processes`."""
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
 
@@ -89,7 +92,8 @@ class TreeMonitor:
                 self.roles.append((round(time.monotonic() - t0, 1), roles_memory_mb(self.root)))
                 next_roles += self.roles_every_s
             self.busy.append((time.time(), machine_cpu_s()["machine busy"]))
-            self.cpu.append((time.time(), processes_cpu_s(self.root)))
+            if self.track_processes:
+                self.cpu.append((time.time(), processes_cpu_s(self.root)))
             rss, pss = tree_memory_mb(self.root)
             self.peak_rss_mb, self.peak_pss_mb = max(self.peak_rss_mb, rss), max(self.peak_pss_mb, pss)
             self.samples += 1
@@ -104,15 +108,20 @@ class TreeMonitor:
         return _interpolate(self.busy, t1) - _interpolate(self.busy, t0)
 
     def cpu_by_process_s(self, t: float) -> dict[str, float] | None:
-        """CPU seconds each process of the tree (`processes_cpu_s`) had used by wall-clock time
-        `t`, interpolated between samples, processes under 0.01 s left out; None outside the
-        sampled span."""
+        """CPU seconds each process of the tree had used, from its start to wall-clock time `t`,
+        by `process_names`; interpolated per process between the samples around `t` (one that
+        started in between counts from 0, one that ended keeps its last value), those under
+        0.01 s left out. None outside the sampled span."""
         if len(self.cpu) < 2 or not self.cpu[0][0] <= t <= self.cpu[-1][0]:
             return None
-        names = {name for _, used in self.cpu for name in used}
-        at_t = {name: round(_interpolate([(ts, used.get(name, 0.0)) for ts, used in self.cpu], t), 2)
-                for name in sorted(names)}
-        return {name: used for name, used in at_t.items() if used >= 0.01}
+        (ta, before), (tb, after) = next((a, b) for a, b in zip(self.cpu, self.cpu[1:]) if a[0] <= t <= b[0])
+        frac = (t - ta) / (tb - ta) if tb > ta else 1.0
+        at_t: dict[int, tuple[str, float]] = {}
+        for pid in before.keys() | after.keys():
+            used_a = before[pid][1] if pid in before else 0.0
+            name, used_b = after.get(pid, (before.get(pid, ("", 0.0))[0], used_a))
+            at_t[pid] = (name, used_a + (used_b - used_a) * frac)
+        return {name: round(used, 2) for name, used in process_names(at_t).items() if used >= 0.01}
 
     def __enter__(self) -> "TreeMonitor":
         self._thread.start()
@@ -198,17 +207,25 @@ def process_name(pid: int, root: int, root_role: str = "driver") -> str:
     return "ray " + Path(script).name.removesuffix(".py")
 
 
-def processes_cpu_s(root: int, root_role: str = "driver") -> dict[str, float]:
-    """CPU seconds used so far by each process of a tree, keyed by `process_name` (a worker
-    as "worker 1", "worker 2"... in pid order)."""
+def processes_cpu_s(root: int, root_role: str = "driver") -> dict[int, tuple[str, float]]:
+    """pid -> (`process_name`, CPU seconds used so far) for each live process of a tree."""
+    out: dict[int, tuple[str, float]] = {}
+    for pid in tree_pids(root):
+        name = process_name(pid, root, root_role)
+        if name != "gone":
+            out[pid] = (name, process_cpu_s(pid))
+    return out
+
+
+def process_names(by_pid: dict[int, tuple[str, float]]) -> dict[str, float]:
+    """{pid: (name, value)} keyed by name instead, in pid order: workers as "worker 1", "worker
+    2", ..., any other repeated name as "<name>", "<name> 2", ..."""
     out: dict[str, float] = {}
     seen: dict[str, int] = {}
-    for pid in sorted(tree_pids(root)):
-        name = process_name(pid, root, root_role)
-        if name == "gone":
-            continue
+    for pid in sorted(by_pid):
+        name, value = by_pid[pid]
         seen[name] = seen.get(name, 0) + 1
-        out[name if name != "worker" and seen[name] == 1 else f"{name} {seen[name]}"] = process_cpu_s(pid)
+        out[name if name != "worker" and seen[name] == 1 else f"{name} {seen[name]}"] = value
     return out
 
 
@@ -226,14 +243,16 @@ class Launched:
     """A benchmark subprocess in its own session, watched by a TreeMonitor while it runs."""
 
     def __init__(self, cmd: list[str], log_path: Path, cwd: Path | None = None,
-                 env: dict[str, str] | None = None, roles_every_s: float | None = None) -> None:
+                 env: dict[str, str] | None = None, roles_every_s: float | None = None,
+                 track_processes: bool = False) -> None:
         import subprocess
         self.launched_at = time.time()
         self.log_path = log_path
         self._log = open(log_path, "wb")
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, cwd=cwd,
                                      env=env, start_new_session=True)
-        self.monitor = TreeMonitor(self.proc.pid, roles_every_s=roles_every_s).__enter__()
+        self.monitor = TreeMonitor(self.proc.pid, roles_every_s=roles_every_s,
+                                   track_processes=track_processes).__enter__()
         self.load_before = load_average()
 
     def wait(self, timeout_s: float) -> int | None:

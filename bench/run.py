@@ -137,10 +137,11 @@ def startup(plan: dict, seeds: list[int], log_dir: Path) -> dict[str, Any]:
                 "cpu_by_process_s": rec.extra.get("startup_cpu_by_process_s"), "error": rec.error}
 
     steps = plan["startup_steps"]
-    out: dict[str, Any] = {"embedded": [parts(run_ours("CartPole-v1", steps, s, log_dir=log_dir)) for s in seeds]}
+    out: dict[str, Any] = {"embedded": [parts(run_ours("CartPole-v1", steps, s, log_dir=log_dir, track_processes=True))
+                                        for s in seeds]}
     with running_cluster(3, log_dir) as (address, env):
         out["attached"] = [parts(run_ours("CartPole-v1", steps, s, log_dir=log_dir, extra=["--address", address],
-                                          proc_env=env)) for s in seeds]
+                                          proc_env=env, track_processes=True)) for s in seeds]
     for mode in ("embedded", "attached"):
         for row in out[mode]:
             print(f"  ours {mode:8s} seed {row['seed']}: start-up {row['startup_s']}s = Ray connected "

@@ -126,25 +126,31 @@ def test_machine_busy_seconds_are_interpolated_between_samples():
 
 
 def test_startup_cpu_is_split_by_process_named_by_its_script_or_actor(tmp_path):
-    """The startup section's profile: each process of the tree by name (Ray's daemons by their
-    script or actor name, workers numbered), interpolated at a time between samples."""
-    from bench.procmon import TreeMonitor, processes_cpu_s
+    """The startup section's profile: each process of a tree by name (Ray's daemons by their
+    script or actor name, workers numbered), interpolated per process at a time between samples."""
+    from bench.procmon import TreeMonitor, processes_cpu_s, process_names
     script = tmp_path / "probe_daemon.py"  # a Python daemon, as Ray's log_monitor.py
     script.write_text("import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass\n"
                       "time.sleep(30)\n")
-    daemon = subprocess.Popen([sys.executable, "-u", str(script)])
-    worker = subprocess.Popen(["bash", "-c", "exec -a 'ray::RolloutWorker.sample' sleep 30"])
+    root = subprocess.Popen(["bash", "-c", "(exec -a ray::RolloutWorker.sample sleep 30) & "
+                             "(exec -a ray::RolloutWorker.sample sleep 30) & "
+                             f"{sys.executable} -u {script} & wait"], start_new_session=True)
     try:
         deadline = time.monotonic() + 30
-        while process_cpu_s(daemon.pid) < 0.3 and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
+            names = process_names(processes_cpu_s(root.pid, root_role="root"))
+            if names.get("ray probe_daemon", 0) >= 0.3 and "worker 2" in names:
+                break
             time.sleep(0.05)
-        used = processes_cpu_s(os.getpid(), root_role="bench")
-        assert used["ray probe_daemon"] >= 0.3 and "worker 1" in used and used["bench"] > 0
+        assert set(names) == {"root", "worker 1", "worker 2", "ray probe_daemon"}, names
+        assert names["ray probe_daemon"] >= 0.3
     finally:
-        for proc in (daemon, worker):
-            proc.kill()
-            proc.wait()
+        os.killpg(root.pid, 9)
+        root.wait()
     monitor = TreeMonitor(os.getpid())
-    monitor.cpu = [(10.0, {"driver": 1.0}), (11.0, {"driver": 2.0, "learner": 0.5, "ray IDLE": 0.0})]
-    assert monitor.cpu_by_process_s(10.5) == {"driver": 1.5, "learner": 0.25}
+    # pid 7 is renamed between the samples (an idle Ray worker becoming the learner), pid 9
+    # starts in between, pid 8 ends in between.
+    monitor.cpu = [(10.0, {5: ("driver", 1.0), 7: ("ray IDLE", 0.2), 8: ("ray IDLE", 0.1)}),
+                   (11.0, {5: ("driver", 2.0), 7: ("learner", 1.2), 9: ("worker", 0.4)})]
+    assert monitor.cpu_by_process_s(10.5) == {"driver": 1.5, "learner": 0.7, "ray IDLE": 0.1, "worker 1": 0.2}
     assert monitor.cpu_by_process_s(12.0) is None

@@ -141,15 +141,24 @@ def test_act_samples_and_log_probs_agree_with_evaluate_actions():
     actions, _, _ = policy.act(torch.zeros(20000, 3), generator=torch.Generator().manual_seed(1))
     p1 = torch.sigmoid(torch.tensor(1.0 - 0.0)).item()
     assert abs(actions.float().mean().item() - p1) < 0.015
-    # With more actions too, each at its own frequency; a ~1e-13 action is never drawn.
+    # With more actions too, each at its own frequency; an action whose probability underflows
+    # to 0 is never drawn.
     four = ActorCritic(SpacesSpec(obs_shape=(3,), action_type="discrete", action_n=4), PolicyConfig(hidden_sizes=(8,)))
-    bias = torch.tensor([0.0, 1.0, 2.0, -30.0])
+    bias = torch.tensor([0.0, 1.0, 2.0, -200.0])
     with torch.no_grad():
         four.action_head.bias.copy_(bias)
     actions, _, _ = four.act(torch.zeros(40000, 3), generator=torch.Generator().manual_seed(2))
     freq = torch.bincount(actions, minlength=4).double() / actions.numel()
     torch.testing.assert_close(freq, torch.softmax(bias.double(), 0), atol=0.01, rtol=0)
     assert freq[3] == 0
+    # The same actions as torch.multinomial from the same generator (4 actions, 1 action, a batch of 1).
+    for n, batch in ((4, 64), (1, 64), (4, 1)):
+        policy = ActorCritic(SpacesSpec(obs_shape=(3,), action_type="discrete", action_n=n), PolicyConfig(hidden_sizes=(8,)))
+        obs = torch.randn(batch, 3)
+        actions, _, _ = policy.act(obs, generator=torch.Generator().manual_seed(3))
+        probs = torch.log_softmax(policy._forward(obs)[1], -1).exp().detach()  # as act computes them
+        expected = torch.multinomial(probs, 1, generator=torch.Generator().manual_seed(3)).squeeze(-1)
+        assert torch.equal(actions, expected), (n, batch)
 
 
 def test_gsde_act_log_probs_agree_with_evaluate_actions_and_its_noise_has_the_stated_std():
