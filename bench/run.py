@@ -151,8 +151,9 @@ def startup(plan: dict, seeds: list[int], log_dir: Path) -> dict[str, Any]:
                   + (f"  ERROR {row['error'][:300]}" if row["error"] else ""), flush=True)
             if row["cpu_by_process_s"]:
                 by_cpu = sorted(row["cpu_by_process_s"].items(), key=lambda kv: -kv[1])
-                print("    CPU-s by process, launch to first env step (the cluster's own, when attached, "
-                      "are not in this tree): " + ", ".join(f"{k} {v:.2f}" for k, v in by_cpu), flush=True)
+                print("    CPU-s of each process from its start to the first env step (when attached, the "
+                      "cluster's processes are not in this tree): " + ", ".join(f"{k} {v:.2f}" for k, v in by_cpu),
+                      flush=True)
     return out
 
 
