@@ -119,7 +119,7 @@ class TreeMonitor:
         at_t: dict[int, tuple[str, float]] = {}
         for pid in before.keys() | after.keys():
             used_a = before[pid][1] if pid in before else 0.0
-            name, used_b = after.get(pid, (before.get(pid, ("", 0.0))[0], used_a))
+            name, used_b = after[pid] if pid in after else (before[pid][0], used_a)
             at_t[pid] = (name, used_a + (used_b - used_a) * frac)
         return {name: round(used, 2) for name, used in process_names(at_t).items() if used >= 0.01}
 

@@ -41,6 +41,10 @@ class SpacesSpec(BaseModel):
         return self.action_n if self.action_type == "discrete" else int(np.prod(self.action_shape))
 
 
+ACTIVATIONS = {"tanh": (nn.Tanh, torch.tanh), "relu": (nn.ReLU, torch.relu)}
+"""`PolicyConfig.activation` -> (the torso's module between layers, the same as a function)."""
+
+
 class ActorCritic(nn.Module):
     """The A2C policy. `act` is for collection, `evaluate_actions` for the loss, as in prt_rl."""
 
@@ -48,7 +52,7 @@ class ActorCritic(nn.Module):
         super().__init__()
         self.spaces = spaces
         self.config = config
-        act_cls = nn.Tanh if config.activation == "tanh" else nn.ReLU
+        act_cls, self._activation = ACTIVATIONS[config.activation]
         self.obs_norm = RunningMeanStd((spaces.obs_dim,)) if config.normalize_observations else None
         layers: list[nn.Module] = []
         width = spaces.obs_dim
@@ -58,7 +62,6 @@ class ActorCritic(nn.Module):
         self.torso = nn.Sequential(*layers)
         # A separate value torso keeps large value-loss gradients out of the policy features.
         self.value_torso = None if config.share_torso else copy.deepcopy(self.torso)
-        self._activation = torch.tanh if config.activation == "tanh" else torch.relu
         self.action_head = nn.Linear(width, spaces.action_dim)
         self.value_head = nn.Linear(width, 1)
         self.discrete = spaces.action_type == "discrete"
