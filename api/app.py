@@ -91,8 +91,10 @@ def lower_request_priority(nice: int) -> None:
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Join Ray (embedded by default), open the store, recover unfinished jobs; undo on exit."""
     from service import storage
-    from service.cluster import connect, driver_address
-    from service.jobs import JobLimits, JobManager
+    from service.cluster import cluster_cpus, connect, driver_address
+    from service.jobs.locations import JobLocations
+    from service.jobs.manager import JobLimits, JobManager
+    from service.jobs.queries import JobQueries
     from service.store import JobStore
 
     settings: Settings = app.state.settings
@@ -108,21 +110,22 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
              settings.storage or settings.data_dir.resolve() / "jobs")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = JobStore(settings.data_dir / "jobs.sqlite3")
-    manager = JobManager(store, settings.data_dir, JobLimits(
+    locations = JobLocations(settings.data_dir, settings.storage)
+    manager = JobManager(store, locations, JobLimits(
         max_total_steps=settings.max_total_steps, max_workers_per_job=settings.max_workers_per_job,
         max_concurrent_jobs=settings.max_concurrent_jobs, resource_timeout_s=settings.resource_timeout_s,
-        max_recoveries=settings.max_recoveries), storage_root=settings.storage,
-        ray_address=driver_address(settings.address))
+        max_recoveries=settings.max_recoveries), ray_address=driver_address(settings.address))
     # Not asyncio.to_thread: the default executor's threads serve requests, and one made now
     # would keep the normal priority. The scheduler thread manager.start makes must keep it.
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="job-manager-start") as pool:
         await asyncio.get_running_loop().run_in_executor(pool, manager.start)
     lower_request_priority(settings.request_nice)
     app.state.store, app.state.manager = store, manager
+    app.state.queries = JobQueries(store, locations, cluster_cpus)
     try:
         yield
     finally:
-        app.state.manager = None
+        app.state.manager = app.state.queries = None
         await asyncio.to_thread(manager.shutdown, settings.shutdown_grace_s)
         app.state.store = None
         store.close()

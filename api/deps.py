@@ -14,7 +14,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.config import Settings
 from api.errors import ServiceNotReady
-from service.jobs import JobManager
+from service.jobs.manager import JobManager
+from service.jobs.queries import JobQueries
 from service.store import JobStore
 
 
@@ -39,9 +40,18 @@ async def get_manager(request: Request) -> JobManager:
     return manager
 
 
+async def get_queries(request: Request) -> JobQueries:
+    """The job queries opened by the app's lifespan."""
+    queries = getattr(request.app.state, "queries", None)
+    if queries is None:
+        raise ServiceNotReady("the job service is not running")
+    return queries
+
+
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 StoreDep = Annotated[JobStore, Depends(get_store)]
 ManagerDep = Annotated[JobManager, Depends(get_manager)]
+QueriesDep = Annotated[JobQueries, Depends(get_queries)]
 
 _bearer = HTTPBearer(auto_error=False, description="The server's A2C_API_TOKEN, when it has one.")
 

@@ -15,8 +15,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from learner.checkpoint import CheckpointRejected
-from service.jobs import CheckpointNotFound, IdempotencyKeyReused, InvalidPageToken, JobFinished, JobNotFound
-from service.spec import InvalidSpec
+from service.jobs.errors import CheckpointNotFound, IdempotencyKeyReused, InvalidPageToken, JobFinished, JobNotFound
+from service.run.spec import InvalidSpec
 from service.store import StoreError
 
 

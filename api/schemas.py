@@ -7,11 +7,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from service.jobs import JobDetails, ResumeFrom
-from service.spec import JobSpec
+from service.jobs.manager import ResumeFrom
+from service.jobs.queries import JobDetails
+from service.records import JobStatus, MetricsRow
+from service.run.spec import JobSpec
 from service.store import CheckpointRow, EventRow, JobRow
-
-JobStatus = Literal["PENDING", "RUNNING", "SUCCEEDED", "FAILED", "STOPPED"]
 
 
 def _time(ts: float | None) -> datetime | None:
@@ -53,31 +53,6 @@ class ErrorInfo(BaseModel):
 
     type: str
     message: str
-
-
-class MetricsRow(BaseModel):
-    """One metrics row per update (ARCHITECTURE.md's keys); `eval_return_mean` on eval rows."""
-
-    model_config = ConfigDict(extra="allow")
-
-    step: int
-    wall_s: float | None = None
-    env_steps_per_s: float | None = None
-    episode_return_mean: float | None = None
-    episode_return_min: float | None = None
-    episode_return_max: float | None = None
-    episode_length_mean: float | None = None
-    episodes: int | None = None
-    policy_loss: float | None = None
-    value_loss: float | None = None
-    entropy: float | None = None
-    loss: float | None = None
-    grad_norm: float | None = None
-    explained_variance: float | None = None
-    learning_rate: float | None = None
-    weights_version: int | None = None
-    policy_lag: int | None = None
-    eval_return_mean: float | None = None
 
 
 class EventPublic(BaseModel):

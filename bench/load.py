@@ -110,7 +110,7 @@ class Server:
         env.update(RAY_TMPDIR=str(self.tmp / "ray"), A2C_RAY_NUM_CPUS=str(ray_cpus), PYTHONUNBUFFERED="1")
         (self.tmp / "ray").mkdir()
         self.log = open(self.tmp / "server.log", "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(self.port),
+        self.proc = subprocess.Popen([sys.executable, "-m", "api.cli", "serve", "--port", str(self.port),
                                       "--data-dir", str(self.tmp / "data")], cwd=REPO, env=env,
                                      stdout=self.log, stderr=subprocess.STDOUT, preexec_fn=os.setpgrp)
 

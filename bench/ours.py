@@ -1,4 +1,4 @@
-"""Runner: this project through its own CLI (`python -m service.cli train`), one process tree.
+"""Runner: this project through its own CLI (`python -m api.cli train`), one process tree.
 
 The loop's numbers come from the run's own files: `metrics.jsonl` (one row per update; its
 `wall_s` counts from the start of the training loop, and the last row's is taken before the
@@ -36,7 +36,7 @@ def train_command(env: str, steps: int, seed: int, workers: int, envs_per_worker
     """The `a2c train` command line of one benchmark run (envs per worker None: the job's
     default or the tuned table's)."""
     envs = ["--envs-per-worker", str(envs_per_worker)] if envs_per_worker else []
-    return [sys.executable, "-m", "service.cli", "train", "--env", env, "--total-steps", str(steps),
+    return [sys.executable, "-m", "api.cli", "train", "--env", env, "--total-steps", str(steps),
             "--workers", str(workers), *envs, "--seed", str(seed),
             "--eval-every", "0", "--checkpoint-every", "1000000", "--out", str(out), *(extra or [])]
 

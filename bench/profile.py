@@ -199,7 +199,7 @@ def summarize_stacks(text: str) -> dict[str, Any]:
         frames = stack.split(";")
         proc = frames[0]
         role = ("learner" if "Learner" in proc else "worker" if "RolloutWorker" in proc
-                else "driver" if "service.cli" in proc or "service/cli" in proc else "other")
+                else "driver" if "api.cli" in proc or "service.train" in proc or "api/cli" in proc else "other")
         r = roles.setdefault(role, {"samples": 0, "leaf": collections.Counter(),
                                     "inclusive": collections.Counter(), "processes": set()})
         n = int(count)

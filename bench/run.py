@@ -4,7 +4,7 @@
     python -m bench.run              # ~45 min: comparison, scaling, learner, sample efficiency, 10-min soak
     python -m bench.run --only compare --seeds 0 1 2
 
-Each runner is its own process tree (ours: `python -m service.cli train`), launched one after
+Each runner is its own process tree (ours: `python -m api.cli train`), launched one after
 another, so they never compete with each other; the machine's load average is recorded before
 and after each run, because nothing else is stopped. Env steps/s and time-to-target count only
 the training loop; start-up (process launch to the first env step: imports, Ray, actors, envs)

@@ -15,7 +15,6 @@ import json
 import os
 import stat
 import tarfile
-import tempfile
 import time
 import zlib
 from dataclasses import dataclass
@@ -97,34 +96,6 @@ def archive_bytes(state: LearnerState, spaces: SpacesSpec, env_id: str, config: 
             info.size, info.mtime, info.mode = len(data), int(manifest["created"]), 0o644
             tar.addfile(info, io.BytesIO(data))
     return buf.getvalue()
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that readers see the old file or the whole new one, never half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def write_archive(path: Path, state: LearnerState, spaces: SpacesSpec, env_id: str,
-                  config: dict[str, Any], extra: dict[str, Any] | None = None) -> Path:
-    """Write a checkpoint archive atomically to `path`; returns the path."""
-    atomic_write(Path(path), archive_bytes(state, spaces, env_id, config, extra))
-    return Path(path)
 
 
 class _CappedReader(io.RawIOBase):

@@ -56,12 +56,6 @@ def auth_token() -> str | None:
     return token or None
 
 
-def auth_headers() -> dict[str, str]:
-    """HTTP headers for Ray's dashboard and Jobs API (e.g. `JobSubmissionClient(headers=...)`)."""
-    token = auth_token()
-    return {"Authorization": f"Bearer {token}"} if token else {}
-
-
 def _enable_token_auth_if_possible() -> None:
     """Turn on token mode when RAY_AUTH_MODE is unset and a token is at hand.
 
@@ -130,6 +124,11 @@ def _resources() -> str:
     counts = {"node": sum(1 for n in ray.nodes() if n.get("Alive")),
               "CPU": int(total.get("CPU", 0)), "GPU": int(total.get("GPU", 0))}
     return ", ".join(f"{n} {name}{'s' * (n != 1)}" for name, n in counts.items())
+
+
+def cluster_cpus() -> float:
+    """Total logical CPUs of the connected Ray cluster."""
+    return float(ray.cluster_resources().get("CPU", 0))
 
 
 def cluster_has_gpu() -> bool:

@@ -21,9 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from service.records import TERMINAL, JobStatus
+
 SCHEMA_VERSION = 1
-TERMINAL = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
-"""States a job never leaves (as in Ray Jobs)."""
+_UNFINISHED = f"('{JobStatus.PENDING.value}', '{JobStatus.RUNNING.value}')"
+"""The states a job can still leave, as an SQL list (the store keeps JobStatus values)."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -88,7 +90,7 @@ class JobRow:
 
     id: str
     created: float
-    status: str
+    status: JobStatus
     env: str
     spec: dict[str, Any]
     total_steps: int
@@ -158,6 +160,7 @@ def _job(row: sqlite3.Row) -> JobRow:
     data = dict(row)
     data["spec"] = json.loads(data["spec"])
     data["summary"] = json.loads(data["summary"]) if data["summary"] else None
+    data["status"] = JobStatus(data["status"])
     data["stop_requested"] = bool(data["stop_requested"])
     return JobRow(**data)
 
@@ -240,8 +243,9 @@ class JobStore:
                 conn.execute(
                     "INSERT INTO jobs (id, created, status, env, spec, total_steps, step,"
                     " idempotency_key, request_hash, resumed_from_job, resumed_from_checkpoint,"
-                    " resume_path, resume_step) VALUES (?, ?, 'PENDING', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (job_id, time.time() if created is None else created, spec["env"], _dumps(spec), spec["total_steps"],
+                    " resume_path, resume_step) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (job_id, time.time() if created is None else created, JobStatus.PENDING.value, spec["env"],
+                     _dumps(spec), spec["total_steps"],
                      resume_step, idempotency_key, request_hash, resumed_from_job,
                      resumed_from_checkpoint, resume_path, resume_step))
                 conn.execute("INSERT INTO events (job_id, time, kind, message) VALUES (?, ?, ?, ?)",
@@ -282,7 +286,7 @@ class JobStore:
 
     def unfinished_jobs(self) -> list[JobRow]:
         """PENDING and RUNNING jobs, oldest first (what a restarted server must take care of)."""
-        rows = self._read("SELECT * FROM jobs WHERE status IN ('PENDING', 'RUNNING')"
+        rows = self._read(f"SELECT * FROM jobs WHERE status IN {_UNFINISHED}"
                           " ORDER BY created, id")
         return [_job(r) for r in rows]
 
@@ -305,7 +309,7 @@ class JobStore:
         with self._write() as conn:
             cur = conn.execute(
                 "UPDATE jobs SET status = ?, ended = ?, summary = ?, error = ?, error_type = ?"
-                " WHERE id = ? AND status IN ('PENDING', 'RUNNING')",
+                f" WHERE id = ? AND status IN {_UNFINISHED}",
                 (status, time.time(), _dumps(summary) if summary else None, error, error_type, job_id))
             if cur.rowcount:
                 self._event(conn, job_id, status.lower(), error or status)
@@ -321,7 +325,7 @@ class JobStore:
         with self._write() as conn:
             self._rewind(conn, job_id, from_step)
             conn.execute("UPDATE jobs SET status = 'PENDING', resume_path = ?, resume_step = ?,"
-                         " recoveries = recoveries + ? WHERE id = ? AND status IN ('PENDING', 'RUNNING')",
+                         f" recoveries = recoveries + ? WHERE id = ? AND status IN {_UNFINISHED}",
                          (resume_path, from_step, int(count_recovery), job_id))
             self._event(conn, job_id, "requeued", reason)
 
@@ -345,7 +349,7 @@ class JobStore:
         """Record that a stop was asked for (it survives a restart); False if already terminal."""
         with self._write() as conn:
             cur = conn.execute("UPDATE jobs SET stop_requested = 1 WHERE id = ?"
-                               " AND status IN ('PENDING', 'RUNNING')", (job_id,))
+                               f" AND status IN {_UNFINISHED}", (job_id,))
             if cur.rowcount:
                 self._event(conn, job_id, "stop", "stop requested")
         return cur.rowcount == 1

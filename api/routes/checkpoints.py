@@ -7,11 +7,11 @@ from typing import Annotated, Iterator
 from fastapi import APIRouter, Path
 from fastapi.responses import FileResponse, Response, StreamingResponse
 
-from api.deps import Authenticated, ManagerDep
+from api.deps import Authenticated, QueriesDep
 from api.routing import StrictQueryRoute
 from api.schemas import CheckpointPublic, CheckpointsPublic
 from service import storage
-from service.jobs import CHECKPOINT_ID_PATTERN, JOB_ID_PATTERN
+from service.records import CHECKPOINT_ID_PATTERN, JOB_ID_PATTERN
 
 CHUNK_BYTES = 1 << 20
 
@@ -24,21 +24,21 @@ CheckpointId = Annotated[str, Path(pattern=CHECKPOINT_ID_PATTERN,
 
 
 @router.get("", response_model=CheckpointsPublic, responses={404: {"description": "Unknown job"}})
-def list_checkpoints(job_id: JobId, manager: ManagerDep) -> CheckpointsPublic:
+def list_checkpoints(job_id: JobId, queries: QueriesDep) -> CheckpointsPublic:
     """The job's checkpoints in step order: id, step, mean return, size, creation time."""
     return CheckpointsPublic(job_id=job_id, checkpoints=[
-        CheckpointPublic.from_row(job_id, c) for c in manager.checkpoints(job_id)])
+        CheckpointPublic.from_row(job_id, c) for c in queries.checkpoints(job_id)])
 
 
 @router.get("/{ckpt_id}/archive", response_class=FileResponse, responses={
     200: {"content": {"application/gzip": {}}, "description": "The .tar.gz; `a2c evaluate` loads it."},
     404: {"description": "Unknown job or checkpoint"}})
-def download_archive(job_id: JobId, ckpt_id: CheckpointId, manager: ManagerDep) -> Response:
+def download_archive(job_id: JobId, ckpt_id: CheckpointId, queries: QueriesDep) -> Response:
     """The checkpoint archive as a download, named `<job>-<checkpoint>.tar.gz`.
 
     Streamed from the storage the job wrote to: a local file as it is, a storage URI in chunks.
     """
-    location, filename = manager.archive(job_id, ckpt_id)
+    location, filename = queries.archive(job_id, ckpt_id)
     if storage.is_local(location):
         return FileResponse(storage.local_path(location), media_type="application/gzip", filename=filename)
     return StreamingResponse(_chunks(location), media_type="application/gzip",

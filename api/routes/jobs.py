@@ -7,10 +7,10 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Header, Path, Query, Response, status
 from pydantic import SkipValidation
 
-from api.deps import Authenticated, ManagerDep
+from api.deps import Authenticated, ManagerDep, QueriesDep
 from api.routing import StrictQueryRoute
 from api.schemas import JobCreate, JobDetail, JobPublic, JobsPublic, JobStatus
-from service.jobs import JOB_ID_PATTERN
+from service.records import JOB_ID_PATTERN
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], dependencies=[Authenticated], route_class=StrictQueryRoute)
 
@@ -33,19 +33,19 @@ def create_job(body: Annotated[JobCreate, SkipValidation, Body(title="JobCreate"
 
 
 @router.get("", response_model=JobsPublic)
-def list_jobs(manager: ManagerDep,
+def list_jobs(queries: QueriesDep,
               status_: Annotated[list[JobStatus] | None, Query(alias="status", description="Only these states (repeatable).")] = None,
               max_results: Annotated[int, Query(ge=1, le=500)] = 50,
               page_token: Annotated[str | None, Query(max_length=200)] = None) -> JobsPublic:
     """Jobs, newest first, a page at a time."""
-    jobs, token = manager.list(status_, max_results, page_token)
+    jobs, token = queries.list(status_, max_results, page_token)
     return JobsPublic(jobs=[JobPublic.from_row(j) for j in jobs], next_page_token=token)
 
 
 @router.get("/{job_id}", response_model=JobDetail, response_model_exclude_unset=True, responses={404: {"description": "Unknown job"}})
-def get_job(job_id: JobId, manager: ManagerDep) -> JobDetail:
+def get_job(job_id: JobId, queries: QueriesDep) -> JobDetail:
     """Status, progress, latest metrics, timings, error if it failed, and recent events."""
-    return JobDetail.from_details(manager.describe(job_id))
+    return JobDetail.from_details(queries.describe(job_id))
 
 
 @router.post("/{job_id}/stop", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic,

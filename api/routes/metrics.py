@@ -11,10 +11,11 @@ from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import Authenticated, ManagerDep, SettingsDep
+from api.deps import Authenticated, QueriesDep, SettingsDep
 from api.routing import StrictQueryRoute
 from api.schemas import MetricsPublic
-from service.jobs import JOB_ID_PATTERN, JobManager
+from service.jobs.queries import JobQueries
+from service.records import JOB_ID_PATTERN
 from service.store import JobRow
 
 router = APIRouter(prefix="/jobs/{job_id}/metrics", tags=["metrics"], dependencies=[Authenticated],
@@ -26,7 +27,7 @@ STREAM_BATCH = 500
 
 
 @router.get("", response_model=MetricsPublic, responses={404: {"description": "Unknown job"}})
-def get_metrics(job_id: JobId, manager: ManagerDep, since_step: SinceStep = 0,
+def get_metrics(job_id: JobId, queries: QueriesDep, since_step: SinceStep = 0,
                 limit: Annotated[int, Query(ge=1, le=10_000)] = 1000) -> Response:
     """Metrics rows in step order; poll with `since_step=next_since_step` for newer ones.
 
@@ -34,7 +35,7 @@ def get_metrics(job_id: JobId, manager: ManagerDep, since_step: SinceStep = 0,
     store): dashboards poll this, and parsing, validating and re-encoding every row cost more
     than the rest of the request.
     """
-    job, rows = manager.metrics_json(job_id, since_step, limit)
+    job, rows = queries.metrics_json(job_id, since_step, limit)
     body = (f'{{"job_id":{json.dumps(job.id)},"status":{json.dumps(job.status)},'
             f'"rows":[{",".join(row for _, row in rows)}],'
             f'"next_since_step":{rows[-1][0] if rows else since_step}}}')
@@ -53,7 +54,7 @@ class SharedReads:
         self._reads: dict[tuple[str, int], tuple[int, asyncio.Task]] = {}
         self._tick = -1
 
-    def read(self, manager: JobManager, job_id: str, since: int, tick: int) -> Awaitable[tuple[JobRow, bytes, int, int]]:
+    def read(self, queries: JobQueries, job_id: str, since: int, tick: int) -> Awaitable[tuple[JobRow, bytes, int, int]]:
         """(job, the rows after `since` as SSE events, their last step or `since`, row count)."""
         if tick != self._tick:  # forget the reads of earlier ticks
             self._tick = tick
@@ -61,7 +62,7 @@ class SharedReads:
         key = (job_id, since)
         hit = self._reads.get(key)
         if hit is None or hit[0] != tick:
-            task = asyncio.ensure_future(_read_events(manager, job_id, since))
+            task = asyncio.ensure_future(_read_events(queries, job_id, since))
             # Retrieved here too, so a failed read whose streams all went away is not logged as lost.
             task.add_done_callback(lambda t: t.cancelled() or t.exception())
             hit = self._reads[key] = (tick, task)
@@ -78,8 +79,8 @@ def metrics_event(step: int, row: str) -> str:
     return f"id: {step}\r\nevent: metrics\r\ndata: {row}\r\n\r\n"
 
 
-async def _read_events(manager: JobManager, job_id: str, since: int) -> tuple[JobRow, bytes, int, int]:
-    job, rows = await asyncio.to_thread(manager.metrics_json, job_id, since, STREAM_BATCH)
+async def _read_events(queries: JobQueries, job_id: str, since: int) -> tuple[JobRow, bytes, int, int]:
+    job, rows = await asyncio.to_thread(queries.metrics_json, job_id, since, STREAM_BATCH)
     events = "".join(metrics_event(step, row) for step, row in rows).encode()
     return job, events, rows[-1][0] if rows else since, len(rows)
 
@@ -92,7 +93,7 @@ async def get_stream_reads(request: Request) -> SharedReads:
     return reads
 
 
-async def metrics_events(manager: JobManager, job_id: str, since_step: int, poll_s: float,
+async def metrics_events(queries: JobQueries, job_id: str, since_step: int, poll_s: float,
                          reads: SharedReads) -> AsyncIterator[ServerSentEvent | bytes]:
     """`metrics` events (id = step) as rows arrive, then one `end` event when the job ends.
 
@@ -101,7 +102,7 @@ async def metrics_events(manager: JobManager, job_id: str, since_step: int, poll
     last = since_step
     while True:
         tick = int(time.monotonic() // poll_s)
-        job, events, last, n = await reads.read(manager, job_id, last, tick)
+        job, events, last, n = await reads.read(queries, job_id, last, tick)
         if n:
             yield events
         if n == STREAM_BATCH:
@@ -117,10 +118,10 @@ async def metrics_events(manager: JobManager, job_id: str, since_step: int, poll
           "description": "`event: metrics` per row (`id` is its step, `data` the row as JSON); "
                          "`event: end` with the final status, then the stream closes."},
     404: {"description": "Unknown job"}})
-async def stream_metrics(job_id: JobId, manager: ManagerDep, settings: SettingsDep,
+async def stream_metrics(job_id: JobId, queries: QueriesDep, settings: SettingsDep,
                          reads: Annotated[SharedReads, Depends(get_stream_reads)], since_step: SinceStep = 0,
                          last_event_id: Annotated[int | None, Header(ge=0)] = None) -> EventSourceResponse:
     """The metrics rows live, as server-sent events; a reconnect with Last-Event-ID resumes."""
-    await run_in_threadpool(manager.get, job_id)  # 404 before the stream starts
+    await run_in_threadpool(queries.get, job_id)  # 404 before the stream starts
     start = max(since_step, last_event_id or 0)
-    return EventSourceResponse(metrics_events(manager, job_id, start, settings.sse_poll_s, reads), ping=15)
+    return EventSourceResponse(metrics_events(queries, job_id, start, settings.sse_poll_s, reads), ping=15)

@@ -7,9 +7,10 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Response
 
-from api.deps import Authenticated, ManagerDep
+from api.deps import Authenticated, QueriesDep
 from api.routing import StrictQueryRoute
-from service.jobs import JOB_ID_PATTERN, JobManager
+from service.jobs.queries import JobQueries
+from service.records import JOB_ID_PATTERN
 from service.store import JobRow
 
 router = APIRouter(prefix="/jobs/{job_id}", tags=["metrics"], dependencies=[Authenticated],
@@ -19,11 +20,11 @@ JobId = Annotated[str, Path(pattern=JOB_ID_PATTERN, description="A job id (12 he
 PAGE = 10_000
 
 
-def all_rows(manager: JobManager, job_id: str) -> tuple[JobRow, list[dict[str, Any]]]:
+def all_rows(queries: JobQueries, job_id: str) -> tuple[JobRow, list[dict[str, Any]]]:
     """The job and every metrics row it has, read a page at a time."""
-    job, rows = manager.metrics(job_id, 0, PAGE)
+    job, rows = queries.metrics(job_id, 0, PAGE)
     while rows and len(rows) % PAGE == 0:
-        _, more = manager.metrics(job_id, rows[-1]["step"], PAGE)
+        _, more = queries.metrics(job_id, rows[-1]["step"], PAGE)
         if not more:
             break
         rows += more
@@ -68,10 +69,10 @@ def render_learning_curve(job: JobRow, rows: list[dict[str, Any]], width: float,
 @router.get("/plot.png", response_class=Response, responses={
     200: {"content": {"image/png": {}}, "description": "The learning curve as a PNG."},
     404: {"description": "Unknown job"}})
-def plot_png(job_id: JobId, manager: ManagerDep,
+def plot_png(job_id: JobId, queries: QueriesDep,
              width: Annotated[float, Query(ge=2, le=20, description="Inches (100 px each).")] = 8,
              height: Annotated[float, Query(ge=2, le=20, description="Inches (100 px each).")] = 4.5) -> Response:
     """The learning curve: episode return mean with its min-max band, and eval return, vs env steps."""
-    job, rows = all_rows(manager, job_id)
+    job, rows = all_rows(queries, job_id)
     return Response(render_learning_curve(job, rows, width, height), media_type="image/png",
                     headers={"Cache-Control": "no-store"})

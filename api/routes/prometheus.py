@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.deps import Authenticated, StoreDep
 from api.routing import StrictQueryRoute
-from service.jobs import STATUSES
+from service.records import JobStatus
 from service.store import JobStore
 
 router = APIRouter(tags=["monitoring"], dependencies=[Authenticated], route_class=StrictQueryRoute)
@@ -73,8 +73,8 @@ class JobsCollector:
         """Jobs by state, updates in total, and steps, steps/s, updates and return per running job."""
         jobs = GaugeMetricFamily("a2c_jobs", "Jobs in each state.", labels=["status"])
         counts = self.store.status_counts()
-        for status in STATUSES:
-            jobs.add_metric([status], counts.get(status, 0))
+        for status in JobStatus:
+            jobs.add_metric([status.value], counts.get(status.value, 0))
         yield jobs
         updates = self.store.update_counts()
         yield CounterMetricFamily("a2c_updates", "A2C updates done, over all jobs.",
@@ -86,7 +86,7 @@ class JobsCollector:
         job_updates = CounterMetricFamily("a2c_job_updates", "Updates done by a running job.", labels=labels)
         ret = GaugeMetricFamily("a2c_job_episode_return_mean",
                                 "Mean return of a running job's last 20 finished episodes.", labels=labels)
-        for job in self.store.list_jobs(["RUNNING"], limit=10_000):
+        for job in self.store.list_jobs([JobStatus.RUNNING], limit=10_000):
             key = [job.id, job.env]
             steps.add_metric(key, job.step)
             job_updates.add_metric(key, updates.get(job.id, 0))

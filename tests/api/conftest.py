@@ -134,7 +134,7 @@ def read_sse(response: httpx.Response) -> list[tuple[str, dict]]:
 
 
 class ServerProcess:
-    """`python -m service.cli serve` in a subprocess, on a free loopback port."""
+    """`python -m api.cli serve` in a subprocess, on a free loopback port."""
 
     def __init__(self, data_dir: Path, token: str | None = None, env: dict[str, str] | None = None) -> None:
         self.data_dir, self.token = data_dir, token
@@ -156,7 +156,7 @@ class ServerProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "serve", "--port", str(self.port),
+            [sys.executable, "-m", "api.cli", "serve", "--port", str(self.port),
              "--data-dir", str(self.data_dir)],
             cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()

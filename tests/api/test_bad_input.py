@@ -20,8 +20,10 @@ from fastapi.testclient import TestClient
 
 from api.app import create_app
 from api.config import Settings
-from api.deps import get_manager, get_store
-from service.jobs import JobLimits, JobManager
+from api.deps import get_manager, get_queries, get_store
+from service.jobs.locations import JobLocations
+from service.jobs.manager import JobLimits, JobManager
+from service.jobs.queries import JobQueries
 from service.store import CheckpointRow, JobStore
 
 SPEC = {"env": "CartPole-v1", "total_steps": 2048, "workers": 1, "envs_per_worker": 2,
@@ -43,7 +45,7 @@ def store(data_dir):
 
 @pytest.fixture
 def manager(store, data_dir):
-    return JobManager(store, data_dir, JobLimits(max_total_steps=100_000), cluster_cpus=lambda: 4.0)
+    return JobManager(store, JobLocations(data_dir), JobLimits(max_total_steps=100_000), cluster_cpus=lambda: 4.0)
 
 
 @pytest.fixture
@@ -53,6 +55,7 @@ def make_client(store, manager, data_dir):
         app = create_app(Settings(**{"data_dir": data_dir, "max_body_bytes": MAX_BODY, **settings}))
         app.dependency_overrides[get_store] = lambda: store
         app.dependency_overrides[get_manager] = lambda: manager
+        app.dependency_overrides[get_queries] = lambda: JobQueries(store, manager.locations, manager.cluster_cpus)
         return TestClient(app, raise_server_exceptions=False)
     return make
 
@@ -374,7 +377,7 @@ def test_an_archive_tampered_after_the_resume_was_accepted_fails_the_job(
     from learner.config import A2CConfig, PolicyConfig
     from learner.learner import Learner
     from learner.policy import SpacesSpec
-    from service.spec import build_spec
+    from service.run.spec import build_spec
 
     spaces = SpacesSpec(obs_shape=(4,), action_type="discrete", action_n=2)
     spec = build_spec(SPEC)
@@ -390,7 +393,7 @@ def test_an_archive_tampered_after_the_resume_was_accepted_fails_the_job(
     # The server restarts (a new manager on the same store) and admits the job: 4 stub CPUs;
     # no Ray is needed (the address leads nowhere), since reading the archive is the first
     # thing a job's driver does.
-    manager = JobManager(store, data_dir, JobLimits(max_total_steps=100_000), cluster_cpus=lambda: 4.0,
+    manager = JobManager(store, JobLocations(data_dir), JobLimits(max_total_steps=100_000), cluster_cpus=lambda: 4.0,
                          ray_address="127.0.0.1:9")
     manager.start()
     try:

@@ -39,7 +39,7 @@ def test_latest_archive_downloads_with_a_server_made_file_name(client, finished_
 def test_downloaded_archive_loads_with_a2c_evaluate(client, finished_job, tmp_path):
     path = tmp_path / "latest.tar.gz"
     path.write_bytes(client.get(f"/jobs/{finished_job['id']}/checkpoints/latest/archive").content)
-    out = subprocess.run([sys.executable, "-m", "service.cli", "evaluate", str(path), "--episodes", "2"],
+    out = subprocess.run([sys.executable, "-m", "api.cli", "evaluate", str(path), "--episodes", "2"],
                          capture_output=True, text=True, timeout=300, check=True)
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["env"] == "CartPole-v1" and result["episodes"] == 2 and result["return_mean"] > 0
@@ -93,7 +93,7 @@ def test_jobs_write_to_a_storage_uri_and_the_api_lists_serves_and_resumes_from_i
         n for n in ("jobs.sqlite3", "jobs.sqlite3-shm", "jobs.sqlite3-wal") if (uri_server.data_dir / n).exists()]
     path = tmp_path / "from-uri.tar.gz"
     path.write_bytes(r.content)
-    out = subprocess.run([sys.executable, "-m", "service.cli", "evaluate", str(path), "--episodes", "2"],
+    out = subprocess.run([sys.executable, "-m", "api.cli", "evaluate", str(path), "--episodes", "2"],
                          capture_output=True, text=True, timeout=300, check=True)
     assert json.loads(out.stdout.strip().splitlines()[-1])["env"] == "CartPole-v1"
 

@@ -19,7 +19,9 @@ from schemathesis.specs.openapi import checks as openapi_checks
 
 from api.app import create_app
 from api.config import Settings
-from service.jobs import JobLimits, JobManager
+from service.jobs.locations import JobLocations
+from service.jobs.manager import JobLimits, JobManager
+from service.jobs.queries import JobQueries
 from service.store import JobStore
 
 TOKEN = "fuzz-token"
@@ -37,8 +39,9 @@ def api_schema(tmp_path):
         # and a manager that only validates and queues.
         store = JobStore(tmp_path / "jobs.sqlite3")
         app.state.store = store
-        app.state.manager = JobManager(store, tmp_path, JobLimits(max_total_steps=1_000_000),
+        app.state.manager = JobManager(store, JobLocations(tmp_path), JobLimits(max_total_steps=1_000_000),
                                        cluster_cpus=lambda: 4.0)
+        app.state.queries = JobQueries(store, app.state.manager.locations, app.state.manager.cluster_cpus)
         try:
             yield
         finally:

@@ -8,8 +8,10 @@ from fastapi.testclient import TestClient
 
 from api.app import create_app
 from api.config import Settings
-from api.deps import get_app_settings, get_manager, get_store
-from service.jobs import JobLimits, JobManager
+from api.deps import get_app_settings, get_manager, get_queries, get_store
+from service.jobs.locations import JobLocations
+from service.jobs.manager import JobLimits, JobManager
+from service.jobs.queries import JobQueries
 from service.store import CheckpointRow, JobStore
 
 SPEC = {"env": "CartPole-v1", "total_steps": 2048, "workers": 2, "envs_per_worker": 4,
@@ -25,7 +27,7 @@ def store(tmp_path):
 
 @pytest.fixture
 def manager(store, tmp_path):
-    return JobManager(store, tmp_path, JobLimits(max_total_steps=100_000), cluster_cpus=lambda: 4.0)
+    return JobManager(store, JobLocations(tmp_path), JobLimits(max_total_steps=100_000), cluster_cpus=lambda: 4.0)
 
 
 def make_client(store, manager, **settings) -> TestClient:
@@ -33,6 +35,7 @@ def make_client(store, manager, **settings) -> TestClient:
     app = create_app(Settings(**{"max_body_bytes": 4096, **settings}))
     app.dependency_overrides[get_store] = lambda: store
     app.dependency_overrides[get_manager] = lambda: manager
+    app.dependency_overrides[get_queries] = lambda: JobQueries(store, manager.locations, manager.cluster_cpus)
     return TestClient(app)
 
 

@@ -11,8 +11,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from api.app import create_app
 from api.config import Settings
-from api.deps import get_manager, get_store
-from service.jobs import JobLimits, JobManager
+from api.deps import get_manager, get_queries, get_store
+from service.jobs.locations import JobLocations
+from service.jobs.manager import JobLimits, JobManager
+from service.jobs.queries import JobQueries
 from service.store import JobStore
 
 SPEC = {"env": "CartPole-v1", "total_steps": 2048, "workers": 2, "envs_per_worker": 4,
@@ -28,10 +30,11 @@ def store(tmp_path):
 
 def make_client(store: JobStore, tmp_path, **settings) -> TestClient:
     """A client of an app whose lifespan does not run: no Ray, dependencies overridden."""
-    manager = JobManager(store, tmp_path, JobLimits(), cluster_cpus=lambda: 4.0)
+    manager = JobManager(store, JobLocations(tmp_path), JobLimits(), cluster_cpus=lambda: 4.0)
     app = create_app(Settings(**settings))
     app.dependency_overrides[get_store] = lambda: store
     app.dependency_overrides[get_manager] = lambda: manager
+    app.dependency_overrides[get_queries] = lambda: JobQueries(store, manager.locations, manager.cluster_cpus)
     return TestClient(app)
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from service.trainer import read_checkpoint
+from service.run.checkpoints import read_checkpoint
 
 pytestmark = pytest.mark.cluster
 
@@ -136,7 +136,7 @@ def test_api_server_on_the_cluster_reports_the_device_and_serves_checkpoints_fro
     store = tmp_path / "shared-storage"
     env = {**ray_cluster.env, "A2C_STORAGE": store.as_uri(), "PYTHONPATH": str(REPO)}
     log = open(tmp_path / "serve.log", "wb")
-    server = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(port),
+    server = subprocess.Popen([sys.executable, "-m", "api.cli", "serve", "--port", str(port),
                                "--data-dir", str(tmp_path / "data"), "--address", ray_cluster.gcs_address],
                               cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"

@@ -12,8 +12,8 @@ import pytest
 import ray
 import yaml
 
-from service.cli import build_parser
-from service.spec import build_spec
+from api.cli import build_parser
+from service.run.spec import build_spec
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 REPO = DEPLOY.parent

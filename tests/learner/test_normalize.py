@@ -130,7 +130,7 @@ def test_an_older_checkpoint_config_is_completed_with_the_defaults_it_ran_with()
     assert ckpt.config["policy"]["normalize_observations"] is False
     assert ckpt.config["a2c"]["normalize_rewards"] is False and ckpt.config["a2c"]["gamma"] == 0.9
     # So resuming it fills nothing from the tuned table (Pendulum's turns normalisation on).
-    from service.spec import build_spec
+    from service.run.spec import build_spec
     spec = build_spec({**ckpt.config, "workers": 2, "envs_per_worker": 8})
     assert not spec.policy.normalize_observations and not spec.a2c.normalize_rewards
     assert not any(f.startswith(("a2c.", "policy.")) for f in spec.tuned)
@@ -139,8 +139,8 @@ def test_an_older_checkpoint_config_is_completed_with_the_defaults_it_ran_with()
 def test_resuming_with_a_policy_the_weights_do_not_fit_names_the_policy_field():
     import pytest
 
-    from service.spec import InvalidSpec, build_spec
-    from service.trainer import check_resume
+    from service.run.spec import InvalidSpec, build_spec
+    from service.run.spec import check_resume
     from workers.env import describe_spaces
     spaces = describe_spaces("CartPole-v1")
     learner = Learner(spaces, PolicyConfig(), A2CConfig(), 1000, 0)

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from learner.checkpoint import CheckpointRejected, read_archive
-from service.cli import main
+from api.cli import main
 
 
 def test_read_archive_refuses_every_crafted_archive(crafted, tmp_path):
@@ -51,7 +51,7 @@ def test_the_real_command_refuses_a_pickle_payload_without_running_it(command, _
     marker, cases = _crafted_bytes
     path = tmp_path / "evil.tar.gz"
     path.write_bytes(cases["pickle"][0])
-    result = subprocess.run([sys.executable, "-m", "service.cli", *command, str(path)],
+    result = subprocess.run([sys.executable, "-m", "api.cli", *command, str(path)],
                             capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert result.returncode == 1, result.stderr
     assert "CheckpointRejected" in result.stderr and "do not load" in result.stderr

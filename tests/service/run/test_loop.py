@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 
 from learner.checkpoint import read_archive
-from service.spec import build_spec
-from service.trainer import Trainer, TrainingFailed, read_checkpoint
+from service.run.spec import build_spec
+from service.run.checkpoints import read_checkpoint
+from service.run.loop import Trainer
+from service.run.worker_group import TrainingFailed
 
 pytestmark = pytest.mark.ray
 TIMING_KEYS = {"wall_s", "env_steps_per_s"}
@@ -120,7 +122,7 @@ def test_resume_continues_step_count_weights_and_schedule(ray_session, tmp_path)
 
 
 def test_too_many_workers_fail_before_any_actor_starts(ray_session, tmp_path):
-    from service.spec import InvalidSpec
+    from service.run.spec import InvalidSpec
     with pytest.raises(InvalidSpec) as err:
         Trainer(build_spec({**SMALL, "workers": 64, "a2c": {"steps_per_batch": 512}}), tmp_path).run()
     assert err.value.field == "workers" and "64 workers" in err.value.message

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from service.worker_group import first_line, loss_of
+from service.run.worker_group import first_line, loss_of
 
 pytestmark = pytest.mark.ray
 

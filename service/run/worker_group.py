@@ -23,7 +23,7 @@ from ray.exceptions import (ActorUnavailableError, GetTimeoutError, ObjectLostEr
                             RayTaskError)
 
 from learner.policy import SpacesSpec
-from service.spec import JobSpec
+from service.run.spec import JobSpec
 from workers.worker import Episodes, RolloutWorker
 
 

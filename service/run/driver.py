@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
-from service.trainer import CheckpointInfo, TrainingSink
+from service.run.sinks import CheckpointInfo, TrainingSink
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def _context() -> multiprocessing.context.BaseContext:
     gymnasium) once, so a job's driver starts in a fork instead of ~2 s of imports. Nothing in
     the fork server joins Ray or starts threads; each driver joins Ray after the fork."""
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload([__name__])
+    ctx.set_forkserver_preload([__name__, "service.run.loop"])
     return ctx
 
 
@@ -195,8 +195,9 @@ def _child_main(request: DriverRequest, events, control) -> None:
         from learner.checkpoint import CheckpointRejected
         from service import storage
         from service.cluster import connect
-        from service.spec import JobSpec
-        from service.trainer import Trainer, read_checkpoint
+        from service.run.checkpoints import read_checkpoint
+        from service.run.loop import Trainer
+        from service.run.spec import JobSpec
 
         resume = None
         if request.resume_location:  # first: a bad archive fails the job before any actor starts

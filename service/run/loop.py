@@ -19,77 +19,29 @@ import contextlib
 import logging
 import threading
 import time
-import uuid
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import ray
 from ray.exceptions import GetTimeoutError
 
-from learner.checkpoint import Checkpoint, archive_bytes, read_archive
+from learner.checkpoint import Checkpoint
 from learner.learner import Learner, LearnerState
-from learner.policy import ActorCritic, SpacesSpec
-from service import storage
+from learner.policy import SpacesSpec
 from service.cluster import cluster_has_gpu
-from service.spec import InvalidSpec, JobSpec
-from service.worker_group import (LearnerLost, RolloutsLost, TrainingFailed, WorkerGroup, actor_node_id,
-                                  first_line, loss_of)
-from workers.env import UnknownEnvironment, describe_spaces
+from service.records import UPDATE_STATS, JobStatus, MetricsRow, checkpoint_id, new_job_id
+from service import storage
+from service.run.checkpoints import read_checkpoint, write_checkpoint
+from service.run.sinks import CheckpointInfo, NullSink, TrainingSink
+from service.run.spec import InvalidSpec, JobSpec, job_spaces
+from service.run.worker_group import (LearnerLost, RolloutsLost, TrainingFailed, WorkerGroup, actor_node_id,
+                                      first_line, loss_of)
 from workers.worker import Episodes
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CheckpointInfo", "NullSink", "Trainer", "TrainingFailed", "TrainingSink", "job_spaces"]
-
 RETURN_WINDOW = 20
 """Episode returns and summary means are over the last this many finished episodes."""
-
-
-@dataclass(frozen=True)
-class CheckpointInfo:
-    """A checkpoint archive that was written, as job stores and listings report it."""
-
-    id: str
-    location: str
-    """Where the archive is: a path or a storage URI (see `service.storage`)."""
-    step: int
-    return_mean: float | None
-    size_bytes: int
-    created: float
-
-
-class TrainingSink(Protocol):
-    """Where a Trainer reports what happens: job stores, metric files, progress bars."""
-
-    def event(self, kind: str, message: str) -> None:
-        """Something worth a line in the job's history (device chosen, worker replaced...)."""
-
-    def metrics(self, row: dict[str, Any]) -> None:
-        """One metrics row per update, with the keys of ARCHITECTURE.md."""
-
-    def checkpoint(self, info: CheckpointInfo) -> None:
-        """A checkpoint archive was written."""
-
-    def rewind(self, step: int) -> None:
-        """The job goes back to `step` (a restarted learner resumed from that checkpoint): the
-        rows recorded after it are void, and rows for those steps will come again."""
-
-
-class NullSink:
-    """A sink that drops everything."""
-
-    def event(self, kind: str, message: str) -> None:
-        """Drop the event."""
-
-    def metrics(self, row: dict[str, Any]) -> None:
-        """Drop the row."""
-
-    def checkpoint(self, info: CheckpointInfo) -> None:
-        """Drop the record."""
-
-    def rewind(self, step: int) -> None:
-        """Nothing to drop."""
 
 
 def _finite(value: Any) -> Any:
@@ -99,44 +51,6 @@ def _finite(value: Any) -> Any:
 
 def _mean(values) -> float | None:
     return float(np.mean(values)) if len(values) else None
-
-
-def read_checkpoint(location: str) -> Checkpoint:
-    """A checkpoint archive read (and verified) from a path or a storage URI."""
-    return read_archive(storage.read_bytes(location))
-
-
-def job_spaces(spec: JobSpec, resume: Checkpoint | None = None) -> SpacesSpec:
-    """The env's spaces, once the job's env, policy and resumed checkpoint (if any) are known to
-    fit them; raises InvalidSpec naming the field that does not."""
-    try:
-        spaces = describe_spaces(spec.env, spec.env_kwargs)
-    except UnknownEnvironment as exc:
-        raise InvalidSpec("env", str(exc)) from None
-    except Exception as exc:  # noqa: BLE001 - bad env_kwargs raise whatever the env raises
-        raise InvalidSpec("env_kwargs", f"{spec.env} cannot be made with these kwargs: {exc}") from None
-    if spec.policy.use_sde and spaces.action_type != "box":
-        raise InvalidSpec("policy.use_sde", f"gSDE explores continuous actions; {spec.env}'s are "
-                          f"{spaces.action_type}: set use_sde to false")
-    if resume is not None:
-        check_resume(spec, resume, spaces)
-    return spaces
-
-
-def check_resume(spec: JobSpec, resume: Checkpoint, spaces: SpacesSpec) -> None:
-    """Refuse a resumed job whose env or policy the checkpoint's weights do not fit."""
-    if resume.spaces != spaces:
-        raise InvalidSpec("env", f"{spec.env}'s spaces {spaces} do not match the checkpoint's "
-                          f"({resume.env_id}: {resume.spaces})")
-    want = {k: tuple(v.shape) for k, v in ActorCritic(spaces, spec.policy).state_dict().items()}
-    have = {k: tuple(v.shape) for k, v in resume.state.weights.tensors.items()}
-    if want != have:
-        diff = [f"missing {k}" for k in sorted(want.keys() - have.keys())]
-        diff += [f"unexpected {k}" for k in sorted(have.keys() - want.keys())]
-        diff += [f"{k} is {have[k]}, not {want[k]}" for k in sorted(want.keys() & have.keys())
-                 if want[k] != have[k]]
-        raise InvalidSpec("policy", "the checkpoint's weights do not fit this policy config ("
-                          + "; ".join(diff[:4]) + "); resume with the checkpoint's own policy settings")
 
 
 class Trainer:
@@ -152,7 +66,7 @@ class Trainer:
                  max_worker_replacements: int = 10) -> None:
         self.spec, self.location = spec, str(location)
         self.sink = sink or NullSink()
-        self.job_id = job_id or uuid.uuid4().hex[:12]
+        self.job_id = job_id or new_job_id()
         self.resume = resume
         self.resource_timeout_s = resource_timeout_s
         """Longest wait for cluster resources: for the actors at start and for replacements."""
@@ -230,7 +144,7 @@ class Trainer:
             raise LearnerLost(f"the learner {loss} during {what}: {first_line(exc)}") from exc
 
     def run(self) -> dict[str, Any]:
-        """Train; returns the summary (keys of ARCHITECTURE.md plus `status`)."""
+        """Train; returns the summary (see `service.train` for its keys) with `status`."""
         spec, t0 = self.spec, time.monotonic()
         spaces = job_spaces(spec, self.resume)  # checked before any actor starts
         self.use_gpu = self._check_cluster()
@@ -266,8 +180,8 @@ class Trainer:
                     last = step >= spec.total_steps or self._stop.is_set()
                     row = self._row(stats, episodes, loop_t0)
                     if last or (spec.eval_every and updates % spec.eval_every == 0):
-                        row["eval_return_mean"] = self._evaluate(weights, updates)
-                    self.sink.metrics(row)
+                        row.eval_return_mean = self._evaluate(weights, updates)
+                    self.sink.metrics(row.model_dump(exclude_unset=True))
                     self._count_nonfinite(stats)  # after the row: the failing update is recorded too
                     if updates % spec.checkpoint_every == 0 or last:
                         self._checkpoint(spaces)
@@ -293,7 +207,7 @@ class Trainer:
             "env_steps_per_s": round(trained / wall_s, 1) if wall_s > 0 else None,
             "final_return_mean": _mean(self.returns), "best_return_mean": self.best_return_mean,
             "checkpoint": self.last_checkpoint.location if self.last_checkpoint else None,
-            "status": "STOPPED" if self._stop.is_set() else "SUCCEEDED",
+            "status": JobStatus.STOPPED if self._stop.is_set() else JobStatus.SUCCEEDED,
         }
 
     def _restart_learner(self, spaces: SpacesSpec, exc: LearnerLost) -> tuple[int, int]:
@@ -331,7 +245,7 @@ class Trainer:
                         f"from step {step}; metrics rows after step {step} are recorded again")
         return step, updates
 
-    def _row(self, stats: dict[str, Any], episodes: list[Episodes], loop_t0: float) -> dict[str, Any]:
+    def _row(self, stats: dict[str, Any], episodes: list[Episodes], loop_t0: float) -> MetricsRow:
         """The metrics row of one update.
 
         `env_steps_per_s` is the batch over the wall time since the previous row, evaluation and
@@ -347,17 +261,14 @@ class Trainer:
             self.best_return_mean = max(mean, self.best_return_mean or -np.inf)
         now = time.monotonic()
         self._last_row_t, since = now, self._last_row_t
-        return {
-            "step": stats["step"], "wall_s": round(now - loop_t0, 4),
-            "env_steps_per_s": round(self.spec.a2c.steps_per_batch / max(now - since, 1e-9), 1),
-            "episode_return_mean": mean,
-            "episode_return_min": float(np.min(window)) if window else None,
-            "episode_return_max": float(np.max(window)) if window else None,
-            "episode_length_mean": _mean(lengths), "episodes": int(finished.size),
-            **{k: _finite(stats.get(k)) for k in ("policy_loss", "value_loss", "entropy", "loss", "grad_norm",
-                                     "explained_variance", "learning_rate", "entropy_coef",
-                                     "weights_version", "policy_lag")},
-        }
+        return MetricsRow(
+            step=stats["step"], wall_s=round(now - loop_t0, 4),
+            env_steps_per_s=round(self.spec.a2c.steps_per_batch / max(now - since, 1e-9), 1),
+            episode_return_mean=mean,
+            episode_return_min=float(np.min(window)) if window else None,
+            episode_return_max=float(np.max(window)) if window else None,
+            episode_length_mean=_mean(lengths), episodes=int(finished.size),
+            **{k: _finite(stats.get(k)) for k in UPDATE_STATS})
 
     def _count_nonfinite(self, stats: dict[str, Any]) -> None:
         """Fail the job after `max_nonfinite_updates` updates in a row skipped for NaN/inf."""
@@ -379,13 +290,12 @@ class Trainer:
         state = self._learner_get(self.learner.state.remote(), "the learner's checkpoint")
         if not all(np.isfinite(t).all() for t in state.weights.tensors.values()):
             raise TrainingFailed(f"weights at step {state.step} are not finite; not checkpointed")
-        ckpt_id = f"step-{state.step:010d}"
+        ckpt_id = checkpoint_id(state.step)
         location = storage.join(self.location, "checkpoints", f"{ckpt_id}.tar.gz")
         mean = _mean(self.returns)
-        data = archive_bytes(state, spaces, self.spec.env, self.spec.model_dump(mode="json"),
-                             extra={"job_id": self.job_id, "return_mean": mean})
-        storage.write_bytes_atomic(location, data)
-        info = CheckpointInfo(ckpt_id, location, state.step, mean, len(data), time.time())
+        size = write_checkpoint(location, state, spaces, self.spec.env, self.spec.model_dump(mode="json"),
+                                extra={"job_id": self.job_id, "return_mean": mean})
+        info = CheckpointInfo(ckpt_id, location, state.step, mean, size, time.time())
         self.last_checkpoint = info
         self._returns_at_checkpoint = (list(self.returns), self.best_return_mean)
         self.sink.checkpoint(info)

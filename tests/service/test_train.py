@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from service import cli
-from service.cli import ConsoleSink
-from service.tensorboard_log import TensorBoardLog
+from service import train
+from service.train import ConsoleSink
+from service.run.tensorboard_log import TensorBoardLog
 
 
 def rows(n: int) -> list[dict]:
@@ -30,7 +30,7 @@ def read_scalars(log_dir: Path) -> dict[str, dict[int, float]]:
 
 
 def test_plain_lines_show_step_of_total_return_and_sps_when_not_on_a_terminal(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(cli, "_is_terminal", lambda: False)
+    monkeypatch.setattr(train, "_is_terminal", lambda: False)
     sink = ConsoleSink(tmp_path, total_steps=1024)
     for row in rows(3):
         sink.metrics(row)
@@ -43,7 +43,7 @@ def test_plain_lines_show_step_of_total_return_and_sps_when_not_on_a_terminal(tm
 
 
 def test_progress_bar_shows_steps_return_and_sps_on_a_terminal(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(cli, "_is_terminal", lambda: True)
+    monkeypatch.setattr(train, "_is_terminal", lambda: True)
     sink = ConsoleSink(tmp_path, total_steps=1024)
     for row in rows(2):
         sink.metrics(row)
@@ -53,7 +53,7 @@ def test_progress_bar_shows_steps_return_and_sps_on_a_terminal(tmp_path, capsys,
 
 
 def test_console_sink_writes_the_rows_to_tensorboard_under_their_metric_names(tmp_path, monkeypatch):
-    monkeypatch.setattr(cli, "_is_terminal", lambda: False)
+    monkeypatch.setattr(train, "_is_terminal", lambda: False)
     sink = ConsoleSink(tmp_path, total_steps=1024)
     for row in rows(3):
         sink.metrics(row)
@@ -85,7 +85,7 @@ def test_nan_inf_none_and_bools_are_not_logged(tmp_path):
 @pytest.mark.ray
 def test_a2c_train_prints_plain_progress_and_logs_tensorboard_in_its_run_dir(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "service.cli", "train", "--env", "CartPole-v1", "--total-steps", "1024",
+        [sys.executable, "-m", "api.cli", "train", "--env", "CartPole-v1", "--total-steps", "1024",
          "--workers", "1", "--envs-per-worker", "4", "--steps-per-batch", "256", "--eval-every", "0"],
         cwd=tmp_path, capture_output=True, text=True, timeout=300,
         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})

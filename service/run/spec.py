@@ -1,4 +1,5 @@
-"""`JobSpec`: one training job as submitted by the CLI, a config file or `POST /jobs`."""
+"""`JobSpec`: one training job as submitted by the CLI, a config file or `POST /jobs`, and its
+checks against the env's spaces and a checkpoint to resume from (`job_spaces`)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from learner.checkpoint import Checkpoint
 from learner.config import A2CConfig, FrozenModel, PolicyConfig
-from service.tuned import TUNED
-from workers.env import UnknownEnvironment, check_env_id
+from learner.policy import ActorCritic, SpacesSpec
+from service.run.tuned import TUNED
+from workers.env import UnknownEnvironment, check_env_id, describe_spaces
 
 JsonScalar = str | int | float | bool | None
 
@@ -166,3 +169,36 @@ def build_spec(data: dict[str, Any], *, strict: bool = False) -> JobSpec:
         field = ".".join(str(p) for p in err["loc"]) or "spec"
         msg = err["msg"].removeprefix("Value error, ")
         raise InvalidSpec(field, msg) from None
+
+
+def job_spaces(spec: JobSpec, resume: Checkpoint | None = None) -> SpacesSpec:
+    """The env's spaces, once the job's env, policy and resumed checkpoint (if any) are known to
+    fit them; raises InvalidSpec naming the field that does not."""
+    try:
+        spaces = describe_spaces(spec.env, spec.env_kwargs)
+    except UnknownEnvironment as exc:
+        raise InvalidSpec("env", str(exc)) from None
+    except Exception as exc:  # noqa: BLE001 - bad env_kwargs raise whatever the env raises
+        raise InvalidSpec("env_kwargs", f"{spec.env} cannot be made with these kwargs: {exc}") from None
+    if spec.policy.use_sde and spaces.action_type != "box":
+        raise InvalidSpec("policy.use_sde", f"gSDE explores continuous actions; {spec.env}'s are "
+                          f"{spaces.action_type}: set use_sde to false")
+    if resume is not None:
+        check_resume(spec, resume, spaces)
+    return spaces
+
+
+def check_resume(spec: JobSpec, resume: Checkpoint, spaces: SpacesSpec) -> None:
+    """Refuse a resumed job whose env or policy the checkpoint's weights do not fit."""
+    if resume.spaces != spaces:
+        raise InvalidSpec("env", f"{spec.env}'s spaces {spaces} do not match the checkpoint's "
+                          f"({resume.env_id}: {resume.spaces})")
+    want = {k: tuple(v.shape) for k, v in ActorCritic(spaces, spec.policy).state_dict().items()}
+    have = {k: tuple(v.shape) for k, v in resume.state.weights.tensors.items()}
+    if want != have:
+        diff = [f"missing {k}" for k in sorted(want.keys() - have.keys())]
+        diff += [f"unexpected {k}" for k in sorted(have.keys() - want.keys())]
+        diff += [f"{k} is {have[k]}, not {want[k]}" for k in sorted(want.keys() & have.keys())
+                 if want[k] != have[k]]
+        raise InvalidSpec("policy", "the checkpoint's weights do not fit this policy config ("
+                          + "; ".join(diff[:4]) + "); resume with the checkpoint's own policy settings")

@@ -10,7 +10,7 @@ import pytest
 
 
 def a2c(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "service.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "api.cli", *args], capture_output=True,
                           text=True, timeout=timeout)
 
 
@@ -57,7 +57,8 @@ def test_train_then_evaluate_tiny_budget(tmp_path):
 
 
 def test_config_file_gives_the_spec_and_flags_override_it(tmp_path):
-    from service.cli import build_parser, spec_from_args
+    from api.cli import build_parser
+    from service.train import spec_from_args
     cfg = tmp_path / "job.yaml"
     cfg.write_text("env: Pendulum-v1\ntotal_steps: 5000\na2c:\n  gamma: 0.9\n  steps_per_batch: 160\n")
     args = build_parser().parse_args(["train", "--config", str(cfg), "--gamma", "0.95",
@@ -79,7 +80,7 @@ def test_sigint_stops_with_a_final_checkpoint_and_summary(tmp_path):
     import signal
     import time
     out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "train", "--env", "CartPole-v1",
+    proc = subprocess.Popen([sys.executable, "-m", "api.cli", "train", "--env", "CartPole-v1",
                              "--total-steps", "50000000", "--workers", "1", "--envs-per-worker", "4",
                              "--steps-per-batch", "256", "--eval-every", "0", "--out", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -123,7 +124,7 @@ def test_train_writes_the_run_to_a_file_uri_storage_and_evaluate_reads_it_back(t
 OBJECT_STORE_RUN = """
 import contextlib, io, json
 from service import storage
-from service.cli import main
+from api.cli import main
 
 def run(*argv):
     out = io.StringIO()

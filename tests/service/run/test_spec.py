@@ -2,7 +2,7 @@
 
 import pytest
 
-from service.spec import InvalidSpec, build_spec
+from service.run.spec import InvalidSpec, build_spec
 
 
 def test_unknown_env_id_names_the_field():
@@ -43,7 +43,7 @@ def test_sizes_derive_in_one_place():
 
 
 def test_tuned_values_fill_only_unset_fields_and_are_recorded(monkeypatch):
-    from service import spec as spec_module
+    from service.run import spec as spec_module
     monkeypatch.setitem(spec_module.TUNED, "Acrobot-v1", {"a2c": {"learning_rate": 1e-3, "gamma": 0.9},
                                                         "policy": {"share_torso": False}})
     spec = build_spec({"env": "Acrobot-v1", "a2c": {"gamma": 0.95}})
@@ -56,7 +56,7 @@ def test_tuned_values_fill_only_unset_fields_and_are_recorded(monkeypatch):
 
 
 def test_tuned_layout_fields_fill_only_when_unset(monkeypatch):
-    import service.spec as spec_module
+    import service.run.spec as spec_module
     monkeypatch.setitem(spec_module.TUNED, "Acrobot-v1", {"envs_per_worker": 4, "a2c": {"steps_per_batch": 64}})
     spec = build_spec({"env": "Acrobot-v1", "workers": 2})
     assert spec.envs_per_worker == 4 and spec.steps_per_env == 8
@@ -66,7 +66,7 @@ def test_tuned_layout_fields_fill_only_when_unset(monkeypatch):
 
 
 def test_gsde_on_a_discrete_env_names_the_field():
-    from service.trainer import job_spaces
+    from service.run.spec import job_spaces
     with pytest.raises(InvalidSpec) as exc:
         job_spaces(build_spec({"env": "CartPole-v1", "policy": {"use_sde": True}}))
     assert exc.value.field == "policy.use_sde" and "false" in str(exc.value)

@@ -1,7 +1,7 @@
 """A process killed (SIGKILL) while it writes checkpoints never leaves a broken one behind.
 
 A child process writes large archives in a loop, each to a new step file and over a fixed
-`latest.tar.gz`, as `write_archive` does for the trainer; the test kills it at random moments,
+`latest.tar.gz`, with `write_checkpoint`, the trainer's own writer; the test kills it at random moments,
 and once exactly between the temporary file's last byte and its fsync/rename. After every
 kill, every archive a listing shows is whole and verifies, every write the child reported
 finished is there, and `latest.tar.gz` holds the last finished write (or the one after it,
@@ -27,7 +27,7 @@ from service.storage import list_files
 ZYGOTE = textwrap.dedent("""
     import os, sys, time
     from pathlib import Path
-    from learner.checkpoint import write_archive
+    from service.run.checkpoints import write_checkpoint
     from learner.config import A2CConfig, PolicyConfig
     from learner.learner import Learner, LearnerState
     from learner.policy import SpacesSpec
@@ -47,8 +47,8 @@ ZYGOTE = textwrap.dedent("""
         say("ready")
         for i in range(first, first + 1000):
             state = LearnerState(STATE.weights, STATE.optimizer, i * 256, i)
-            write_archive(out / f"step-{i:010d}.tar.gz", state, spaces, "CartPole-v1", config)
-            write_archive(out / "latest.tar.gz", state, spaces, "CartPole-v1", config)
+            write_checkpoint(str(out / f"step-{i:010d}.tar.gz"), state, spaces, "CartPole-v1", config)
+            write_checkpoint(str(out / "latest.tar.gz"), state, spaces, "CartPole-v1", config)
             say(f"done {i}")
 
     # torch works once, here, before any fork; writers only pack and write bytes.
@@ -216,20 +216,20 @@ def test_a_write_that_fails_like_a_full_disk_keeps_the_previous_checkpoint(tmp_p
     script = textwrap.dedent("""
         import errno, resource, signal, sys
         from pathlib import Path
-        from learner.checkpoint import write_archive
+        from service.run.checkpoints import write_checkpoint
         from learner.config import A2CConfig, PolicyConfig
         from learner.learner import Learner
         from learner.policy import SpacesSpec
         out = Path(sys.argv[1])
         spaces = SpacesSpec(obs_shape=(4,), action_type="discrete", action_n=2)
         small, big = PolicyConfig(hidden_sizes=(8,)), PolicyConfig(hidden_sizes=(1024, 1024))
-        write_archive(out / "latest.tar.gz", Learner(spaces, small, A2CConfig(), 10**6, seed=0).state(),
-                      spaces, "CartPole-v1", {"policy": small.model_dump(mode="json")})
+        write_checkpoint(str(out / "latest.tar.gz"), Learner(spaces, small, A2CConfig(), 10**6, seed=0).state(),
+                         spaces, "CartPole-v1", {"policy": small.model_dump(mode="json")})
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
         try:
-            write_archive(out / "latest.tar.gz", Learner(spaces, big, A2CConfig(), 10**6, seed=0).state(),
-                          spaces, "CartPole-v1", {"policy": big.model_dump(mode="json")})
+            write_checkpoint(str(out / "latest.tar.gz"), Learner(spaces, big, A2CConfig(), 10**6, seed=0).state(),
+                             spaces, "CartPole-v1", {"policy": big.model_dump(mode="json")})
         except OSError as exc:
             print("refused", errno.errorcode[exc.errno])
     """)

@@ -1,0 +1,39 @@
+"""What the job service refuses, as exceptions the API maps to HTTP statuses (api/errors.py)."""
+
+from __future__ import annotations
+
+
+class JobNotFound(LookupError):
+    """No job has this id."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"no job with id {job_id!r}")
+
+
+class CheckpointNotFound(LookupError):
+    """The job has no checkpoint with this id (or none at all, for `latest`)."""
+
+    def __init__(self, job_id: str, ckpt_id: str) -> None:
+        what = "no checkpoint yet" if ckpt_id == "latest" else f"no checkpoint {ckpt_id!r}"
+        super().__init__(f"job {job_id} has {what}")
+
+
+class JobFinished(RuntimeError):
+    """The job already ended, so it cannot be stopped."""
+
+    def __init__(self, job_id: str, status: str) -> None:
+        super().__init__(f"job {job_id} already finished: {status}")
+
+
+class IdempotencyKeyReused(ValueError):
+    """The Idempotency-Key was already used for a different request body."""
+
+    def __init__(self) -> None:
+        super().__init__("this Idempotency-Key was already used with a different request body")
+
+
+class InvalidPageToken(ValueError):
+    """The page_token was not made by this server."""
+
+    def __init__(self) -> None:
+        super().__init__("not a page token from this server; pass next_page_token unchanged")
