@@ -70,9 +70,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     where = p.add_mutually_exclusive_group()
     where.add_argument("--out", metavar="DIR_OR_URI",
                        help="run directory, a path or a storage URI (default <storage>/<job id>)")
-    where.add_argument("--storage", metavar="PATH_OR_URI", default="runs",
+    where.add_argument("--storage", metavar="PATH_OR_URI", default=None,
                        help="where runs go, each in <storage>/<job id>/: a path, file:///..., or an fsspec/"
-                            "pyarrow URI such as s3://bucket/prefix (default runs)")
+                            "pyarrow URI such as s3://bucket/prefix (default runs, or ~/a2c-runs under "
+                            "`ray job submit --working-dir`)")
     p.add_argument("--resume", metavar="ARCHIVE", help="checkpoint archive (path or storage URI) to continue from")
     p.add_argument("--num-cpus", type=int, help="logical CPUs of the embedded Ray (default: enough for the job)")
     _add_model_flags(p, A2CConfig, "a2c.")
@@ -165,6 +166,38 @@ class ConsoleSink:
         self.tensorboard.flush()
 
 
+RAY_PACKAGE_DIR = "working_dir_files"
+"""The folder of Ray's runtime-env cache into which a job's `--working-dir` is unpacked, on each
+node that runs something of the job (`<session>/runtime_resources/working_dir_files/_ray_pkg_<hash>`)."""
+SUBMITTED_RUNS = Path("~/a2c-runs")
+"""Where runs go by default when the working directory is Ray's copy of a submitted job's
+--working-dir (as Ray Train's results go to ~/ray_results)."""
+
+
+def run_location(out: str | None, base: str | None, job_id: str, cwd: Path | None = None) -> str:
+    """The run directory: `out`, else `<base>/<job id>`, `base` by default `runs` in the working
+    directory.
+
+    Under `ray job submit --working-dir`, the working directory is Ray's unpacked copy of the
+    package: Ray unpacks it again, over the same path, for every node that runs an actor of the
+    job when nodes share a disk, which deletes what the driver wrote there (a run's files
+    vanished between its start and its first metrics row), and it deletes the copy once no job
+    uses it. There the default base is ~/a2c-runs, and a relative path given is refused.
+    """
+    in_ray_package = RAY_PACKAGE_DIR in (Path.cwd() if cwd is None else cwd).parts
+    for flag, given in (("out", out), ("storage", base)):
+        if in_ray_package and given is not None and storage.is_local(given) \
+                and not storage.local_path(given).is_absolute():
+            raise InvalidSpec(flag, f"{given!r} is relative to the job's working directory, which is Ray's "
+                              "unpacked copy of --working-dir (Ray replaces and deletes it): give an "
+                              "absolute path or a URI such as s3://bucket/prefix")
+    if out is not None:
+        return out
+    if base is None:
+        base = str(SUBMITTED_RUNS.expanduser()) if in_ray_package else "runs"
+    return storage.join(base, job_id)
+
+
 def run(args: argparse.Namespace) -> int:
     """Validate, connect to Ray, run one job, print the summary JSON line."""
     from service.cluster import connect
@@ -176,7 +209,7 @@ def run(args: argparse.Namespace) -> int:
     spec = spec_from_args(args, base=resume.config if resume else None)
     job_spaces(spec, resume)  # the env, policy and checkpoint must fit before Ray starts
     job_id = new_job_id()
-    out = args.out or storage.join(args.storage, job_id)
+    out = run_location(args.out, args.storage, job_id)
     storage.write_bytes_atomic(storage.join(out, "config.json"), spec.model_dump_json(indent=2).encode())
     sink = ConsoleSink(out, spec.total_steps)
     try:
@@ -213,8 +246,6 @@ def _disconnect_ray() -> None:
     import ray
     with contextlib.suppress(Exception):
         ray.shutdown()
-
-
 
 
 def report_errors(command: Callable[[], int]) -> int:

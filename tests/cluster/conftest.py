@@ -218,11 +218,14 @@ class LocalRayCluster:
             raise RuntimeError(f"ray {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
         return result
 
-    def submit(self, submission_id: str, entrypoint: list[str], working_dir: Path | None = REPO) -> None:
-        """`ray job submit --no-wait [--working-dir DIR] -- ENTRYPOINT` through the Jobs API."""
+    def submit(self, submission_id: str, entrypoint: list[str], working_dir: Path | None = REPO,
+               runtime_env: dict[str, Any] | None = None) -> None:
+        """`ray job submit --no-wait [--working-dir DIR] [--runtime-env-json ...] -- ENTRYPOINT`
+        through the Jobs API."""
         wd = ["--working-dir", str(working_dir)] if working_dir else []
+        env = ["--runtime-env-json", json.dumps(runtime_env)] if runtime_env else []
         self.ray("job", "submit", "--address", self.dashboard_url, "--submission-id", submission_id,
-                 "--no-wait", *wd, "--", *entrypoint)
+                 "--no-wait", *wd, *env, "--", *entrypoint)
 
     def wait_job(self, submission_id: str, timeout: float = 300) -> dict[str, Any]:
         """Poll until the job reaches a terminal state; returns its info."""

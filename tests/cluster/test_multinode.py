@@ -126,6 +126,29 @@ def test_ray_job_submit_trains_with_learner_on_gpu_node_and_workers_elsewhere(ra
     assert placed.startswith(f"learner on node {gpu_node[:12]};"), placed
 
 
+def test_ray_job_submit_with_no_out_writes_the_run_to_a2c_runs_in_home(ray_cluster, tmp_path):
+    """deploy/README.md's command with neither --out nor --storage. Its working directory is
+    Ray's unpacked copy of --working-dir, which Ray unpacks again over the same path for each
+    node of the job (these raylets share one disk): a run written there lost its directory
+    before its first metrics row (FileNotFoundError on the TensorBoard file)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    command = train_entrypoint_at(("--seed", "0"), 8192)
+    ray_cluster.submit("a2c-cluster-default-out", command, runtime_env={"env_vars": {"HOME": str(home)}})
+    info = ray_cluster.wait_job("a2c-cluster-default-out", timeout=480)
+    logs = ray_cluster.logs("a2c-cluster-default-out")
+    assert info["status"] == "SUCCEEDED", f"{info['message']}\n{logs[-4000:]}"
+    summary = summary_of(logs)
+    run = home / "a2c-runs" / summary["job_id"]
+    assert summary["checkpoint"] == str(run / "checkpoints" / "step-0000008192.tar.gz")
+    assert read_checkpoint(summary["checkpoint"]).state.step == 8192
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [512 * (i + 1) for i in range(16)]
+    assert list(run.glob("events.out.tfevents.*")), "the TensorBoard file is there"
+    where = placement(ray_cluster, info["job_id"])
+    assert len(set(where["Learner"] + where["RolloutWorker"])) >= 2, where  # the case that lost the files
+
+
 def test_api_server_on_the_cluster_reports_the_device_and_serves_checkpoints_from_storage(ray_cluster, tmp_path):
     """`a2c serve --address ...` joined to the cluster, with A2C_STORAGE outside its data dir."""
     import httpx

@@ -100,3 +100,26 @@ def test_a2c_train_prints_plain_progress_and_logs_tensorboard_in_its_run_dir(tmp
     assert scalars["episode_return_mean"] == pytest.approx(
         {r["step"]: r["episode_return_mean"] for r in rows_written if r["episode_return_mean"] is not None})
     assert scalars["eval_return_mean"] == pytest.approx({1024: rows_written[-1]["eval_return_mean"]})
+
+
+RAY_COPY = Path("/tmp/ray/session_x/runtime_resources/working_dir_files/_ray_pkg_0123")
+"""Where `ray job submit --working-dir` runs the driver: Ray's unpacked copy of the package."""
+
+
+def test_runs_go_to_runs_in_the_working_directory_by_default():
+    assert train.run_location(None, None, "abc", cwd=Path("/home/me/project")) == "runs/abc"
+    assert train.run_location(None, "s3://b/p", "abc", cwd=RAY_COPY) == "s3://b/p/abc"
+    assert train.run_location("/data/x", None, "abc", cwd=RAY_COPY) == "/data/x"
+
+
+def test_under_ray_job_submit_runs_default_to_a2c_runs_in_home_not_rays_copy(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert train.run_location(None, None, "abc", cwd=RAY_COPY) == str(tmp_path / "a2c-runs" / "abc")
+
+
+@pytest.mark.parametrize("flag", ["out", "storage"])
+def test_under_ray_job_submit_a_relative_run_path_is_refused_naming_the_flag(flag):
+    given = {"out": None, "storage": None, flag: "runs"}
+    with pytest.raises(train.InvalidSpec) as err:
+        train.run_location(given["out"], given["storage"], "abc", cwd=RAY_COPY)
+    assert err.value.field == flag and "absolute path or a URI" in err.value.message
