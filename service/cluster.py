@@ -87,6 +87,8 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> str:
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
                  logging_level=logging.WARNING, configure_logging=False,
                  _system_config={"worker_niceness": TRAINING_NICENESS})
+        from service import reaper
+        reaper.start(ray._private.worker._global_node.get_session_dir_path(), os.path.dirname(ray.__file__))
         return f"embedded local Ray ({_resources()})"
     _enable_token_auth_if_possible()
     try:

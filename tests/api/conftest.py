@@ -190,6 +190,17 @@ class ServerProcess:
         servers = children(self.proc.pid, "multiprocessing.forkserver") if self.proc else []
         return [pid for server in servers for pid in children(server, "multiprocessing.forkserver")]
 
+    def session_pids(self) -> list[int]:
+        """Every live process of the server's session (it runs in one of its own: setsid), the
+        server aside: its embedded Ray's daemons and actors, its job drivers, its Ray reaper."""
+        if self.proc is None:
+            return []
+        return [pid for pid, fields, _ in processes() if int(fields[3]) == self.proc.pid and pid != self.proc.pid]
+
+    def described(self, pids: list[int]) -> list[str]:
+        """`pid command` of those of `pids` still alive, for failure messages."""
+        return [f"{pid} {' '.join(argv)[:80]}" for pid, _, argv in processes() if pid in pids]
+
     def kill(self) -> None:
         """SIGKILL the server, as a crash would; its embedded Ray goes down with it."""
         if self.proc and self.proc.poll() is None:
@@ -197,13 +208,19 @@ class ServerProcess:
             self.proc.wait(30)
 
     def stop(self) -> None:
-        """SIGTERM (graceful: jobs checkpoint), then SIGKILL if it hangs; clean up Ray's dir."""
+        """SIGTERM (graceful: jobs checkpoint), then SIGKILL if it hangs; clean up Ray's dir.
+
+        `left_after_stop` lists the processes of its session still alive 30 s after it exited
+        (nothing should be: stopping the server stops its embedded Ray completely); they are
+        then killed, so no test leaks them into the next."""
+        session = self.session_pids()
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(90)
             except subprocess.TimeoutExpired:
                 self.kill()
+        self.left_after_stop = self.described(wait_gone(session, 30))
         if self.proc is not None:
             try:  # Ray processes this server started, in its session, if any outlived it
                 os.killpg(self.proc.pid, signal.SIGKILL)

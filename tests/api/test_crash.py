@@ -36,9 +36,13 @@ def test_jobs_acknowledged_just_before_sigkill_survive_and_run(spawn_server, tmp
             acked = list(pool.map(submit, range(6)))
         drivers = first.driver_pids()
         assert len(drivers) == 1, drivers  # the running job's
+        session = first.session_pids()  # its embedded Ray's daemons and actors among them
     first.kill()
     # Its driver exits too: left running, it would train on while the next server resumes the job.
     assert wait_gone(drivers) == []
+    # So does all of its embedded Ray: Ray's dashboard and runtime-env agents outlived a killed
+    # server by minutes, adopted by PID 1, until the server got a reaper (service/reaper.py).
+    assert first.described(wait_gone(session, 30)) == []
 
     db = sqlite3.connect(data_dir / "jobs.sqlite3")  # what the dead server left, WAL included
     try:

@@ -90,6 +90,7 @@ def _shut_down(server, how: str) -> None:
         server.proc.wait(90)
     server.stop()  # SIGTERM; uvicorn shuts down, then re-raises the signal (exit code -15)
     assert "Application shutdown complete" in server.log_tail(), server.log_tail()
+    assert server.left_after_stop == [], "the embedded Ray did not stop with the server"
 
 
 def test_graceful_shutdown_checkpoints_and_the_next_start_resumes(spawn_server, tmp_path_factory, long_job):
