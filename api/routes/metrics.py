@@ -22,7 +22,9 @@ router = APIRouter(prefix="/jobs/{job_id}/metrics", tags=["metrics"], dependenci
                    route_class=StrictQueryRoute)
 
 JobId = Annotated[str, Path(pattern=JOB_ID_PATTERN, description="A job id (12 hex digits).")]
-SinceStep = Annotated[int, Query(ge=0, description="Only rows with a larger step.")]
+MAX_STEP = 2**63 - 1
+"""The largest step a row can have: SQLite's INTEGER is 64-bit signed."""
+SinceStep = Annotated[int, Query(ge=0, le=MAX_STEP, description="Only rows with a larger step.")]
 STREAM_BATCH = 500
 
 
@@ -120,7 +122,7 @@ async def metrics_events(queries: JobQueries, job_id: str, since_step: int, poll
     404: {"description": "Unknown job"}})
 async def stream_metrics(job_id: JobId, queries: QueriesDep, settings: SettingsDep,
                          reads: Annotated[SharedReads, Depends(get_stream_reads)], since_step: SinceStep = 0,
-                         last_event_id: Annotated[int | None, Header(ge=0)] = None) -> EventSourceResponse:
+                         last_event_id: Annotated[int | None, Header(ge=0, le=MAX_STEP)] = None) -> EventSourceResponse:
     """The metrics rows live, as server-sent events; a reconnect with Last-Event-ID resumes."""
     await run_in_threadpool(queries.get, job_id)  # 404 before the stream starts
     start = max(since_step, last_event_id or 0)

@@ -97,6 +97,30 @@ def test_stream_of_a_finished_job_sends_its_rows_then_end(client, store):
     assert client.get(f"/jobs/{job_id}").json()["error"] == {"type": "TrainingFailed", "message": "boom"}
 
 
+@pytest.mark.parametrize("since", [2**63 - 1, 2**63, 10**30])
+def test_since_step_and_last_event_id_past_sqlite_integers_are_422_not_500(client, store, since):
+    # SQLite's INTEGER is 64-bit: 2**63 raised OverflowError in the store (a 500, and a stream
+    # that aborted); the largest allowed step simply has no rows after it.
+    job_id = client.post("/jobs", json=SPEC).json()["id"]
+    store.append_metrics(job_id, {"step": 512})
+    store.finish(job_id, "SUCCEEDED")
+    fits = since < 2**63
+    r = client.get(f"/jobs/{job_id}/metrics", params={"since_step": since})
+    assert r.status_code == (200 if fits else 422), r.text
+    if fits:
+        assert r.json()["rows"] == []
+    else:
+        assert r.json()["detail"][0]["loc"] == ["query", "since_step"]
+    r = client.get(f"/jobs/{job_id}/metrics/stream", params={"since_step": since})
+    assert r.status_code == (200 if fits else 422), r.text
+    r = client.get(f"/jobs/{job_id}/metrics/stream", headers={"Last-Event-ID": str(since)})
+    assert r.status_code == (200 if fits else 422), r.text
+    if fits:
+        assert "event: end" in r.text and "id: 512" not in r.text
+    else:
+        assert r.json()["detail"][0]["loc"] == ["header", "last-event-id"]
+
+
 def test_archive_outside_the_job_directory_is_never_served(client, store, tmp_path):
     job_id = client.post("/jobs", json=SPEC).json()["id"]
     (tmp_path / "secret.tar.gz").write_bytes(b"not yours")
