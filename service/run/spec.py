@@ -77,14 +77,19 @@ class JobSpec(FrozenModel):
     def _batch_divides(self) -> "JobSpec":
         per_step = self.workers * self.envs_per_worker
         spb = self.a2c.steps_per_batch
-        if spb % per_step:
-            lower, upper = max(per_step, spb - spb % per_step), spb - spb % per_step + per_step
+        if spb % per_step == 0:
+            return self
+        layout = f"workers x envs_per_worker ({self.workers} x {self.envs_per_worker} = {per_step})"
+        tuned = (" (the value came from the tuned table; set it to override)"
+                 if "a2c.steps_per_batch" in self.tuned else "")
+        if spb < per_step:
             raise InvalidSpec("a2c.steps_per_batch",
-                f"{spb} must be a multiple of workers x envs_per_worker "
-                f"({self.workers} x {self.envs_per_worker} = {per_step}); use {lower} or {upper}"
-                + (" (the value came from the tuned table; set it to override)"
-                   if "a2c.steps_per_batch" in self.tuned else ""))
-        return self
+                f"{spb}{tuned} is less than {layout}, and every env takes at least one step per "
+                f"batch: lower workers or envs_per_worker, or set steps_per_batch to a multiple "
+                f"of {per_step}")
+        lower = spb - spb % per_step
+        raise InvalidSpec("a2c.steps_per_batch",
+            f"{spb} must be a multiple of {layout}; use {lower} or {lower + per_step}{tuned}")
 
     @property
     def steps_per_env(self) -> int:

@@ -36,6 +36,18 @@ def test_batch_that_does_not_divide_suggests_sizes():
     assert err.value.field == "a2c.steps_per_batch"
 
 
+def test_batch_smaller_than_one_step_of_every_env_says_what_to_change():
+    # 999 workers x 16 envs of tuned CartPole: the message read "use 15984 or 15984".
+    with pytest.raises(InvalidSpec) as err:
+        build_spec({"env": "CartPole-v1", "workers": 999})
+    assert err.value.field == "a2c.steps_per_batch"
+    message = err.value.message
+    assert message.startswith("512 (the value came from the tuned table; set it to override) is less "
+                              "than workers x envs_per_worker (999 x 16 = 15984)"), message
+    assert "lower workers or envs_per_worker, or set steps_per_batch to a multiple of 15984" in message
+    assert "15984 or 15984" not in message
+
+
 def test_sizes_derive_in_one_place():
     spec = build_spec({"env": "Pendulum-v1", "workers": 2, "envs_per_worker": 4, "total_steps": 1000,
                        "a2c": {"steps_per_batch": 64}})
