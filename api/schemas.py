@@ -74,7 +74,10 @@ class JobPublic(BaseModel):
     id: str
     status: JobStatus
     env: str
-    spec: JobSpec
+    spec: dict[str, Any] = Field(description=(
+        "The job spec as validated when it was submitted: JobCreate's fields, with the values "
+        "taken from the tuned table filled in and listed in `tuned`. A stored record, shown as "
+        "stored: it is not validated again (an env since unregistered still lists)."))
     progress: Progress
     created: datetime
     started: datetime | None = Field(description="When it first became RUNNING.")

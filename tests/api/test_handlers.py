@@ -121,6 +121,22 @@ def test_since_step_and_last_event_id_past_sqlite_integers_are_422_not_500(clien
         assert r.json()["detail"][0]["loc"] == ["header", "last-event-id"]
 
 
+def test_stored_jobs_are_read_as_stored_not_validated_again(client, store):
+    # A job whose env is no longer registered, or whose spec this version would refuse, made
+    # every page of GET /jobs that held it, and GET /jobs/{id}, a 500.
+    ok = client.post("/jobs", json=SPEC).json()["id"]
+    gone, *_ = store.create_job("0123456789ab", {**SPEC, "env": "Gone-v0"})
+    odd, *_ = store.create_job("ba9876543210", {**SPEC, "workers": "two", "future_field": 1})
+    listed = client.get("/jobs")
+    assert listed.status_code == 200, listed.text
+    assert {j["id"] for j in listed.json()["jobs"]} == {ok, gone.id, odd.id}
+    for job in (gone, odd):
+        r = client.get(f"/jobs/{job.id}")
+        assert r.status_code == 200, r.text
+        assert r.json()["spec"] == job.spec
+    assert client.get("/jobs", params={"max_results": 1}).status_code == 200
+
+
 def test_archive_outside_the_job_directory_is_never_served(client, store, tmp_path):
     job_id = client.post("/jobs", json=SPEC).json()["id"]
     (tmp_path / "secret.tar.gz").write_bytes(b"not yours")
