@@ -56,15 +56,29 @@ QueriesDep = Annotated[JobQueries, Depends(get_queries)]
 _bearer = HTTPBearer(auto_error=False, description="The server's A2C_API_TOKEN, when it has one.")
 
 
+def token_matches(settings: Settings, credentials: HTTPAuthorizationCredentials | None) -> bool:
+    """Whether the request's bearer credentials are the server's token (True when it has none)."""
+    if settings.api_token is None:
+        return True
+    given = credentials.credentials.encode() if credentials else b""
+    return hmac.compare_digest(given, settings.api_token.get_secret_value().encode())
+
+
+UNAUTHORIZED = HTTPException(status.HTTP_401_UNAUTHORIZED, "missing or wrong bearer token",
+                             headers={"WWW-Authenticate": "Bearer"})
+
+
 async def require_token(settings: SettingsDep,
                         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
     """401 unless the request carries `Authorization: Bearer <A2C_API_TOKEN>` (when a token is set)."""
-    if settings.api_token is None:
-        return
-    given = credentials.credentials.encode() if credentials else b""
-    if not hmac.compare_digest(given, settings.api_token.get_secret_value().encode()):
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing or wrong bearer token",
-                            headers={"WWW-Authenticate": "Bearer"})
+    if not token_matches(settings, credentials):
+        raise UNAUTHORIZED
+
+
+async def request_authorized(request: Request) -> bool:
+    """Whether a request may see a protected route (what `require_token` checks), for checks
+    that run before the route's dependencies do (see api/routing.py)."""
+    return token_matches(request.app.state.settings, await _bearer(request))
 
 
 Authenticated = Depends(require_token)

@@ -178,6 +178,20 @@ def test_token_guards_every_route_but_healthz(store, manager):
     assert client.get("/jobs", headers={"Authorization": "Bearer t0ken"}).status_code == 200
 
 
+def test_without_the_token_an_unknown_query_parameter_is_401_not_422(store, manager):
+    # A 422 naming the parameter, given before the token check, let anyone probe parameter names.
+    client = make_client(store, manager, api_token="t0ken")
+    schema = client.get("/openapi.json", headers={"Authorization": "Bearer t0ken"}).json()
+    paths = [p.replace("{job_id}", "0123456789ab").replace("{ckpt_id}", "latest")
+             for p, ops in schema["paths"].items() if "get" in ops and p != "/healthz"]
+    for path in [*paths, "/openapi.json", "/docs"]:
+        r = client.get(path, params={"bogus": "1"})
+        assert r.status_code == 401, (path, r.text)
+        r = client.get(path, params={"bogus": "1"}, headers={"Authorization": "Bearer t0ken"})
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", "bogus"], (path, r.text)
+    assert client.get("/healthz", params={"bogus": "1"}).status_code == 422  # open to all: nothing to hide
+
+
 def test_settings_dependency_can_be_swapped(store, manager):
     client = make_client(store, manager)
     client.app.dependency_overrides[get_app_settings] = lambda: Settings(api_token="other")
