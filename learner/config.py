@@ -61,8 +61,9 @@ class A2CConfig(FrozenModel):
 class PolicyConfig(FrozenModel):
     """Shape of the actor-critic network: a shared MLP torso, an action head and a value head."""
 
-    hidden_sizes: tuple[int, ...] = Field((64, 64), min_length=1)
-    """Widths of the torso's hidden layers."""
+    hidden_sizes: tuple[int, ...] = Field((64, 64), min_length=1, max_length=16)
+    """Widths of the torso's hidden layers (at most 16 layers of at most 4096 units; the
+    service also caps the policy's parameter count)."""
     activation: Literal["tanh", "relu"] = "tanh"
     """Non-linearity between torso layers."""
     share_torso: bool = True

@@ -203,6 +203,14 @@ class ActorCritic(nn.Module):
             (action.shape[0], *self.spaces.action_shape))
 
 
+def shape_of(spaces: SpacesSpec, config: PolicyConfig) -> dict[str, tuple[int, ...]]:
+    """The shapes of the state dict the policy for `spaces` and `config` has, found without
+    allocating it: the policy is built on torch's meta device (no memory, no init work)."""
+    with torch.device("meta"):
+        policy = ActorCritic(spaces, config)
+    return {name: tuple(t.shape) for name, t in policy.state_dict().items()}
+
+
 def numpy_state(policy: nn.Module) -> dict[str, np.ndarray]:
     """The policy's weights as contiguous numpy arrays (what goes into the object store)."""
     return {k: v.detach().cpu().contiguous().numpy() for k, v in policy.state_dict().items()}

@@ -11,11 +11,15 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from learner.checkpoint import Checkpoint
 from learner.config import A2CConfig, FrozenModel, PolicyConfig
-from learner.policy import ActorCritic, SpacesSpec
+from learner.policy import SpacesSpec, shape_of
 from service.run.tuned import TUNED
 from workers.env import UnknownEnvironment, check_env_id, describe_spaces
 
 JsonScalar = str | int | float | bool | None
+
+MAX_POLICY_PARAMETERS = 20_000_000
+"""The largest policy a job may ask for (weights and statistics, counted): 80 MB of float32
+weights, three times that with Adam's moments, held by the learner and by every worker."""
 
 
 class InvalidSpec(ValueError):
@@ -188,17 +192,25 @@ def job_spaces(spec: JobSpec, resume: Checkpoint | None = None) -> SpacesSpec:
     if spec.policy.use_sde and spaces.action_type != "box":
         raise InvalidSpec("policy.use_sde", f"gSDE explores continuous actions; {spec.env}'s are "
                           f"{spaces.action_type}: set use_sde to false")
+    shapes = shape_of(spaces, spec.policy)
+    size = sum(math.prod(shape) for shape in shapes.values())
+    if size > MAX_POLICY_PARAMETERS:
+        raise InvalidSpec("policy.hidden_sizes", f"{list(spec.policy.hidden_sizes)} gives {spec.env}'s policy "
+                          f"{size:,} parameters, over the limit of {MAX_POLICY_PARAMETERS:,}: use fewer or "
+                          f"narrower layers")
     if resume is not None:
-        check_resume(spec, resume, spaces)
+        check_resume(spec, resume, spaces, shapes)
     return spaces
 
 
-def check_resume(spec: JobSpec, resume: Checkpoint, spaces: SpacesSpec) -> None:
-    """Refuse a resumed job whose env or policy the checkpoint's weights do not fit."""
+def check_resume(spec: JobSpec, resume: Checkpoint, spaces: SpacesSpec,
+                 shapes: dict[str, tuple[int, ...]] | None = None) -> None:
+    """Refuse a resumed job whose env or policy the checkpoint's weights do not fit; `shapes` are
+    the policy's (`shape_of`), when known."""
     if resume.spaces != spaces:
         raise InvalidSpec("env", f"{spec.env}'s spaces {spaces} do not match the checkpoint's "
                           f"({resume.env_id}: {resume.spaces})")
-    want = {k: tuple(v.shape) for k, v in ActorCritic(spaces, spec.policy).state_dict().items()}
+    want = shapes if shapes is not None else shape_of(spaces, spec.policy)
     have = {k: tuple(v.shape) for k, v in resume.state.weights.tensors.items()}
     if want != have:
         diff = [f"missing {k}" for k in sorted(want.keys() - have.keys())]

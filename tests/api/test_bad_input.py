@@ -369,6 +369,34 @@ def test_resume_from_a_crafted_archive_is_422_naming_the_reason(client, store, d
         ["jobs.sqlite3", "jobs.sqlite3-wal", "jobs.sqlite3-shm", "step-0000000256.tar.gz"]), "nothing extracted"
 
 
+def _resumable_source(client, store, data_dir) -> str:
+    """A CartPole job with a real checkpoint archive to resume from."""
+    from learner.checkpoint import archive_bytes
+    from learner.learner import Learner
+    from learner.policy import SpacesSpec
+    from service.run.spec import build_spec
+
+    spaces = SpacesSpec(obs_shape=(4,), action_type="discrete", action_n=2)
+    spec = build_spec(SPEC)
+    learner = Learner(spaces, spec.policy, spec.a2c, spec.total_steps, seed=0)
+    source = client.post("/jobs", json=SPEC).json()["id"]
+    _place(store, data_dir, source, archive_bytes(learner.state(), spaces, "CartPole-v1",
+                                                  spec.model_dump(mode="json")))
+    return source
+
+
+@pytest.mark.parametrize("layers", [8, 17])
+def test_a_policy_too_large_is_422_on_hidden_sizes_before_any_model_is_built(client, store, data_dir, layers):
+    # With resume_from, [4096] * 8 made the server build the whole network (235M parameters,
+    # 27.7 s of CPU, +700 MB) only to compare its shapes with the checkpoint's.
+    source = _resumable_source(client, store, data_dir)
+    body = {"resume_from": {"job_id": source}, "total_steps": 4096, "policy": {"hidden_sizes": [4096] * layers}}
+    msg = assert_422_at(client.post("/jobs", json=body), "policy", "hidden_sizes")
+    assert ("over the limit of 20,000,000" in msg) if layers == 8 else ("at most 16" in msg), msg
+    body = {**SPEC, "policy": {"hidden_sizes": [4096] * layers}}
+    assert_422_at(client.post("/jobs", json=body), "policy", "hidden_sizes")
+
+
 @pytest.mark.parametrize("kind", ["pickle", "checksum", "symlink"])
 def test_an_archive_tampered_after_the_resume_was_accepted_fails_the_job(
         client, store, data_dir, _crafted_bytes, kind):
