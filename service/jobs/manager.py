@@ -7,11 +7,17 @@ watched by a thread of the server that replays the driver's sink calls into the 
 docs/architecture.md for the whole flow.
 
 States: PENDING -> RUNNING (on the trainer's "started" event) -> SUCCEEDED | FAILED | STOPPED.
+A RUNNING job goes back to PENDING, resumable from its last checkpoint, when the server shuts
+down or when the admission policy preempts it for the job at the head of the queue.
+
+Threads: request threads call `submit` and `stop`; the scheduler thread admits jobs; one thread
+per running job replays its driver's sink calls. They share `_cond`, which is never held while
+waiting on Ray or on a driver (the cluster's CPU count comes from `ClusterCapacity`).
 """
 
 from __future__ import annotations
 
-import collections
+import bisect
 import hashlib
 import json
 import logging
@@ -26,8 +32,9 @@ from learner.checkpoint import CheckpointRejected
 from service import storage
 from service.cluster import cluster_cpus, driver_address
 from service.jobs.errors import CheckpointNotFound, IdempotencyKeyReused, JobFinished, JobNotFound
+from service.jobs.capacity import ClusterCapacity
 from service.jobs.locations import JobLocations
-from service.jobs.scheduler import Queued, admit
+from service.jobs.scheduler import Queued, Running, plan
 from service.jobs.sink import StoreSink
 from service.records import CHECKPOINT_ID_PATTERN, JOB_ID_PATTERN, JobStatus, new_job_id
 from service.run.checkpoints import read_checkpoint
@@ -63,12 +70,25 @@ class JobLimits:
 
 @dataclass
 class _Active:
-    """A job admitted to run: its CPU reservation, its driver process once started, a stop flag."""
+    """A job admitted to run: its CPU reservation, its driver process once started, and why it
+    may be asked to end early."""
 
     cpus: int
+    backfilled: bool = False
+    """It started while a job ahead of it in the queue waited for CPUs (see the scheduler)."""
     driver: JobProcess | None = None
     stop: bool = False
+    """A user asked it to stop: it ends STOPPED."""
+    preempted: bool = False
+    """The admission policy asked it to stop for the head job: it is requeued."""
+    abandoned: bool = False
+    """The server shut down past its grace and cut its driver off: it is requeued."""
     thread: threading.Thread | None = field(default=None, repr=False)
+
+    def request_stop(self) -> None:
+        """Ask its driver (once there is one) to stop after the current update."""
+        if self.driver is not None:
+            self.driver.request_stop()
 
 
 def _request_hash(raw: Any) -> str:
@@ -92,27 +112,44 @@ def _invalid(prefix: str, exc: ValidationError) -> InvalidSpec:
 
 
 class JobManager:
-    """Runs the service's jobs: submit, stop, schedule, and recovery after a restart."""
+    """Runs the service's jobs: submit, stop, schedule, and recovery after a restart.
+
+    `driver` makes a job's driver process from its `DriverRequest` (`JobProcess`; tests give
+    a stand-in with the same methods).
+    """
 
     def __init__(self, store: JobStore, locations: JobLocations, limits: JobLimits | None = None,
-                 cluster_cpus: Callable[[], float] = cluster_cpus, ray_address: str | None = None) -> None:
+                 cluster_cpus: Callable[[], float] = cluster_cpus, ray_address: str | None = None,
+                 driver: Callable[[DriverRequest], JobProcess] = JobProcess) -> None:
         self.store, self.locations = store, locations
         self.ray_address = ray_address
         """The Ray cluster the jobs' driver processes join (default: the one this process is on)."""
         self.limits = limits or JobLimits()
         self.cluster_cpus = cluster_cpus
+        """Asks Ray for the cluster's CPU count (may block: only `capacity` calls it)."""
+        self.driver = driver
         self._cond = threading.Condition()
-        self._queue: collections.deque[str] = collections.deque()
+        self._queue: list[tuple[float, str]] = []
+        """(created, job id) of the queued jobs, in submission order."""
         self._active: dict[str, _Active] = {}
-        self._reserved = 0
+        """The running jobs, in the order they started."""
         self._closing = False
         self._scheduler: threading.Thread | None = None
+        self.capacity = ClusterCapacity(cluster_cpus, on_change=self._wake)
 
     def _get(self, job_id: str) -> JobRow:
         job = self.store.get_job(job_id)
         if job is None:
             raise JobNotFound(job_id)
         return job
+
+    def _enqueue(self, job: JobRow) -> None:
+        """Put a job in the queue at its place by submission time (holds _cond)."""
+        bisect.insort(self._queue, (job.created, job.id))
+
+    def _wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
 
     # Lifecycle of the manager
 
@@ -125,24 +162,32 @@ class JobManager:
     def shutdown(self, grace_s: float = 30.0) -> None:
         """Stop scheduling and ask running jobs to stop; they resume at the next start.
 
-        Each running job writes a final checkpoint and goes back to PENDING. Jobs that do not
-        finish within `grace_s` stay as they are; the next start recovers them.
+        Each running job writes a final checkpoint and goes back to PENDING. A job that does not
+        finish within `grace_s` has its driver cut off and goes back to PENDING too, to resume
+        from its last checkpoint: the server's own shutdown never fails a job. Returns once the
+        jobs' threads have recorded that (or after a few more seconds).
         """
         with self._cond:
             self._closing = True
             self._queue.clear()
             active = list(self._active.values())
             for job in active:
-                if job.driver is not None:
-                    job.driver.request_stop()
+                job.request_stop()
             self._cond.notify_all()
         deadline = time.monotonic() + grace_s
         for job in active:
             if job.thread is not None:
                 job.thread.join(max(0.0, deadline - time.monotonic()))
-        for job in active:  # past the grace: their drivers exit now; the next start resumes them
-            if job.driver is not None and job.thread is not None and job.thread.is_alive():
-                job.driver.abandon()
+        with self._cond:
+            late = [job for job in active if job.thread is not None and job.thread.is_alive()]
+            for job in late:  # past the grace: their drivers exit now
+                job.abandoned = True
+                if job.driver is not None:
+                    job.driver.abandon()
+        deadline = time.monotonic() + 10
+        for job in late:
+            job.thread.join(max(0.0, deadline - time.monotonic()))
+        self.capacity.stop()
         if self._scheduler is not None:
             self._scheduler.join(5)
 
@@ -171,7 +216,7 @@ class JobManager:
                 self.store.requeue(job.id, job.resume_path, job.resume_step, count_recovery=running,
                                    reason=f"the server restarted while the job was {where}; "
                                           f"no checkpoint yet, so it starts again {start}")
-            self._queue.append(job.id)
+            self._enqueue(job)
 
     # Submitting
 
@@ -212,7 +257,7 @@ class JobManager:
             self.store.add_event(job.id, "resume", f"continues job {resume_from.job_id} from "
                                  f"{resume_ckpt.id} (step {resume_ckpt.step})")
         with self._cond:
-            self._queue.append(job.id)
+            self._enqueue(job)
             self._cond.notify_all()
         return job, False
 
@@ -244,8 +289,8 @@ class JobManager:
         if spec.workers > limits.max_workers_per_job:
             raise InvalidSpec("workers", f"{spec.workers} is above this server's limit of "
                               f"{limits.max_workers_per_job} workers per job (A2C_MAX_WORKERS_PER_JOB)")
-        cpus = self.cluster_cpus()
-        if spec.workers + 1 > cpus:
+        cpus = self.capacity()  # the count last seen: a request never waits on Ray
+        if cpus is not None and spec.workers + 1 > cpus:
             raise InvalidSpec("workers", f"{spec.workers} workers and a learner need "
                               f"{spec.workers + 1} CPUs; the cluster has {cpus:g}")
         job_spaces(spec, resume)
@@ -262,32 +307,49 @@ class JobManager:
             while not self._closing:
                 try:
                     self._admit()
-                except Exception:  # noqa: BLE001 - e.g. Ray briefly unreachable; try again later
+                except Exception:  # noqa: BLE001 - e.g. the store briefly locked; try again later
                     log.exception("scheduling failed; retrying")
                 self._cond.wait(timeout=5.0)
 
     def _admit(self) -> None:
-        """Start the queued jobs the admission policy admits now (holds _cond)."""
-        queued = []
-        for job_id in list(self._queue):
+        """Carry out the admission policy's plan for the queue now (holds _cond)."""
+        queued: dict[str, tuple[JobRow, JobSpec]] = {}
+        for created, job_id in list(self._queue):
             job = self.store.get_job(job_id)
             if job is None or job.finished:
-                self._queue.remove(job_id)
+                self._queue.remove((created, job_id))
                 continue
-            queued.append((Queued(job.id, job.spec["workers"] + 1), job))
-        if not queued:
-            return
-        chosen = {q.job_id for q in admit([q for q, _ in queued], len(self._active), self._reserved,
-                                          self.cluster_cpus(), self.limits.max_concurrent_jobs)}
-        for need, job in queued:
-            if need.job_id not in chosen:
-                continue
-            self._queue.remove(job.id)
-            active = _Active(cpus=need.cpus, stop=job.stop_requested)
+            try:  # a stored record: it validated once, but this version may not run it
+                queued[job_id] = job, JobSpec.model_validate(job.spec)
+            except (ValidationError, InvalidSpec, TypeError) as exc:
+                self._queue.remove((created, job_id))
+                self.store.finish(job.id, JobStatus.FAILED, error_type="InvalidStoredSpec", error=(
+                    f"its stored spec cannot run: {_first_error(exc)}; submit the job again"))
+        decision = plan([Queued(job_id, spec.workers + 1) for job_id, (_, spec) in queued.items()],
+                        [Running(job_id, a.cpus, a.backfilled, a.preempted or a.stop)
+                         for job_id, a in self._active.items()],
+                        self.capacity.latest, self.limits.max_concurrent_jobs)
+        for job_id, reason in decision.fail:
+            self._queue.remove((queued[job_id][0].created, job_id))
+            self.store.finish(job_id, JobStatus.FAILED, error_type="Unschedulable", error=reason)
+        gone = {q.job_id for q, _ in decision.start} | {job_id for job_id, _ in decision.fail}
+        head = next((job_id for job_id in queued if job_id not in gone), None)
+        for job_id in decision.preempt:
+            active = self._active[job_id]
+            active.preempted = True
+            active.request_stop()
+            self.store.add_event(job_id, "preempted", f"job {head} at the head of the queue needs its "
+                                 "CPUs: stopping after this update with a checkpoint, to resume later")
+        for need, backfilled in decision.start:
+            job, _ = queued[need.job_id]
+            self._queue.remove((job.created, job.id))
+            active = _Active(cpus=need.cpus, backfilled=backfilled, stop=job.stop_requested)
             active.thread = threading.Thread(target=self._run, args=(job, active), name=f"job-{job.id}",
                                              daemon=True)
             self._active[job.id] = active
-            self._reserved += need.cpus
+            if backfilled:
+                self.store.add_event(job.id, "backfill", f"starts ahead of job {head}, which waits for "
+                                     "more CPUs; it is paused (checkpointed and requeued) if that job needs them")
             active.thread.start()
 
     def _run(self, job: JobRow, active: _Active) -> None:
@@ -295,29 +357,47 @@ class JobManager:
         try:
             location = self.locations.job(job.id)
             sink = StoreSink(self.store, job.id, self.locations.record, location)
-            driver = JobProcess(DriverRequest(
+            driver = self.driver(DriverRequest(
                 job.id, job.spec, location, self.locations.resolve(job.resume_path) if job.resume_path else None,
                 job.resume_path, self.limits.resource_timeout_s, self.ray_address or driver_address()))
             with self._cond:
                 active.driver = driver
-                if active.stop or self._closing:
+                if active.abandoned:
+                    driver.abandon()
+                elif active.stop or active.preempted or self._closing:
                     driver.request_stop()
             summary, ckpt = driver.run(sink)
             summary["checkpoint"] = ckpt.id if ckpt else None  # an id, not a server path
-            if summary["status"] == JobStatus.STOPPED and self._closing and not active.stop and ckpt:
-                self.store.requeue(job.id, self.locations.record(ckpt.location), ckpt.step, reason=(
-                    f"the server shut down; the job resumes from {ckpt.id} at its next start"))
+            if summary["status"] == JobStatus.STOPPED and not active.stop and (active.preempted or self._closing):
+                why = ("the admission policy paused it for the job at the head of the queue" if active.preempted
+                       else "the server shut down")
+                self._requeue(job, f"{why}; it resumes from {ckpt.id if ckpt else 'its start'}",
+                              self.locations.record(ckpt.location) if ckpt else job.resume_path,
+                              ckpt.step if ckpt else job.resume_step)
             else:
                 self.store.finish(job.id, summary["status"], summary=summary)
         except Exception as exc:  # noqa: BLE001 - any failure ends the job FAILED with the reason
+            if active.abandoned:  # the server's own shutdown cut the driver off: not the job's fault
+                latest = self.store.checkpoint(job.id, "latest")
+                self._requeue(job, "the server shut down before the job wrote a final checkpoint; it resumes "
+                              f"from {latest.id if latest else 'its start'} at the next start",
+                              latest.path if latest else job.resume_path, latest.step if latest else job.resume_step)
+                return
             error_type = getattr(exc, "error_type", type(exc).__name__)
             log.warning("job %s failed: %s: %s", job.id, error_type, exc)
             self.store.finish(job.id, JobStatus.FAILED, error=str(exc) or error_type, error_type=error_type)
         finally:
             with self._cond:
                 self._active.pop(job.id, None)
-                self._reserved -= active.cpus
                 self._cond.notify_all()
+
+    def _requeue(self, job: JobRow, reason: str, resume_path: str | None, resume_step: int) -> None:
+        """Put a job that was cut short back to PENDING, to resume from `resume_path`; while the
+        server runs on, back in the queue at its place."""
+        self.store.requeue(job.id, resume_path, resume_step, reason=reason)
+        with self._cond:
+            if not self._closing:
+                self._enqueue(job)
 
     def stop(self, job_id: str) -> JobRow:
         """Ask a job to stop: a running one ends after its current update with a final checkpoint
@@ -329,10 +409,19 @@ class JobManager:
             active = self._active.get(job_id)
             if active is not None:
                 active.stop = True
-                if active.driver is not None:
-                    active.driver.request_stop()
+                active.request_stop()
             else:
-                if job_id in self._queue:
-                    self._queue.remove(job_id)
+                self._queue = [q for q in self._queue if q[1] != job_id]
                 self.store.finish(job_id, JobStatus.STOPPED)
         return self._get(job_id)
+
+
+def _first_error(exc: Exception) -> str:
+    """The first problem a validation error names, with its field."""
+    if isinstance(exc, ValidationError):
+        err = exc.errors()[0]
+        cause = (err.get("ctx") or {}).get("error")
+        if isinstance(cause, InvalidSpec):  # a check across fields, which names its field
+            return str(cause)
+        return f"{'.'.join(map(str, err['loc'])) or 'spec'}: {err['msg'].removeprefix('Value error, ')}"
+    return str(exc)
