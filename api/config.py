@@ -6,7 +6,7 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -60,6 +60,24 @@ class Settings(BaseSettings):
     """How much lower than training the CPU priority of request handling is (a Linux nice
     increment): on a machine that also trains, a burst of clients slows the responses, not
     the jobs. 0 when the API has its own machine."""
+
+    request_read_timeout_s: float = Field(30.0, gt=0)
+    """How long a request may take to arrive whole (headers and body, from its first byte or the
+    connection's opening); after it the server answers 408 and closes the connection."""
+    keep_alive_s: float = Field(5.0, gt=0)
+    """How long an idle keep-alive connection stays open between requests."""
+    max_connections: int = Field(1000, ge=2)
+    """Open connections (and requests in progress) at most; above it, requests get 503."""
+    max_streams: int = Field(500, ge=1)
+    """Metrics streams open at once at most (a new one gets 503 with Retry-After); kept below
+    max_connections so that streams alone cannot take every connection from other requests."""
+
+    @model_validator(mode="after")
+    def _streams_leave_room(self) -> "Settings":
+        if self.max_streams >= self.max_connections:
+            raise ValueError(f"A2C_MAX_STREAMS ({self.max_streams}) must be below A2C_MAX_CONNECTIONS "
+                             f"({self.max_connections}), so that streams leave room for other requests")
+        return self
 
     @field_validator("api_token", "storage", mode="before")
     @classmethod

@@ -7,7 +7,7 @@ import json
 import time
 from typing import Annotated, AsyncIterator, Awaitable
 
-from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request, Response
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
@@ -95,12 +95,43 @@ async def get_stream_reads(request: Request) -> SharedReads:
     return reads
 
 
+class StreamSlots:
+    """How many metrics streams are open, against A2C_MAX_STREAMS (one per app; the event loop
+    is the only thread that counts)."""
+
+    def __init__(self) -> None:
+        self.open = 0
+
+
+async def get_stream_slots(request: Request) -> StreamSlots:
+    """The app's StreamSlots."""
+    slots = getattr(request.app.state, "stream_slots", None)
+    if slots is None:
+        slots = request.app.state.stream_slots = StreamSlots()
+    return slots
+
+
 async def metrics_events(queries: JobQueries, job_id: str, since_step: int, poll_s: float,
-                         reads: SharedReads) -> AsyncIterator[ServerSentEvent | bytes]:
+                         reads: SharedReads, slots: StreamSlots | None = None
+                         ) -> AsyncIterator[ServerSentEvent | bytes]:
     """`metrics` events (id = step) as rows arrive, then one `end` event when the job ends.
 
     The events of one read go out as one chunk (a training job makes tens of rows a second).
+    The stream counts in `slots` from its first event to its end, however it ends (a stream
+    that never starts never counts, so nothing can leak a slot).
     """
+    if slots is not None:
+        slots.open += 1
+    try:
+        async for event in _metrics_events(queries, job_id, since_step, poll_s, reads):
+            yield event
+    finally:
+        if slots is not None:
+            slots.open -= 1
+
+
+async def _metrics_events(queries: JobQueries, job_id: str, since_step: int, poll_s: float,
+                          reads: SharedReads) -> AsyncIterator[ServerSentEvent | bytes]:
     last = since_step
     while True:
         tick = int(time.monotonic() // poll_s)
@@ -121,9 +152,16 @@ async def metrics_events(queries: JobQueries, job_id: str, since_step: int, poll
                          "`event: end` with the final status, then the stream closes."},
     404: {"description": "Unknown job"}})
 async def stream_metrics(job_id: JobId, queries: QueriesDep, settings: SettingsDep,
-                         reads: Annotated[SharedReads, Depends(get_stream_reads)], since_step: SinceStep = 0,
+                         reads: Annotated[SharedReads, Depends(get_stream_reads)],
+                         slots: Annotated[StreamSlots, Depends(get_stream_slots)], since_step: SinceStep = 0,
                          last_event_id: Annotated[int | None, Header(ge=0, le=MAX_STEP)] = None) -> EventSourceResponse:
-    """The metrics rows live, as server-sent events; a reconnect with Last-Event-ID resumes."""
+    """The metrics rows live, as server-sent events; a reconnect with Last-Event-ID resumes.
+
+    At most A2C_MAX_STREAMS are open at once; another gets 503 with Retry-After."""
     await run_in_threadpool(queries.get, job_id)  # 404 before the stream starts
+    if slots.open >= settings.max_streams:
+        raise HTTPException(503, f"{slots.open} metrics streams are open, the server's limit "
+                            f"(A2C_MAX_STREAMS); retry later, or poll GET /jobs/{job_id}/metrics",
+                            headers={"Retry-After": "5"})
     start = max(since_step, last_event_id or 0)
-    return EventSourceResponse(metrics_events(queries, job_id, start, settings.sse_poll_s, reads), ping=15)
+    return EventSourceResponse(metrics_events(queries, job_id, start, settings.sse_poll_s, reads, slots), ping=15)
