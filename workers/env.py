@@ -43,15 +43,21 @@ def _mujoco_warning(message: str) -> None:
         warnings.warn(f"MuJoCo: {message}", RuntimeWarning, stacklevel=1)
 
 
-def route_mujoco_warnings(env_id: str) -> None:
-    """Before building a MuJoCo env in this process, install `_mujoco_warning` as MuJoCo's
-    warning handler, unless the process already has one (ours, or a library's). MuJoCo's own
-    handler prints every warning to stderr, which Ray forwards from every worker."""
+def prepare_mujoco(env_id: str) -> None:
+    """Before building a MuJoCo env in this process: refuse it with the install command when
+    MuJoCo is missing, and install `_mujoco_warning` as MuJoCo's warning handler unless the
+    process already has one (ours, or a library's). MuJoCo's own handler prints every warning
+    to stderr, which Ray forwards from every worker, and appends it to MUJOCO_LOG.TXT in the
+    working directory. Other envs are left alone."""
     entry = gym.spec(env_id).entry_point
     if not (isinstance(entry, str) and entry.startswith("gymnasium.envs.mujoco")):
         return
-    import mujoco  # here: only MuJoCo envs pay for the import (and need the mujoco extra)
-
+    try:
+        import mujoco  # here: only MuJoCo envs pay for the import (and need the mujoco extra)
+    except ImportError:
+        raise UnknownEnvironment(
+            f"env {env_id!r} needs MuJoCo, which is not installed: pip install 'a2c-service[mujoco]' "
+            "(in a checkout: pip install -e '.[mujoco]')") from None
     if mujoco.get_mju_user_warning() is None:
         mujoco.set_mju_user_warning(_mujoco_warning)
 
@@ -106,7 +112,7 @@ def make_vec_env(env_id: str, num_envs: int, env_kwargs: dict[str, Any] | None =
     SyncVectorEnv of single envs.
     """
     check_env_id(env_id)
-    route_mujoco_warnings(env_id)
+    prepare_mujoco(env_id)
     spec, env_kwargs = gym.spec(env_id), env_kwargs or {}
     entry = spec.vector_entry_point
     batched, takes = BATCHED.get(gym.envs.registration.load_env_creator(entry) if isinstance(entry, str)
@@ -122,7 +128,7 @@ def make_vec_env(env_id: str, num_envs: int, env_kwargs: dict[str, Any] | None =
 def describe_spaces(env_id: str, env_kwargs: dict[str, Any] | None = None) -> SpacesSpec:
     """The spaces of one env instance, as the policy and checkpoints record them."""
     check_env_id(env_id)
-    route_mujoco_warnings(env_id)
+    prepare_mujoco(env_id)
     env = gym.make(env_id, **(env_kwargs or {}))
     try:
         obs, act = env.observation_space, env.action_space

@@ -62,3 +62,17 @@ def test_a_half_cheetah_vector_env_steps_and_truncates_at_1000_with_the_final_ob
         assert not terminated.any()
         assert truncated.all() == (t == 999)
     assert np.stack(info["final_obs"]).shape == (2, 17) and obs.shape == (2, 17)
+
+
+def test_a_mujoco_id_without_mujoco_installed_is_refused_on_env_with_the_pip_command(tmp_path):
+    out = _run("""
+        import sys
+        sys.modules["mujoco"] = None  # import mujoco now raises ImportError, as when not installed
+        from service.spec import InvalidSpec, build_spec
+        from service.trainer import job_spaces
+        try:
+            job_spaces(build_spec({"env": "Hopper-v5"}))
+        except InvalidSpec as exc:
+            print("refused", exc.field, "|", exc.message)
+    """, tmp_path)
+    assert "refused env |" in out and "pip install 'a2c-service[mujoco]'" in out, out
