@@ -10,7 +10,21 @@ from __future__ import annotations
 
 from typing import Any
 
+MUJOCO: dict[str, Any] = {
+    "envs_per_worker": 8,
+    "a2c": {"steps_per_batch": 80, "mini_batch_size": None, "optimizer": "rmsprop", "learning_rate": 7e-4,
+            "learning_rate_schedule": "linear", "gae_lambda": 0.95, "entropy_coef": 0.0,
+            "normalize_rewards": True},
+    "policy": {"share_torso": False, "log_std_init": -2.0, "normalize_observations": True},
+}
+"""MuJoCo locomotion: rl-zoo's A2C recipe (SB3's A2C defaults: RMSprop at 7e-4, no entropy
+bonus, separate 64x64 tanh torsos; normalised observations and rewards), in batches of
+2 workers x 8 envs x 5 steps, with GAE 0.95, a linear learning rate and an initial log-std of -2
+(from rl-zoo's PyBullet A2C and MuJoCo PPO recipes). See docs/workloads.md."""
+
 TUNED: dict[str, dict[str, Any]] = {
+    "HalfCheetah-v5": MUJOCO,
+    "Hopper-v5": MUJOCO,
     # Seed defaults (2048-sample batches in 64 off-policy mini-batch steps) reach ~60-300 at
     # 200k steps and can collapse to a one-action policy. Full-batch A2C alone (256 samples,
     # Monte Carlo advantages, separate value torso) reached 475 but fell back on 2-3 of 5
