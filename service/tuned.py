@@ -24,7 +24,8 @@ bonus, separate 64x64 tanh torsos; normalised observations and rewards), in batc
 
 TUNED: dict[str, dict[str, Any]] = {
     "HalfCheetah-v5": MUJOCO,
-    "Hopper-v5": MUJOCO,
+    "Hopper-v5": {**MUJOCO, "a2c": {**MUJOCO["a2c"], "gamma": 0.98},
+                  "policy": {**MUJOCO["policy"], "log_std_init": -1.0}},
     # Seed defaults (2048-sample batches in 64 off-policy mini-batch steps) reach ~60-300 at
     # 200k steps and can collapse to a one-action policy. Full-batch A2C alone (256 samples,
     # Monte Carlo advantages, separate value torso) reached 475 but fell back on 2-3 of 5
