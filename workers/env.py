@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import warnings
 from typing import Any
 
 import gymnasium as gym
@@ -25,6 +27,39 @@ def check_env_id(env_id: str) -> None:
     if env_id not in gym.registry:
         raise UnknownEnvironment(
             f"env {env_id!r} is not a registered gymnasium env; see `a2c envs` for the list")
+
+
+DEPRECATED_COMPILER_ATTRIBUTE = re.compile(r"compiler attribute '\w+' is deprecated")
+"""MuJoCo's notice about a deprecated attribute in a model file's <compiler> element, such as
+`settotalmass` in gymnasium's own half_cheetah.xml: about gymnasium's assets, nothing a user
+can act on, and printed by MuJoCo for every env built (each worker's envs, each evaluation's)."""
+
+
+def _mujoco_warning(message: str) -> None:
+    """MuJoCo's warning handler: notices about deprecated compiler attributes are dropped, any
+    other warning goes to Python's `warnings` (shown once per distinct message and process by
+    the default filter, and filterable like any other)."""
+    if not DEPRECATED_COMPILER_ATTRIBUTE.match(message):
+        warnings.warn(f"MuJoCo: {message}", RuntimeWarning, stacklevel=1)
+
+
+def prepare_mujoco(env_id: str) -> None:
+    """Before building a MuJoCo env in this process: refuse it with the install command when
+    MuJoCo is missing, and install `_mujoco_warning` as MuJoCo's warning handler unless the
+    process already has one (ours, or a library's). MuJoCo's own handler prints every warning
+    to stderr, which Ray forwards from every worker, and appends it to MUJOCO_LOG.TXT in the
+    working directory. Other envs are left alone."""
+    entry = gym.spec(env_id).entry_point
+    if not (isinstance(entry, str) and entry.startswith("gymnasium.envs.mujoco")):
+        return
+    try:
+        import mujoco  # here: only MuJoCo envs pay for the import (and need the mujoco extra)
+    except ImportError:
+        raise UnknownEnvironment(
+            f"env {env_id!r} needs MuJoCo, which is not installed: pip install 'a2c-service[mujoco]' "
+            "(in a checkout: pip install -e '.[mujoco]')") from None
+    if mujoco.get_mju_user_warning() is None:
+        mujoco.set_mju_user_warning(_mujoco_warning)
 
 
 class SameStepCartPoleVectorEnv(CartPoleVectorEnv):
@@ -77,6 +112,7 @@ def make_vec_env(env_id: str, num_envs: int, env_kwargs: dict[str, Any] | None =
     SyncVectorEnv of single envs.
     """
     check_env_id(env_id)
+    prepare_mujoco(env_id)
     spec, env_kwargs = gym.spec(env_id), env_kwargs or {}
     entry = spec.vector_entry_point
     batched, takes = BATCHED.get(gym.envs.registration.load_env_creator(entry) if isinstance(entry, str)
@@ -92,6 +128,7 @@ def make_vec_env(env_id: str, num_envs: int, env_kwargs: dict[str, Any] | None =
 def describe_spaces(env_id: str, env_kwargs: dict[str, Any] | None = None) -> SpacesSpec:
     """The spaces of one env instance, as the policy and checkpoints record them."""
     check_env_id(env_id)
+    prepare_mujoco(env_id)
     env = gym.make(env_id, **(env_kwargs or {}))
     try:
         obs, act = env.observation_space, env.action_space

@@ -205,8 +205,13 @@ def job_spaces(spec: JobSpec, resume: Checkpoint | None = None) -> SpacesSpec:
 
 def check_resume(spec: JobSpec, resume: Checkpoint, spaces: SpacesSpec,
                  shapes: dict[str, tuple[int, ...]] | None = None) -> None:
-    """Refuse a resumed job whose env or policy the checkpoint's weights do not fit; `shapes` are
-    the policy's (`shape_of`), when known."""
+    """Refuse a resumed job whose env or policy the checkpoint's weights do not fit, or whose
+    optimizer is not the one whose state the checkpoint holds; `shapes` are the policy's
+    (`shape_of`), when known."""
+    trained_with = resume.config["a2c"]["optimizer"]
+    if spec.a2c.optimizer != trained_with:
+        raise InvalidSpec("a2c.optimizer", f"the checkpoint holds the state of {trained_with}, which a "
+                          f"resumed job continues; leave optimizer unset or set it to {trained_with}")
     if resume.spaces != spaces:
         raise InvalidSpec("env", f"{spec.env}'s spaces {spaces} do not match the checkpoint's "
                           f"({resume.env_id}: {resume.spaces})")

@@ -10,6 +10,18 @@ from __future__ import annotations
 
 from typing import Any
 
+MUJOCO: dict[str, Any] = {
+    "envs_per_worker": 8,
+    "a2c": {"steps_per_batch": 80, "mini_batch_size": None, "optimizer": "rmsprop", "learning_rate": 7e-4,
+            "learning_rate_schedule": "linear", "gae_lambda": 0.95, "entropy_coef": 0.0,
+            "normalize_rewards": True},
+    "policy": {"share_torso": False, "log_std_init": -2.0, "normalize_observations": True},
+}
+"""MuJoCo locomotion: rl-zoo's A2C recipe (SB3's A2C defaults: RMSprop at 7e-4, no entropy
+bonus, separate 64x64 tanh torsos; normalised observations and rewards), in batches of
+2 workers x 8 envs x 5 steps, with GAE 0.95, a linear learning rate and an initial log-std of -2
+(from rl-zoo's PyBullet A2C and MuJoCo PPO recipes). See docs/workloads.md."""
+
 TUNED: dict[str, dict[str, Any]] = {
     # Seed defaults (2048-sample batches in 64 off-policy mini-batch steps) reach ~60-300 at
     # 200k steps and can collapse to a one-action policy. Full-batch A2C alone (256 samples,
@@ -57,5 +69,20 @@ TUNED: dict[str, dict[str, Any]] = {
                 "entropy_coef": 1e-5, "normalize_rewards": True},
         "policy": {"share_torso": False, "normalize_observations": True},
     },
+    # rl-zoo's MuJoCo entries (HalfCheetah-v4: &mujoco-defaults in hyperparams/a2c.yml: SB3's A2C
+    # defaults plus normalize) in batches of 80 instead of 5, with GAE 0.95 and a linear
+    # learning rate. Seed defaults sit at -600 (Gaussian means far outside the action bounds);
+    # rl-zoo's log-std of 0 was near 0 at 250k steps, -2 at 3132 at 300k. At 1M on seeds 0-2:
+    # deterministic eval 5308, 3529, 3809 (last-20-episode return 4891, 2874, 2930; rl-zoo's
+    # A2C: 3041). bench/results/mujoco-halfcheetah-698899f.json, docs/workloads.md.
+    "HalfCheetah-v5": MUJOCO,
+    # The same with gamma 0.98 and log-std -1. At 1M on seeds 0-2: deterministic eval 1016.8,
+    # 376.9, 1009.4 (last-20-episode return 1018.9, 374.6, 1009.1; rl-zoo's A2C: 733). Each seed
+    # settles within 50k steps: seeds 0 and 2 stand for the 1000 steps, seed 1 lunges forward
+    # and falls. In 150-300k-step screens (seed 0 or 1), log-std 0, -0.5 with entropy 0.01, -1
+    # and -2 and gamma 0.95-0.99 also stood (990-1030) or settled at 360-480.
+    # bench/results/mujoco-hopper-886add4.json, docs/workloads.md.
+    "Hopper-v5": {**MUJOCO, "a2c": {**MUJOCO["a2c"], "gamma": 0.98},
+                  "policy": {**MUJOCO["policy"], "log_std_init": -1.0}},
 }
 """env id -> {"a2c": {field: value}, "policy": {field: value}, top-level JobSpec field: value}"""

@@ -402,7 +402,6 @@ def test_an_archive_tampered_after_the_resume_was_accepted_fails_the_job(
         client, store, data_dir, _crafted_bytes, kind):
     marker, cases = _crafted_bytes
     from learner.checkpoint import archive_bytes
-    from learner.config import A2CConfig, PolicyConfig
     from learner.learner import Learner
     from learner.policy import SpacesSpec
     from service.run.spec import build_spec
