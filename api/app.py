@@ -91,7 +91,7 @@ def lower_request_priority(nice: int) -> None:
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Join Ray (embedded by default), open the store, recover unfinished jobs; undo on exit."""
     from service import storage
-    from service.cluster import cluster_cpus, connect, driver_address
+    from service.cluster import cluster_cpus, connect, driver_address, embedded
     from service.jobs.locations import JobLocations
     from service.jobs.manager import JobLimits, JobManager
     from service.jobs.queries import JobQueries
@@ -114,7 +114,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     manager = JobManager(store, locations, JobLimits(
         max_total_steps=settings.max_total_steps, max_workers_per_job=settings.max_workers_per_job,
         max_concurrent_jobs=settings.max_concurrent_jobs, resource_timeout_s=settings.resource_timeout_s,
-        max_recoveries=settings.max_recoveries), ray_address=driver_address(settings.address))
+        max_recoveries=settings.max_recoveries), ray_address=driver_address(settings.address),
+        warm_jobs=embedded() if settings.warm_jobs is None else settings.warm_jobs)
     # Not asyncio.to_thread: the default executor's threads serve requests, and one made now
     # would keep the normal priority. The scheduler thread manager.start makes must keep it.
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="job-manager-start") as pool:

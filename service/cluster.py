@@ -39,6 +39,15 @@ runtime env, it would cost each actor a fresh worker process: 1.5 s more start-u
 """
 
 
+_embedded = False
+"""Whether `connect` started the Ray this process is on."""
+
+
+def embedded() -> bool:
+    """Whether this process started the Ray it is connected to (an embedded local Ray)."""
+    return _embedded
+
+
 class ClusterUnreachable(ConnectionError):
     """The Ray cluster named by the address could not be joined; the message says what to fix."""
 
@@ -87,6 +96,8 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> str:
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
                  logging_level=logging.WARNING, configure_logging=False,
                  _system_config={"worker_niceness": TRAINING_NICENESS})
+        global _embedded
+        _embedded = True
         from service import reaper
         reaper.start(ray._private.worker._global_node.get_session_dir_path(), os.path.dirname(ray.__file__))
         return f"embedded local Ray ({_resources()})"

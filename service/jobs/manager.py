@@ -39,6 +39,7 @@ from service.jobs.sink import StoreSink
 from service.records import CHECKPOINT_ID_PATTERN, JOB_ID_PATTERN, JobStatus, new_job_id
 from service.run.checkpoints import read_checkpoint
 from service.run.driver import DriverRequest, JobProcess
+from service.run.warm import WARM_WORKERS
 from service.run.spec import InvalidSpec, JobSpec, build_spec, job_spaces
 from service.store import JobRow, JobStore
 
@@ -91,6 +92,10 @@ class _Active:
             self.driver.request_stop()
 
 
+_STARTING: Any = object()
+"""The spare's place while its process is being made (outside the manager's lock)."""
+
+
 def _request_hash(raw: Any) -> str:
     return hashlib.sha256(json.dumps(raw, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
@@ -115,12 +120,13 @@ class JobManager:
     """Runs the service's jobs: submit, stop, schedule, and recovery after a restart.
 
     `driver` makes a job's driver process from its `DriverRequest` (`JobProcess`; tests give
-    a stand-in with the same methods).
+    a stand-in with the same methods). With `warm_jobs`, the manager keeps a spare driver with
+    warm actors (`service.run.warm`) for the next job, made again whenever a job ends.
     """
 
     def __init__(self, store: JobStore, locations: JobLocations, limits: JobLimits | None = None,
                  cluster_cpus: Callable[[], float] = cluster_cpus, ray_address: str | None = None,
-                 driver: Callable[[DriverRequest], JobProcess] = JobProcess) -> None:
+                 driver: Callable[[DriverRequest], JobProcess] = JobProcess, warm_jobs: bool = False) -> None:
         self.store, self.locations = store, locations
         self.ray_address = ray_address
         """The Ray cluster the jobs' driver processes join (default: the one this process is on)."""
@@ -136,6 +142,9 @@ class JobManager:
         self._closing = False
         self._scheduler: threading.Thread | None = None
         self.capacity = ClusterCapacity(cluster_cpus, on_change=self._wake)
+        self.warm_jobs = warm_jobs
+        self._spare: JobProcess | None = None
+        """A driver process waiting for the next job, with warm actors (when `warm_jobs`)."""
 
     def _get(self, job_id: str) -> JobRow:
         job = self.store.get_job(job_id)
@@ -158,6 +167,49 @@ class JobManager:
         self._recover()
         self._scheduler = threading.Thread(target=self._schedule_loop, name="job-scheduler", daemon=True)
         self._scheduler.start()
+        self._keep_spare()
+
+    def _keep_spare(self) -> None:
+        """Start a spare driver if there is none: it warms its actors while nothing waits for them.
+
+        Called at start and when a job ends, so that warming (a few CPU-seconds of imports)
+        happens when CPUs were just freed, not while a job that took the last spare starts.
+        """
+        if not self.warm_jobs:
+            return
+        with self._cond:
+            if self._closing or self._spare is _STARTING or (
+                    self._spare is not None and self._spare.process.is_alive()):
+                return
+            self._spare = starting = _STARTING
+        spare = JobProcess(None, self.ray_address or driver_address(), WARM_WORKERS)  # not under the lock
+        with self._cond:
+            if self._spare is starting and not self._closing:
+                self._spare = spare
+                return
+        spare.abandon()  # the server is closing, or a job took the place meanwhile
+
+    def spare_state(self) -> str:
+        """What the spare driver is doing, for /readyz: off, starting, warming or ready."""
+        with self._cond:
+            spare = self._spare
+        if not self.warm_jobs:
+            return "off (A2C_WARM_JOBS)"
+        if spare is None or spare is _STARTING:
+            return "starting"
+        return spare.warm_state()
+
+    def _take_spare(self, request: DriverRequest) -> JobProcess | None:
+        """The spare driver, given `request` as its job; None when there is no live spare."""
+        with self._cond:
+            spare, self._spare = self._spare, None
+        if spare is _STARTING:  # still being made: this job starts its own
+            return None
+        if spare is not None and spare.assign(request):
+            return spare
+        if spare is not None:
+            spare.abandon()
+        return None
 
     def shutdown(self, grace_s: float = 30.0) -> None:
         """Stop scheduling and ask running jobs to stop; they resume at the next start.
@@ -187,6 +239,10 @@ class JobManager:
         deadline = time.monotonic() + 10
         for job in late:
             job.thread.join(max(0.0, deadline - time.monotonic()))
+        with self._cond:
+            spare, self._spare = self._spare, None
+        if spare is not None and spare is not _STARTING:
+            spare.abandon()
         self.capacity.stop()
         if self._scheduler is not None:
             self._scheduler.join(5)
@@ -357,9 +413,10 @@ class JobManager:
         try:
             location = self.locations.job(job.id)
             sink = StoreSink(self.store, job.id, self.locations.record, location)
-            driver = self.driver(DriverRequest(
+            request = DriverRequest(
                 job.id, job.spec, location, self.locations.resolve(job.resume_path) if job.resume_path else None,
-                job.resume_path, self.limits.resource_timeout_s, self.ray_address or driver_address()))
+                job.resume_path, self.limits.resource_timeout_s, self.ray_address or driver_address())
+            driver = (self._take_spare(request) if self.warm_jobs else None) or self.driver(request)
             with self._cond:
                 active.driver = driver
                 if active.abandoned:
@@ -390,6 +447,7 @@ class JobManager:
             with self._cond:
                 self._active.pop(job.id, None)
                 self._cond.notify_all()
+            self._keep_spare()
 
     def _requeue(self, job: JobRow, reason: str, resume_path: str | None, resume_step: int) -> None:
         """Put a job that was cut short back to PENDING, to resume from `resume_path`; while the

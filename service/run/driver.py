@@ -92,18 +92,50 @@ def _context() -> multiprocessing.context.BaseContext:
 
 
 class JobProcess:
-    """The server's handle on one job's driver process: start, `request_stop`, `run`."""
+    """The server's handle on one job's driver process: start, `request_stop`, `run`.
 
-    def __init__(self, request: DriverRequest) -> None:
+    Made with a request, the driver starts on that job at once. Made with none, it is a
+    *spare*: it joins Ray at `ray_address` and starts `warm_workers` warm rollout workers and a
+    warm learner (`service.run.warm`), then waits for `assign` to give it its one job.
+    """
+
+    def __init__(self, request: DriverRequest | None, ray_address: str | None = None,
+                 warm_workers: int = 0) -> None:
         ctx = _context()
         self._events, events_out = ctx.Pipe(duplex=False)
         control_in, self._control = ctx.Pipe(duplex=False)
         self._lock = threading.Lock()
-        self.process = ctx.Process(target=_child_main, args=(request, events_out, control_in),
-                                   name=f"a2c-job-{request.job_id}", daemon=True)
+        name = f"a2c-job-{request.job_id}" if request else "a2c-spare-driver"
+        self.process = ctx.Process(target=_child_main, args=(request, events_out, control_in, ray_address,
+                                                             warm_workers), name=name, daemon=True)
         self.process.start()
         events_out.close()  # the child's ends: EOF on ours once the child is gone
         control_in.close()
+
+    warm: str | None = None
+    """A spare's report on its warm actors, once read by `warm_state`."""
+    assigned = False
+
+    def warm_state(self) -> str:
+        """Whether a spare's warm actors are up: its report, or "warming" (never waits; once
+        the spare has its job, `run` reads its pipe and this reports what it knew)."""
+        with self._lock:
+            if self.warm is None and not self.assigned and self.process.is_alive() and self._events.poll():
+                message = self._events.recv()
+                self.warm = message[1] if message[0] == "warm" else f"unexpected report {message[0]}"
+        return self.warm or ("warming" if self.process.is_alive() else "exited")
+
+    def assign(self, request: DriverRequest) -> bool:
+        """Give a spare its job; False when the spare is gone (then start the job another way)."""
+        with self._lock:
+            if not self.process.is_alive():
+                return False
+            try:
+                self._control.send(("job", request))
+            except OSError:
+                return False
+            self.assigned = True
+        return True
 
     def abandon(self) -> None:
         """Close the control pipe: the driver exits at once, wherever it is (the server is going
@@ -137,6 +169,8 @@ class JobProcess:
                 kind = message[0]
                 if kind == "sink":
                     getattr(sink, message[1])(*message[2])
+                elif kind == "warm":  # a spare's actors are up (or could not start: cold, then)
+                    log.info("spare driver: %s", message[1])
                 elif kind == "done":
                     return message[1], message[2]
                 else:
@@ -151,16 +185,20 @@ class JobProcess:
                 self.process.join(10)
 
 
-def _child_main(request: DriverRequest, events, control) -> None:
+def _child_main(request: DriverRequest | None, events, control, ray_address: str | None = None,
+                warm_workers: int = 0) -> None:
     """The child: join Ray, run the trainer, report its outcome; exit if the server goes away.
 
+    A spare (no `request`) joins Ray and starts its warm actors first, then waits for its job.
     Signals sent to the server's whole process group (Ctrl-C, a service manager's SIGTERM) are
     ignored here: the server stops its jobs itself, through the control pipe, so that each
     writes a final checkpoint and is requeued instead of dying mid-update.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    logging.basicConfig(level=logging.WARNING, format=f"%(levelname)s job-{request.job_id} %(name)s: %(message)s")
+    tag = f"job-{request.job_id}" if request else "spare"
+    logging.basicConfig(level=logging.WARNING, format=f"%(levelname)s {tag} %(name)s: %(message)s")
     stop = threading.Event()
+    assigned: queue.SimpleQueue = queue.SimpleQueue()
     holder: dict[str, Any] = {}
     # The training loop only pickles each message (a snapshot: the caller may reuse its objects)
     # onto a queue; one thread writes them to the pipe, in order. A server that is slow to read
@@ -189,6 +227,8 @@ def _child_main(request: DriverRequest, events, control) -> None:
                 stop.set()
                 if "trainer" in holder:
                     holder["trainer"].request_stop()
+            elif message[0] == "job":
+                assigned.put(message[1])
 
     threading.Thread(target=watch_control, name="control", daemon=True).start()
     try:
@@ -198,7 +238,18 @@ def _child_main(request: DriverRequest, events, control) -> None:
         from service.run.checkpoints import read_checkpoint
         from service.run.loop import Trainer
         from service.run.spec import JobSpec
+        from service.run.warm import WarmActors
 
+        warm = None
+        if request is None:  # a spare: warm up, then wait for the job
+            connect(ray_address)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # ray.init installed one that exits
+            try:
+                warm = WarmActors.start(warm_workers)
+                send(("warm", f"{warm_workers} rollout workers and a learner ready"))
+            except Exception as exc:  # noqa: BLE001 - the job then starts its actors itself
+                send(("warm", f"warm actors could not start ({type(exc).__name__}: {exc}); the job starts cold"))
+            request = assigned.get()
         resume = None
         if request.resume_location:  # first: a bad archive fails the job before any actor starts
             try:
@@ -208,7 +259,8 @@ def _child_main(request: DriverRequest, events, control) -> None:
         connect(request.ray_address)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # ray.init installed one that exits
         trainer = Trainer(JobSpec.model_validate(request.spec), request.location, _PipeSink(send),
-                          job_id=request.job_id, resume=resume, resource_timeout_s=request.resource_timeout_s)
+                          job_id=request.job_id, resume=resume, resource_timeout_s=request.resource_timeout_s,
+                          warm=warm)
         holder["trainer"] = trainer
         if stop.is_set():
             trainer.request_stop()

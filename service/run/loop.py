@@ -34,6 +34,7 @@ from service import storage
 from service.run.checkpoints import read_checkpoint, write_checkpoint
 from service.run.sinks import CheckpointInfo, NullSink, TrainingSink
 from service.run.spec import InvalidSpec, JobSpec, job_spaces
+from service.run.warm import WarmActors
 from service.run.worker_group import (LearnerLost, RolloutsLost, TrainingFailed, WorkerGroup, actor_node_id,
                                       first_line, loss_of)
 from workers.worker import Episodes
@@ -63,8 +64,10 @@ class Trainer:
     def __init__(self, spec: JobSpec, location, sink: TrainingSink | None = None,
                  job_id: str | None = None, resume: Checkpoint | None = None,
                  resource_timeout_s: float = 600.0, call_timeout_s: float = 600.0,
-                 max_worker_replacements: int = 10) -> None:
+                 max_worker_replacements: int = 10, warm: WarmActors | None = None) -> None:
         self.spec, self.location = spec, str(location)
+        self.warm = warm
+        """Idle actors to configure instead of starting new ones (see `service.run.warm`)."""
         self.sink = sink or NullSink()
         self.job_id = job_id or new_job_id()
         self.resume = resume
@@ -123,13 +126,19 @@ class Trainer:
         self.learner_node = node
 
     def _create_learner(self, spaces: SpacesSpec, restore: LearnerState | None) -> None:
-        """Ask Ray for the Learner actor (1 GPU when `self.use_gpu`), without waiting for it.
-        Its calls make no task events, as the workers' (see `WorkerGroup._new`)."""
+        """Ask Ray for the Learner actor (1 GPU when `self.use_gpu`), without waiting for it:
+        the warm one when there is one and no GPU is wanted, else a new actor. Its calls make no
+        task events, as the workers' (see `WorkerGroup._new`)."""
         spec = self.spec
+        args = (spaces, spec.policy, spec.a2c, spec.total_steps, spec.seed, spec.learner_device,
+                self.use_gpu, restore)
+        warm = self.warm.take_learner() if self.warm is not None and not self.use_gpu else None
+        if warm is not None:
+            warm.configure.remote(*args)
+            self.learner = warm
+            return
         self.learner = ray.remote(Learner).options(
-            num_cpus=1, num_gpus=1 if self.use_gpu else 0, enable_task_events=False).remote(
-            spaces, spec.policy, spec.a2c, spec.total_steps, spec.seed, spec.learner_device,
-            self.use_gpu, restore)
+            num_cpus=1, num_gpus=1 if self.use_gpu else 0, enable_task_events=False).remote(*args)
 
     def _learner_get(self, ref, what: str):
         """ray.get of a learner call, sorting failures into LearnerLost, RolloutsLost or TrainingFailed."""
@@ -155,7 +164,9 @@ class Trainer:
             # The learner is asked for first (it may need the GPU node's CPU); the workers'
             # processes then start while it does.
             self._create_learner(spaces, start)
-            self.workers.create()
+            self.workers.create(self.warm)
+            if self.warm is not None:
+                self.warm.release()  # what this job does not use
             self._await_learner()
             nodes = self.workers.start(self.learner.weights.remote())
             self.sink.event("placement", f"learner on node {self.learner_node[:12]}; workers on nodes "

@@ -110,15 +110,25 @@ class WorkerGroup:
         the GCS grew 55 -> 122 MB over two minutes of CartPole; without, 46 -> 48 MB, at the
         same env steps/s. Ray's state API and dashboard then do not list these calls.
         """
-        spec = self.spec
-        return ray.remote(RolloutWorker).options(num_cpus=1, enable_task_events=False).remote(
-            spec.env, spec.env_kwargs, spec.envs_per_worker, spec.steps_per_env, self.spaces,
-            spec.policy, spec.seed, index)
+        return ray.remote(RolloutWorker).options(num_cpus=1, enable_task_events=False).remote(*self._args(index))
 
-    def create(self) -> None:
+    def _args(self, index: int) -> tuple:
+        spec = self.spec
+        return (spec.env, spec.env_kwargs, spec.envs_per_worker, spec.steps_per_env, self.spaces,
+                spec.policy, spec.seed, index)
+
+    def create(self, warm=None) -> None:
         """Create the worker actors without waiting: their processes start (and import torch)
-        while the caller does other work, such as starting the learner."""
-        self.actors = [self._new(i) for i in range(self.spec.workers)]
+        while the caller does other work, such as starting the learner. Warm actors of `warm`
+        (`service.run.warm.WarmActors`), while there are any, are configured instead."""
+        self.actors = []
+        for index in range(self.spec.workers):
+            actor = warm.take_worker() if warm is not None else None
+            if actor is None:
+                actor = self._new(index)
+            else:
+                actor.configure.remote(*self._args(index))
+            self.actors.append(actor)
 
     def start(self, weights) -> list[str]:
         """Start every worker `create` made with `weights`, waiting up to resource_timeout_s for CPUs.

@@ -27,6 +27,24 @@ def test_job_runs_to_succeeded_with_progress_times_and_latest_metrics(client, fi
     assert any(e["kind"] == "device" for e in job["events"])  # the device and its reason
 
 
+def test_jobs_on_warm_and_new_processes_are_isolated_and_train_the_same(client, server, finished_job, small_job):
+    # The server keeps a spare driver with warm actors for the next job (the first one took
+    # the one made at start). However a job's processes came, the same spec and seed must
+    # train the same rows: nothing of an earlier job may reach a later one.
+    timing = {"wall_s", "env_steps_per_s"}
+
+    def rows(job_id):
+        return [{k: v for k, v in r.items() if k not in timing} for r in client.all_metrics(job_id)]
+
+    first = rows(finished_job["id"])
+    for _ in range(2):
+        job_id = client.post("/jobs", json=small_job).raise_for_status().json()["id"]
+        assert client.wait_finished(job_id)["status"] == "SUCCEEDED"
+        assert rows(job_id) == first
+    warm = client.get("/readyz").json()["checks"]["warm"]
+    assert warm.startswith("ok: ") and warm != "ok: off (A2C_WARM_JOBS)", warm
+
+
 def test_list_is_newest_first_filters_by_status_and_pages(client, finished_job, stopped_job):
     everything = client.get("/jobs", params={"max_results": 500}).json()
     ids = [j["id"] for j in everything["jobs"]]
