@@ -123,6 +123,7 @@ def run_ours(env: str, steps: int, seed: int, workers: int = 2, envs_per_worker:
         if code != 0:
             record.error = f"exit {code}: {proc.tail()}"
         record.peak_rss_mb, record.peak_pss_mb = proc.monitor.peak_rss_mb, proc.monitor.peak_pss_mb
+        record.process_wall_s = proc.wall_s
         connected, ray_init = record.extra.get("ray_connected_s"), record.extra.get("ray_init_s")
         if connected is not None and ray_init is not None and record.startup_s:
             # The machine's CPU seconds from the start of connecting to the first env step: on a

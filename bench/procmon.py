@@ -270,10 +270,16 @@ class Launched:
                     pass
             self.proc.wait()
             code = None
+        self.exited_at = time.time()
         self.monitor.__exit__(None, None, None)
         self._log.close()
         self.load_after = load_average()
         return code
+
+    @property
+    def wall_s(self) -> float:
+        """Seconds from launch to exit (after `wait`)."""
+        return self.exited_at - self.launched_at
 
     def tail(self, lines: int = 15) -> str:
         """The last lines of the process's output, for error reports."""

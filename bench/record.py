@@ -31,6 +31,8 @@ class RunRecord:
     """Wall time of the training loop: start-up and teardown excluded."""
     startup_s: float = 0.0
     """Process launch to the first env step of the loop: imports, Ray start, actors, envs."""
+    process_wall_s: float | None = None
+    """Process launch to process exit: what a user of the command waits for, in all."""
     curve: list[tuple[float, int, float | None]] = field(default_factory=list)
     """(loop seconds, env steps, mean of the last 20 episode returns), one point per update."""
     config: dict[str, Any] = field(default_factory=dict)
@@ -60,12 +62,16 @@ class RunRecord:
         return None
 
     def summary(self, target: float | None) -> dict[str, Any]:
-        """The record's headline numbers, as the table and the JSON results show them."""
+        """The record's headline numbers, as the table and the JSON results show them.
+
+        `launch_to_target_s` and `process_wall_s` count from process launch; `time_to_target_s`
+        and `env_steps_per_s` count the training loop only (start-up excluded)."""
         reached = self.time_to(target) if target is not None else None
         return {
             "runner": self.runner, "env": self.env, "seed": self.seed, "steps": self.steps,
             "env_steps_per_s": _round(self.env_steps_per_s), "startup_s": _round(self.startup_s, 2),
-            "loop_wall_s": _round(self.loop_wall_s, 2),
+            "loop_wall_s": _round(self.loop_wall_s, 2), "process_wall_s": _round(self.process_wall_s, 2),
+            "launch_to_target_s": _round(self.startup_s + reached[0], 2) if reached else None,
             "time_to_target_s": _round(reached[0], 2) if reached else None,
             "steps_to_target": reached[1] if reached else None,
             "final_return_mean": _round(self.final_return_mean, 1),

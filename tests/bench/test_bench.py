@@ -54,9 +54,41 @@ def test_aggregate_takes_medians_and_counts_runs_that_reached_the_target():
 
 
 def test_ratios_are_ours_over_peer():
-    r = ratios({"env_steps_per_s": 300, "time_to_target_s": 1, "startup_s": None, "peak_rss_mb": 2},
-               {"env_steps_per_s": 100, "time_to_target_s": 4, "startup_s": 1, "peak_rss_mb": 0})
-    assert r == {"env_steps_per_s": 3.0, "time_to_target_s": 0.25, "startup_s": None, "peak_rss_mb": None}
+    r = ratios({"process_wall_s": 10, "launch_to_target_s": 3, "env_steps_per_s": 300, "time_to_target_s": 1,
+                "startup_s": None, "peak_rss_mb": 2},
+               {"process_wall_s": 40, "launch_to_target_s": 12, "env_steps_per_s": 100, "time_to_target_s": 4,
+                "startup_s": 1, "peak_rss_mb": 0})
+    assert r == {"process_wall_s": 0.25, "launch_to_target_s": 0.25, "env_steps_per_s": 3.0,
+                 "time_to_target_s": 0.25, "startup_s": None, "peak_rss_mb": None}
+
+
+def test_headline_figures_count_from_process_launch():
+    s = _record(process_wall_s=7.5).summary(475)
+    assert s["launch_to_target_s"] == 4.0  # 2 s of start-up, then 2 s of loop to 475
+    assert s["time_to_target_s"] == 2.0 and s["process_wall_s"] == 7.5
+    assert _record().summary(501)["launch_to_target_s"] is None
+
+
+def test_sb3_curve_comes_from_the_monitors_episodes_not_a_callback():
+    from bench.sb3_a2c import monitor_curve
+
+    class Monitor:  # what SB3's Monitor keeps: per episode, its return, length and end time
+        def __init__(self, t_start, episodes):
+            self.t_start, self.episodes = t_start, episodes
+
+        def get_episode_rewards(self):
+            return [e[0] for e in self.episodes]
+
+        def get_episode_lengths(self):
+            return [e[1] for e in self.episodes]
+
+        def get_episode_times(self):
+            return [e[2] for e in self.episodes]
+
+    curve = monitor_curve([Monitor(100.0, [(10.0, 10, 1.5), (30.0, 30, 4.0)]),
+                           Monitor(100.5, [(20.0, 20, 2.0)])], n_envs=2, loop_started_at=101.0)
+    # (loop s, env steps = n_envs x that env's own steps, running mean of the returns so far)
+    assert curve == [(0.5, 20, 10.0), (1.5, 40, 15.0), (3.0, 80, 20.0)]
 
 
 def test_parse_run_reads_metrics_and_events_of_a_cli_run(tmp_path):
