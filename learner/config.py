@@ -59,12 +59,18 @@ class A2CConfig(FrozenModel):
 
 
 class PolicyConfig(FrozenModel):
-    """Shape of the actor-critic network: a shared MLP torso, an action head and a value head."""
+    """Shape of the actor-critic network: a shared torso, an action head and a value head."""
 
+    torso: Literal["auto", "mlp", "nature_cnn"] = "auto"
+    """`mlp`: fully connected layers (`hidden_sizes`, `activation`) on the flattened
+    observation. `nature_cnn`: the DQN Nature paper's convolutions (32 8x8 filters, stride 4;
+    64 4x4, stride 2; 64 3x3, stride 1; then 512 units, all ReLU) on image observations, as
+    SB3's CnnPolicy; `hidden_sizes` and `activation` do not apply to it. `auto`: nature_cnn
+    for image observations (uint8, 3 dimensions), mlp for the rest."""
     hidden_sizes: tuple[int, ...] = Field((64, 64), min_length=1)
-    """Widths of the torso's hidden layers."""
+    """Widths of the MLP torso's hidden layers."""
     activation: Literal["tanh", "relu"] = "tanh"
-    """Non-linearity between torso layers."""
+    """Non-linearity between the MLP torso's layers."""
     share_torso: bool = True
     """One torso for the action and value heads (prt_rl's layout). False gives the value head
     its own torso of the same shape (SB3's default for A2C), which keeps value-loss gradients
@@ -80,7 +86,8 @@ class PolicyConfig(FrozenModel):
     normalize_observations: bool = False
     """Feed the network observations normalised by their running mean and std (clipped to
     +-10), as SB3's VecNormalize does. The statistics are buffers of the policy: the learner
-    updates them from each batch, workers get them with the weights, checkpoints keep them."""
+    updates them from each batch, workers get them with the weights, checkpoints keep them.
+    Not for image observations, which the policy scales by 1/255."""
 
     @model_validator(mode="after")
     def _positive_widths(self) -> "PolicyConfig":

@@ -95,8 +95,11 @@ class Learner:
 
     def __init__(self, spaces: SpacesSpec, policy_config: PolicyConfig, config: A2CConfig,
                  total_steps: int, seed: int, device_request: str = "auto",
-                 gpu_assigned: bool = False, restore: LearnerState | None = None) -> None:
-        torch.set_num_threads(1)
+                 gpu_assigned: bool = False, restore: LearnerState | None = None,
+                 num_threads: int = 1) -> None:
+        # As many torch threads as the CPUs the scheduler gave this learner: more would take
+        # cores from the rollout workers.
+        torch.set_num_threads(num_threads)
         self.device, self.device_reason = choose_device(device_request, gpu_assigned)
         log.info("learner device %s", self.device_reason)
         self.config = config
@@ -182,7 +185,7 @@ class Learner:
         # Statistics are updated before the loss (as SB3's VecNormalize, which updates them as
         # it steps). Non-finite observations leave the observation statistics alone and skip
         # every gradient step; non-finite rewards leave the reward statistics alone.
-        obs_finite = bool(torch.isfinite(b["obs"]).all())
+        obs_finite = not b["obs"].is_floating_point() or bool(torch.isfinite(b["obs"]).all())
         norm_moved = self.policy.obs_norm is not None and obs_finite
         if norm_moved:
             self.policy.obs_norm.update(b["obs"].reshape(steps, -1))

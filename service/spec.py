@@ -9,7 +9,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from learner.config import A2CConfig, FrozenModel, PolicyConfig
-from service.tuned import TUNED
+from service.tuned import tuned_for
 from workers.env import UnknownEnvironment, check_env_id
 
 JsonScalar = str | int | float | bool | None
@@ -137,7 +137,7 @@ def build_spec(data: dict[str, Any], *, strict: bool = False) -> JobSpec:
     data = dict(data)
     data.pop("tuned", None)
     env = data.get("env")
-    table = TUNED.get(env, {}) if isinstance(env, str) and data.get("use_tuned", True) else {}
+    table = tuned_for(env) if isinstance(env, str) and data.get("use_tuned", True) else {}
     filled: list[str] = []
     for section, values in table.items():
         if not isinstance(values, dict):  # a top-level field, e.g. envs_per_worker

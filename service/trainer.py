@@ -29,7 +29,7 @@ from ray.exceptions import GetTimeoutError
 
 from learner.checkpoint import Checkpoint, archive_bytes, read_archive
 from learner.learner import Learner, LearnerState
-from learner.policy import ActorCritic, SpacesSpec
+from learner.policy import ActorCritic, SpacesSpec, policy_mismatch
 from service import storage
 from service.cluster import cluster_has_gpu
 from service.spec import InvalidSpec, JobSpec
@@ -115,9 +115,9 @@ def job_spaces(spec: JobSpec, resume: Checkpoint | None = None) -> SpacesSpec:
         raise InvalidSpec("env", str(exc)) from None
     except Exception as exc:  # noqa: BLE001 - bad env_kwargs raise whatever the env raises
         raise InvalidSpec("env_kwargs", f"{spec.env} cannot be made with these kwargs: {exc}") from None
-    if spec.policy.use_sde and spaces.action_type != "box":
-        raise InvalidSpec("policy.use_sde", f"gSDE explores continuous actions; {spec.env}'s are "
-                          f"{spaces.action_type}: set use_sde to false")
+    mismatch = policy_mismatch(spaces, spec.policy)
+    if mismatch is not None:
+        raise InvalidSpec(mismatch[0], f"{spec.env}: {mismatch[1]}")
     if resume is not None:
         check_resume(spec, resume, spaces)
     return spaces
