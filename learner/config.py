@@ -20,10 +20,19 @@ class A2CConfig(FrozenModel):
     """Env steps collected per update, over all workers and envs (workers x envs x T)."""
     mini_batch_size: int | None = Field(32, ge=1)
     """Samples per gradient step. The batch is split into steps_per_batch / mini_batch_size
-    sequential Adam steps, as prt_rl does; only the first is strictly on-policy. `null` (or
+    sequential optimizer steps, as prt_rl does; only the first is strictly on-policy. `null` (or
     `--mini-batch-size full`) takes one full-batch step per rollout: classic A2C, as SB3 does."""
     learning_rate: float = Field(3e-4, gt=0, le=1)
-    """Adam step size (the start value when `learning_rate_schedule` is linear)."""
+    """Optimizer step size (the start value when `learning_rate_schedule` is linear)."""
+    optimizer: Literal["adam", "rmsprop"] = "adam"
+    """adam (prt_rl's) or rmsprop: torch's RMSprop, as SB3's A2C uses by default (its
+    `use_rms_prop`), with `rmsprop_alpha` and `optimizer_eps`. A resumed job keeps the
+    optimizer of its checkpoint (whose state it continues)."""
+    optimizer_eps: float = Field(1e-5, gt=0, le=1)
+    """Added to the denominator of the update for stability, by Adam and RMSprop alike
+    (outside the square root, as torch does); 1e-5 is SB3's `rms_prop_eps`."""
+    rmsprop_alpha: float = Field(0.99, gt=0, lt=1)
+    """RMSprop's smoothing constant of the running mean of squared gradients (SB3's 0.99)."""
     gamma: float = Field(0.99, ge=0, le=1)
     """Discount factor."""
     gae_lambda: float = Field(0.95, ge=0, le=1)

@@ -90,8 +90,16 @@ def explained_variance(predicted: torch.Tensor, target: torch.Tensor) -> float:
     return float("nan") if var.item() == 0 else float(1 - (target - predicted).var() / var)
 
 
+def make_optimizer(params, config: A2CConfig) -> torch.optim.Optimizer:
+    """The optimizer `config.optimizer` names, over `params`, at `config.learning_rate`."""
+    if config.optimizer == "rmsprop":
+        return torch.optim.RMSprop(params, lr=config.learning_rate, alpha=config.rmsprop_alpha,
+                                   eps=config.optimizer_eps)
+    return torch.optim.Adam(params, lr=config.learning_rate, eps=config.optimizer_eps)
+
+
 class Learner:
-    """Owns the policy and Adam; `update(*rollouts)` runs one A2C update, `weights()` exports."""
+    """Owns the policy and its optimizer; `update(*rollouts)` runs one A2C update, `weights()` exports."""
 
     def __init__(self, spaces: SpacesSpec, policy_config: PolicyConfig, config: A2CConfig,
                  total_steps: int, seed: int, device_request: str = "auto",
@@ -106,7 +114,7 @@ class Learner:
         self.total_steps = total_steps
         torch.manual_seed(seed)
         self.policy = ActorCritic(spaces, policy_config).to(self.device)
-        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.learning_rate, eps=1e-5)
+        self.optimizer = make_optimizer(self.policy.parameters(), config)
         self.generator = torch.Generator().manual_seed(seed)
         self.step, self.updates, self.version = 0, 0, 0
         self.return_norm = RunningMeanStd(()).to(self.device) if config.normalize_rewards else None

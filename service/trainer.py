@@ -124,7 +124,12 @@ def job_spaces(spec: JobSpec, resume: Checkpoint | None = None) -> SpacesSpec:
 
 
 def check_resume(spec: JobSpec, resume: Checkpoint, spaces: SpacesSpec) -> None:
-    """Refuse a resumed job whose env or policy the checkpoint's weights do not fit."""
+    """Refuse a resumed job whose env or policy the checkpoint's weights do not fit, or whose
+    optimizer is not the one whose state the checkpoint holds."""
+    trained_with = resume.config["a2c"]["optimizer"]
+    if spec.a2c.optimizer != trained_with:
+        raise InvalidSpec("a2c.optimizer", f"the checkpoint holds the state of {trained_with}, which a "
+                          f"resumed job continues; leave optimizer unset or set it to {trained_with}")
     if resume.spaces != spaces:
         raise InvalidSpec("env", f"{spec.env}'s spaces {spaces} do not match the checkpoint's "
                           f"({resume.env_id}: {resume.spaces})")
