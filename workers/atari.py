@@ -53,6 +53,13 @@ def atari_settings(env_id: str, env_kwargs: dict[str, Any] | None = None) -> dic
     return {"game": spec_kwargs["game"], **settings, **(env_kwargs or {})}
 
 
+def describe_atari(env_id: str) -> str:
+    """One line on what an Atari id trains on, e.g. "Atari: DeepMind preprocessing, sticky
+    actions p=0.25"."""
+    p = gym.spec(env_id).kwargs.get("repeat_action_probability", 0.0)
+    return f"Atari: DeepMind preprocessing, sticky actions p={p:g}"
+
+
 def make_atari_vec_env(env_id: str, num_envs: int, env_kwargs: dict[str, Any] | None = None,
                        training: bool = True, threads: int = 1) -> gym.vector.VectorEnv:
     """`num_envs` preprocessed games of an Atari id, stepped by `threads` C++ threads.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-import importlib.util
+import importlib
 from typing import Any
 
 import gymnasium as gym
@@ -73,9 +73,12 @@ def check_env_id(env_id: str) -> None:
         raise UnknownEnvironment(
             f"env {env_id!r} is not a registered gymnasium env; see `a2c envs` for the list{hint}")
     module = _needed_module(env_id)
-    if module is not None and importlib.util.find_spec(module) is None:
-        raise UnknownEnvironment(f"env {env_id!r} needs the {module} package, which is not "
-                                 f"installed: {_install_hint(module)}")
+    if module is not None:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            raise UnknownEnvironment(f"env {env_id!r} needs the {module} package, which is not "
+                                     f"installed: {_install_hint(module)}") from None
 
 
 class SameStepCartPoleVectorEnv(CartPoleVectorEnv):
