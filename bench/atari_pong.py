@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
                                     for r, n in zip(e.returns, e.lengths)]
             return row
 
-    connect(None, num_cpus=args.num_cpus or max(os.cpu_count() or 1, spec.workers + 1))
+    connect(None, num_cpus=args.num_cpus or max(os.cpu_count() or 1, spec.cpus_needed))
     trainer = GameRecordingTrainer(spec, Path(f"/tmp/bench-pong-{os.getpid()}"), Recorder())
     summary = trainer.run()
     result["trainer_summary"] = summary

@@ -362,9 +362,9 @@ class JobManager:
             raise InvalidSpec("workers", f"{spec.workers} is above this server's limit of "
                               f"{limits.max_workers_per_job} workers per job (A2C_MAX_WORKERS_PER_JOB)")
         cpus = self.cluster_cpus()
-        if spec.workers + 1 > cpus:
-            raise InvalidSpec("workers", f"{spec.workers} workers and a learner need "
-                              f"{spec.workers + 1} CPUs; the cluster has {cpus:g}")
+        if spec.cpus_needed > cpus:
+            raise InvalidSpec("workers", f"{spec.workers} workers and the learner (learner_cpus={spec.learner_cpus}) need "
+                              f"{spec.cpus_needed} CPUs; the cluster has {cpus:g}")
         job_spaces(spec, resume)
         if resume is not None:
             if spec.total_steps <= resume.state.step:
