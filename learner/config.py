@@ -24,13 +24,17 @@ class A2CConfig(FrozenModel):
     `--mini-batch-size full`) takes one full-batch step per rollout: classic A2C, as SB3 does."""
     learning_rate: float = Field(3e-4, gt=0, le=1)
     """Optimizer step size (the start value when `learning_rate_schedule` is linear)."""
-    optimizer: Literal["adam", "rmsprop"] = "adam"
+    optimizer: Literal["adam", "rmsprop", "rmsprop_tf"] = "adam"
     """adam (prt_rl's) or rmsprop: torch's RMSprop, as SB3's A2C uses by default (its
-    `use_rms_prop`), with `rmsprop_alpha` and `optimizer_eps`. A resumed job keeps the
-    optimizer of its checkpoint (whose state it continues)."""
+    `use_rms_prop`), with `rmsprop_alpha` and `optimizer_eps`. rmsprop_tf: RMSprop as
+    TensorFlow has it, which OpenAI baselines' A2C used and rl-zoo's Atari settings keep (SB3's
+    RMSpropTFLike): the mean of squared gradients starts at 1, not 0, and `optimizer_eps` is
+    added under the square root, so early and rare gradients take small steps. A resumed job
+    keeps the optimizer of its checkpoint (whose state it continues)."""
     optimizer_eps: float = Field(1e-5, gt=0, le=1)
     """Added to the denominator of the update for stability, by Adam and RMSprop alike
-    (outside the square root, as torch does); 1e-5 is SB3's `rms_prop_eps`."""
+    (outside the square root, as torch does; inside it for rmsprop_tf); 1e-5 is SB3's
+    `rms_prop_eps`."""
     rmsprop_alpha: float = Field(0.99, gt=0, lt=1)
     """RMSprop's smoothing constant of the running mean of squared gradients (SB3's 0.99)."""
     gamma: float = Field(0.99, ge=0, le=1)

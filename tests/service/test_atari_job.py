@@ -21,7 +21,7 @@ def test_every_atari_id_gets_the_tuned_atari_entry_and_no_tuned_keeps_the_defaul
     for env_id in (PONG, "ALE/Breakout-v5", "SpaceInvadersNoFrameskip-v4"):
         spec = build_spec({"env": env_id})
         assert spec.workers * spec.envs_per_worker == 16 and spec.steps_per_env == 5
-        assert spec.a2c.optimizer == "rmsprop" and spec.a2c.optimizer_eps == 1e-5
+        assert spec.a2c.optimizer == "rmsprop_tf" and spec.a2c.optimizer_eps == 1e-5
         assert (spec.a2c.entropy_coef, spec.a2c.value_coef, spec.a2c.gae_lambda) == (0.01, 0.25, 1.0)
         assert spec.a2c.learning_rate_schedule == "linear" and spec.a2c.mini_batch_size is None
         assert "a2c.optimizer" in spec.tuned
@@ -81,7 +81,7 @@ def test_short_pong_run_checkpoints_a_cnn_policy_that_a2c_evaluate_plays(ray_ses
     checkpoint = read_checkpoint(summary["checkpoint"])
     assert checkpoint.spaces.obs_shape == (4, 84, 84) and checkpoint.spaces.obs_dtype == "uint8"
     assert checkpoint.state.weights.tensors["torso.0.weight"].shape == (32, 4, 8, 8)
-    assert checkpoint.config["a2c"]["optimizer"] == "rmsprop"
+    assert checkpoint.config["a2c"]["optimizer"] == "rmsprop_tf"
     from service.cli import main
     assert main(["evaluate", summary["checkpoint"], "--episodes", "2"]) == 0
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
