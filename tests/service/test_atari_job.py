@@ -86,6 +86,18 @@ def test_short_pong_run_checkpoints_a_cnn_policy_that_a2c_evaluate_plays(ray_ses
     assert main(["evaluate", summary["checkpoint"], "--episodes", "2"]) == 0
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert line["env"] == PONG and line["episodes"] == 2 and np.isfinite(line["return_mean"])
+    # A longer job may resume from it: the spaces and the CNN's weights fit.
+    resumed = build_spec({**checkpoint.config, "total_steps": 1920})
+    assert job_spaces(resumed, checkpoint) == checkpoint.spaces
+
+
+def test_a2c_envs_lists_atari_ids_with_their_sticky_actions(capsys):
+    from service.cli import main
+    assert main(["envs"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "ALE/Pong-v5  (Atari: DeepMind preprocessing, sticky actions p=0.25)" in lines
+    assert "PongNoFrameskip-v4  (Atari: DeepMind preprocessing, sticky actions p=0)" in lines
+    assert "CartPole-v1" in lines
 
 
 @pytest.mark.ray
