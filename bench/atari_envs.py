@@ -11,7 +11,8 @@ settings (no sticky actions), auto-resetting in the same step:
 - `envpool`: envpool's `Pong-v5` with the same settings, when envpool is installed.
 
 Frames are emulator frames (4 per agent step). Rounds interleave the candidates, so that other
-load on the machine falls on all of them alike.
+load on the machine falls on all of them alike; frames per CPU-second (all of the process's
+threads) is given too, as it depends little on that load.
 
     python -m bench.atari_envs --envs 8 16 --steps 1500 --rounds 3 --out bench/results/atari-envs.json
 """
@@ -74,15 +75,16 @@ def measure(make: Callable, num_envs: int, threads: int, steps: int, seed: int) 
         actions = rng.integers(0, n_actions, (steps + 50, num_envs))
         for t in range(50):
             env.step(actions[t])
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for t in range(50, steps + 50):
             obs, *_ = env.step(actions[t])
-        wall = time.perf_counter() - t0
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     finally:
         env.close()
     agent_steps = steps * num_envs
-    return {"obs": f"{obs.dtype}{list(obs.shape)}", "wall_s": round(wall, 3),
-            "steps_per_s": round(agent_steps / wall), "frames_per_s": round(4 * agent_steps / wall)}
+    return {"obs": f"{obs.dtype}{list(obs.shape)}", "wall_s": round(wall, 3), "cpu_s": round(cpu, 3),
+            "steps_per_s": round(agent_steps / wall), "frames_per_s": round(4 * agent_steps / wall),
+            "frames_per_cpu_s": round(4 * agent_steps / cpu)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -112,10 +114,11 @@ def main(argv: list[str] | None = None) -> None:
                     runs.setdefault(key, []).append(res)
                     print(f"round {r} {key}: {res['frames_per_s']} frames/s", flush=True)
     table = {k: {"median_frames_per_s": statistics.median(x["frames_per_s"] for x in v),
+                 "median_frames_per_cpu_s": statistics.median(x["frames_per_cpu_s"] for x in v),
                  "frames_per_s": [x["frames_per_s"] for x in v], "obs": v[0]["obs"]} for k, v in runs.items()}
-    print("\ncandidate                         median frames/s  (rounds)")
+    print("\ncandidate                         median frames/s  frames/CPU-s  (rounds' frames/s)")
     for k, v in table.items():
-        print(f"{k:33s} {v['median_frames_per_s']:>10,.0f}  {v['frames_per_s']}")
+        print(f"{k:33s} {v['median_frames_per_s']:>10,.0f}  {v['median_frames_per_cpu_s']:>12,.0f}  {v['frames_per_s']}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({

@@ -61,8 +61,9 @@ def describe_atari(env_id: str) -> str:
 
 
 def make_atari_vec_env(env_id: str, num_envs: int, env_kwargs: dict[str, Any] | None = None,
-                       training: bool = True, threads: int = 1) -> gym.vector.VectorEnv:
-    """`num_envs` preprocessed games of an Atari id, stepped by `threads` C++ threads.
+                       training: bool = True) -> gym.vector.VectorEnv:
+    """`num_envs` preprocessed games of an Atari id, stepped by one C++ thread (a rollout
+    worker holds one CPU; jobs scale with workers).
 
     Auto-resets in the same step (a game's last observation in `info["final_obs"]`, whose rows
     are meaningful only where the game ended). `training` gives the learner's view
@@ -71,7 +72,7 @@ def make_atari_vec_env(env_id: str, num_envs: int, env_kwargs: dict[str, Any] | 
     from ale_py.vector_env import AtariVectorEnv
 
     settings = atari_settings(env_id, env_kwargs)
-    env = AtariVectorEnv(settings.pop("game"), num_envs, num_threads=threads, autoreset_mode="SameStep",
+    env = AtariVectorEnv(settings.pop("game"), num_envs, num_threads=1, autoreset_mode="SameStep",
                          reward_clipping=False, life_loss_info=training, episodic_life=False,
                          **PREPROCESSING, **settings)
     return EpisodicLife(env) if training else SeededAtari(env)

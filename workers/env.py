@@ -122,13 +122,13 @@ envs, and jobs whose env_kwargs the adapter does not take (render_mode, disable_
 
 
 def make_vec_env(env_id: str, num_envs: int, env_kwargs: dict[str, Any] | None = None,
-                 training: bool = True, threads: int = 1) -> gym.vector.VectorEnv:
+                 training: bool = True) -> gym.vector.VectorEnv:
     """A vector env of `num_envs` copies that auto-resets in the same step.
 
     SAME_STEP mode hands back the final observation of an ended episode in `info["final_obs"]`
     and the reset observation as the next obs, so no step is ever a fake transition. Atari ids
-    get the DeepMind preprocessing in ale-py's vector env, on `threads` threads, and the
-    learner's view of the games when `training` (see workers.atari). Envs whose batched
+    get the DeepMind preprocessing in ale-py's vector env, and the learner's view of the games
+    when `training` (see workers.atari). Envs whose batched
     `vector_entry_point` has an adapter in BATCHED (CartPole) use it; the rest are a
     SyncVectorEnv of single envs.
     """
@@ -136,7 +136,7 @@ def make_vec_env(env_id: str, num_envs: int, env_kwargs: dict[str, Any] | None =
 
     check_env_id(env_id)
     if is_atari(env_id):
-        return make_atari_vec_env(env_id, num_envs, env_kwargs, training=training, threads=threads)
+        return make_atari_vec_env(env_id, num_envs, env_kwargs, training=training)
     spec, env_kwargs = gym.spec(env_id), env_kwargs or {}
     entry = spec.vector_entry_point
     batched, takes = BATCHED.get(gym.envs.registration.load_env_creator(entry) if isinstance(entry, str)
