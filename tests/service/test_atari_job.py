@@ -34,6 +34,9 @@ def test_an_mlp_torso_on_atari_frames_is_refused_naming_the_field():
         job_spaces(build_spec({"env": PONG, "policy": {"torso": "mlp"}}))
     assert exc.value.field == "policy.torso" and "nature_cnn" in exc.value.message
     assert job_spaces(build_spec({"env": PONG})).obs_dtype == "uint8"
+    with pytest.raises(InvalidSpec) as exc:
+        job_spaces(build_spec({"env": PONG, "env_kwargs": {"frameskip": 2}}))
+    assert exc.value.field == "env_kwargs" and "frameskip" in exc.value.message
 
 
 @pytest.mark.parametrize("module, env_id, extra", [("ale_py", "ALE/Pong-v5", "atari"),
