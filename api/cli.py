@@ -41,10 +41,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_envs(args: argparse.Namespace) -> int:
-    """`a2c envs`: the registered gymnasium env ids a job may name."""
+    """`a2c envs`: the registered gymnasium env ids a job may name; Atari ids say their
+    preprocessing and sticky actions, and a missing extra is named with its pip command."""
     import gymnasium as gym
+
+    from workers.atari import describe_atari, is_atari
+    from workers.env import register_optional_envs
+    missing = register_optional_envs()
     for env_id in sorted(k for k in gym.registry if ":" not in k):
-        print(env_id)
+        print(f"{env_id}  ({describe_atari(env_id)})" if is_atari(env_id) else env_id)
+    for extra in missing:
+        print(f"(Atari ids are not listed: pip install 'a2c-service[{extra}]')", file=sys.stderr)
     return 0
 
 

@@ -136,6 +136,8 @@ def run_ours(env: str, steps: int, seed: int, workers: int = 2, envs_per_worker:
             # and actors start after `ray.init` begins; the driver counts from launch).
             record.extra["startup_cpu_by_process_s"] = proc.monitor.cpu_by_process_s(
                 proc.launched_at + record.startup_s)
+            loop_start = proc.launched_at + record.startup_s
+            record.extra["loop_cpu_s"] = proc.monitor.tree_cpu_s(loop_start, loop_start + record.loop_wall_s)
         record.load_before, record.load_after = proc.load_before, proc.load_after
         if roles_every_s:
             record.extra["rss_by_role"] = proc.monitor.roles

@@ -123,6 +123,12 @@ class TreeMonitor:
             at_t[pid] = (name, used_a + (used_b - used_a) * frac)
         return {name: round(used, 2) for name, used in process_names(at_t).items() if used >= 0.01}
 
+    def tree_cpu_s(self, t0: float, t1: float) -> float | None:
+        """CPU seconds the whole tree used between two wall-clock times (with
+        `track_processes`); None outside the sampled span."""
+        start, end = self.cpu_by_process_s(t0), self.cpu_by_process_s(t1)
+        return None if start is None or end is None else round(sum(end.values()) - sum(start.values()), 2)
+
     def __enter__(self) -> "TreeMonitor":
         self._thread.start()
         return self

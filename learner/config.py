@@ -24,13 +24,17 @@ class A2CConfig(FrozenModel):
     `--mini-batch-size full`) takes one full-batch step per rollout: classic A2C, as SB3 does."""
     learning_rate: float = Field(3e-4, gt=0, le=1)
     """Optimizer step size (the start value when `learning_rate_schedule` is linear)."""
-    optimizer: Literal["adam", "rmsprop"] = "adam"
+    optimizer: Literal["adam", "rmsprop", "rmsprop_tf"] = "adam"
     """adam (prt_rl's) or rmsprop: torch's RMSprop, as SB3's A2C uses by default (its
-    `use_rms_prop`), with `rmsprop_alpha` and `optimizer_eps`. A resumed job keeps the
-    optimizer of its checkpoint (whose state it continues)."""
+    `use_rms_prop`), with `rmsprop_alpha` and `optimizer_eps`. rmsprop_tf: RMSprop as
+    TensorFlow has it, which OpenAI baselines' A2C used and rl-zoo's Atari settings keep (SB3's
+    RMSpropTFLike): the mean of squared gradients starts at 1, not 0, and `optimizer_eps` is
+    added under the square root, so early and rare gradients take small steps. A resumed job
+    keeps the optimizer of its checkpoint (whose state it continues)."""
     optimizer_eps: float = Field(1e-5, gt=0, le=1)
     """Added to the denominator of the update for stability, by Adam and RMSprop alike
-    (outside the square root, as torch does); 1e-5 is SB3's `rms_prop_eps`."""
+    (outside the square root, as torch does; inside it for rmsprop_tf); 1e-5 is SB3's
+    `rms_prop_eps`."""
     rmsprop_alpha: float = Field(0.99, gt=0, lt=1)
     """RMSprop's smoothing constant of the running mean of squared gradients (SB3's 0.99)."""
     gamma: float = Field(0.99, ge=0, le=1)
@@ -68,13 +72,19 @@ class A2CConfig(FrozenModel):
 
 
 class PolicyConfig(FrozenModel):
-    """Shape of the actor-critic network: a shared MLP torso, an action head and a value head."""
+    """Shape of the actor-critic network: a shared torso, an action head and a value head."""
 
+    torso: Literal["auto", "mlp", "nature_cnn"] = "auto"
+    """`mlp`: fully connected layers (`hidden_sizes`, `activation`) on the flattened
+    observation. `nature_cnn`: the DQN Nature paper's convolutions (32 8x8 filters, stride 4;
+    64 4x4, stride 2; 64 3x3, stride 1; then 512 units, all ReLU) on image observations, as
+    SB3's CnnPolicy; `hidden_sizes` and `activation` do not apply to it. `auto`: nature_cnn
+    for image observations (uint8, 3 dimensions), mlp for the rest."""
     hidden_sizes: tuple[int, ...] = Field((64, 64), min_length=1, max_length=16)
-    """Widths of the torso's hidden layers (at most 16 layers of at most 4096 units; the
+    """Widths of the MLP torso's hidden layers (at most 16 layers of at most 4096 units; the
     service also caps the policy's parameter count)."""
     activation: Literal["tanh", "relu"] = "tanh"
-    """Non-linearity between torso layers."""
+    """Non-linearity between the MLP torso's layers."""
     share_torso: bool = True
     """One torso for the action and value heads (prt_rl's layout). False gives the value head
     its own torso of the same shape (SB3's default for A2C), which keeps value-loss gradients
@@ -90,7 +100,8 @@ class PolicyConfig(FrozenModel):
     normalize_observations: bool = False
     """Feed the network observations normalised by their running mean and std (clipped to
     +-10), as SB3's VecNormalize does. The statistics are buffers of the policy: the learner
-    updates them from each batch, workers get them with the weights, checkpoints keep them."""
+    updates them from each batch, workers get them with the weights, checkpoints keep them.
+    Not for image observations, which the policy scales by 1/255."""
 
     @model_validator(mode="after")
     def _positive_widths(self) -> "PolicyConfig":

@@ -90,11 +90,42 @@ def explained_variance(predicted: torch.Tensor, target: torch.Tensor) -> float:
     return float("nan") if var.item() == 0 else float(1 - (target - predicted).var() / var)
 
 
+class RMSpropTF(torch.optim.Optimizer):
+    """RMSprop as TensorFlow (and OpenAI baselines' A2C) has it, unlike torch's in two ways:
+    each parameter's mean of squared gradients v starts at 1 instead of 0, and eps goes under
+    the square root: p -= lr * g / sqrt(v + eps), with v = alpha v + (1 - alpha) g^2.
+
+    With torch's form, v starts at (1 - alpha) g^2, so the first steps move every parameter
+    by about lr / sqrt(1 - alpha) whatever its gradient's size (10 lr for alpha 0.99); here
+    they start at about lr g. SB3 found the difference decisive for A2C on Atari (its
+    RMSpropTFLike, which rl-zoo's Atari settings use).
+    """
+
+    def __init__(self, params, lr: float, alpha: float = 0.99, eps: float = 1e-5) -> None:
+        super().__init__(params, {"lr": lr, "alpha": alpha, "eps": eps})
+
+    @torch.no_grad()
+    def step(self, closure=None) -> None:
+        """One update of every parameter that has a gradient."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["square_avg"] = torch.ones_like(p)
+                square_avg = state["square_avg"]
+                square_avg.mul_(group["alpha"]).addcmul_(p.grad, p.grad, value=1 - group["alpha"])
+                p.addcdiv_(p.grad, square_avg.add(group["eps"]).sqrt_(), value=-group["lr"])
+
+
 def make_optimizer(params, config: A2CConfig) -> torch.optim.Optimizer:
     """The optimizer `config.optimizer` names, over `params`, at `config.learning_rate`."""
     if config.optimizer == "rmsprop":
         return torch.optim.RMSprop(params, lr=config.learning_rate, alpha=config.rmsprop_alpha,
                                    eps=config.optimizer_eps)
+    if config.optimizer == "rmsprop_tf":
+        return RMSpropTF(params, lr=config.learning_rate, alpha=config.rmsprop_alpha, eps=config.optimizer_eps)
     return torch.optim.Adam(params, lr=config.learning_rate, eps=config.optimizer_eps)
 
 
@@ -103,8 +134,11 @@ class Learner:
 
     def __init__(self, spaces: SpacesSpec, policy_config: PolicyConfig, config: A2CConfig,
                  total_steps: int, seed: int, device_request: str = "auto",
-                 gpu_assigned: bool = False, restore: LearnerState | None = None) -> None:
-        torch.set_num_threads(1)
+                 gpu_assigned: bool = False, restore: LearnerState | None = None,
+                 num_threads: int = 1) -> None:
+        # As many torch threads as the CPUs the scheduler gave this learner: more would take
+        # cores from the rollout workers.
+        torch.set_num_threads(num_threads)
         self.device, self.device_reason = choose_device(device_request, gpu_assigned)
         log.info("learner device %s", self.device_reason)
         self.config = config
@@ -190,7 +224,7 @@ class Learner:
         # Statistics are updated before the loss (as SB3's VecNormalize, which updates them as
         # it steps). Non-finite observations leave the observation statistics alone and skip
         # every gradient step; non-finite rewards leave the reward statistics alone.
-        obs_finite = bool(torch.isfinite(b["obs"]).all())
+        obs_finite = not b["obs"].is_floating_point() or bool(torch.isfinite(b["obs"]).all())
         norm_moved = self.policy.obs_norm is not None and obs_finite
         if norm_moved:
             self.policy.obs_norm.update(b["obs"].reshape(steps, -1))

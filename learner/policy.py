@@ -1,4 +1,5 @@
-"""Actor-critic policy: a shared MLP torso, a categorical or diagonal-Gaussian head, a value head."""
+"""Actor-critic policy: a shared torso (MLP, or the Nature CNN for images), a categorical or
+diagonal-Gaussian head, a value head."""
 
 from __future__ import annotations
 
@@ -23,6 +24,9 @@ class SpacesSpec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", ser_json_inf_nan="constants")
 
     obs_shape: tuple[int, ...]
+    obs_dtype: Literal["float32", "uint8"] = "float32"
+    """How workers store and send observations. uint8 (images, e.g. Atari frames) stay uint8
+    up to the policy, which scales them to [0, 1] on its own device."""
     action_type: Literal["discrete", "box"]
     action_n: int | None = None
     """Number of actions for a Discrete action space."""
@@ -40,6 +44,47 @@ class SpacesSpec(BaseModel):
         """Logits for Discrete, action components for Box."""
         return self.action_n if self.action_type == "discrete" else int(np.prod(self.action_shape))
 
+    @property
+    def is_image(self) -> bool:
+        """uint8 observations of 3 dimensions: stacked frames, (C, H, W) or (H, W, C)."""
+        return self.obs_dtype == "uint8" and len(self.obs_shape) == 3
+
+    @property
+    def channels_last(self) -> bool:
+        """An image's channels are its last axis (the smallest one, as SB3 decides)."""
+        return self.is_image and self.obs_shape[-1] < self.obs_shape[0]
+
+
+def policy_mismatch(spaces: SpacesSpec, config: PolicyConfig) -> tuple[str, str] | None:
+    """(field, message) when `config` cannot make a policy for these spaces, else None."""
+    if config.use_sde and spaces.action_type != "box":
+        return "policy.use_sde", (f"gSDE explores continuous actions; these are {spaces.action_type}: "
+                                  "set use_sde to false")
+    shape = f"{spaces.obs_dtype} {spaces.obs_shape}"
+    if config.torso == "mlp" and spaces.is_image:
+        return "policy.torso", (f"image observations ({shape}) need a convolutional torso: "
+                                "use auto or nature_cnn, not mlp")
+    if config.torso == "nature_cnn" and not spaces.is_image:
+        return "policy.torso", (f"nature_cnn takes images (uint8, 3 dimensions); these observations "
+                                f"are {shape}: use auto or mlp")
+    if config.normalize_observations and spaces.is_image:
+        return "policy.normalize_observations", (f"image observations ({shape}) are scaled by 1/255, "
+                                                 "not normalised: set normalize_observations to false")
+    if spaces.is_image and min(spaces.obs_shape[:2] if spaces.channels_last else spaces.obs_shape[1:]) < 36:
+        return "policy.torso", (f"images of {spaces.obs_shape} are too small for the Nature CNN "
+                                "(36x36 at least)")
+    return None
+
+
+def nature_cnn(channels: int, height: int, width: int) -> nn.Sequential:
+    """The DQN Nature paper's torso: (B, C, H, W) scaled images -> (B, 512) features."""
+    convs = nn.Sequential(nn.Conv2d(channels, 32, 8, stride=4), nn.ReLU(),
+                          nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
+                          nn.Conv2d(64, 64, 3, stride=1), nn.ReLU(), nn.Flatten())
+    with torch.no_grad():
+        flat = convs(torch.zeros(1, channels, height, width)).shape[1]
+    return nn.Sequential(*convs, nn.Linear(flat, 512), nn.ReLU())
+
 
 ACTIVATIONS = {"tanh": (nn.Tanh, torch.tanh), "relu": (nn.ReLU, torch.relu)}
 """`PolicyConfig.activation` -> (the torso's module between layers, the same as a function)."""
@@ -52,28 +97,36 @@ class ActorCritic(nn.Module):
         super().__init__()
         self.spaces = spaces
         self.config = config
+        mismatch = policy_mismatch(spaces, config)
+        if mismatch is not None:
+            raise ValueError(f"{mismatch[0]}: {mismatch[1]}")
         act_cls, self._activation = ACTIVATIONS[config.activation]
+        self.image = spaces.is_image
         self.obs_norm = RunningMeanStd((spaces.obs_dim,)) if config.normalize_observations else None
-        layers: list[nn.Module] = []
-        width = spaces.obs_dim
-        for hidden in config.hidden_sizes:
-            layers += [nn.Linear(width, hidden), act_cls()]
-            width = hidden
-        self.torso = nn.Sequential(*layers)
+        if self.image:
+            c, h, w = spaces.obs_shape
+            self.torso = nature_cnn(*((w, c, h) if spaces.channels_last else (c, h, w)))
+            width = 512
+        else:
+            layers: list[nn.Module] = []
+            width = spaces.obs_dim
+            for hidden in config.hidden_sizes:
+                layers += [nn.Linear(width, hidden), act_cls()]
+                width = hidden
+            self.torso = nn.Sequential(*layers)
         # A separate value torso keeps large value-loss gradients out of the policy features.
         self.value_torso = None if config.share_torso else copy.deepcopy(self.torso)
         self.action_head = nn.Linear(width, spaces.action_dim)
         self.value_head = nn.Linear(width, 1)
         self.discrete = spaces.action_type == "discrete"
-        if self.discrete and config.use_sde:
-            raise ValueError("use_sde needs a Box action space; this env's actions are Discrete")
         if not self.discrete:
             # gSDE: one std per (hidden feature, action component); else one per component.
             shape = (width, spaces.action_dim) if config.use_sde else (spaces.action_dim,)
             self.log_std = nn.Parameter(torch.full(shape, config.log_std_init))
-        # Orthogonal init as in OpenAI baselines / SB3: small policy logits keep early entropy high.
+        # Orthogonal init as in OpenAI baselines / SB3 (and rl-zoo's ortho_init, convolutions
+        # included): small policy logits keep early entropy high.
         for module in [*self.torso, *(self.value_torso or [])]:
-            if isinstance(module, nn.Linear):
+            if isinstance(module, (nn.Linear, nn.Conv2d)):
                 nn.init.orthogonal_(module.weight, gain=math.sqrt(2))
                 nn.init.zeros_(module.bias)
         nn.init.orthogonal_(self.action_head.weight, gain=0.01)
@@ -86,15 +139,33 @@ class ActorCritic(nn.Module):
         """For a batch of B observations: the policy's last hidden features (B, hidden), the
         action head's outputs (B, action_dim), logits or Gaussian means, and values (B,) (None
         unless `with_value`)."""
-        obs = obs.reshape(obs.shape[0], -1)
-        if self.obs_norm is not None:
-            obs = self.obs_norm(obs)
-        latent = self._mlp(self.torso, obs)
+        if self.image:
+            obs = self._scaled(obs)
+            features = self._cnn
+        else:
+            obs = obs.reshape(obs.shape[0], -1)
+            if self.obs_norm is not None:
+                obs = self.obs_norm(obs)
+            features = self._mlp
+        latent = features(self.torso, obs)
         out = F.linear(latent, self.action_head.weight, self.action_head.bias)
         if not with_value:
             return latent, out, None
-        value_latent = latent if self.value_torso is None else self._mlp(self.value_torso, obs)
+        value_latent = latent if self.value_torso is None else features(self.value_torso, obs)
         return latent, out, F.linear(value_latent, self.value_head.weight, self.value_head.bias).squeeze(-1)
+
+    def _scaled(self, obs: torch.Tensor) -> torch.Tensor:
+        """(B, *obs_shape) uint8 images -> (B, C, H, W) float in [0, 1], made on the input's
+        device: images travel as uint8 (4x fewer bytes) up to here."""
+        if self.spaces.channels_last:
+            obs = obs.permute(0, 3, 1, 2)
+        return obs.mul(1 / 255)  # uint8 times a float: float32, in one pass
+
+    @staticmethod
+    def _cnn(torso: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) scaled images -> (B, 512) features; the convolutions dominate the cost,
+        so the modules are called as they are."""
+        return torso(x)
 
     def _mlp(self, torso: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
         """(B, obs_dim) -> (B, hidden): the torso's Linear layers, each followed by the activation.
@@ -209,6 +280,12 @@ def shape_of(spaces: SpacesSpec, config: PolicyConfig) -> dict[str, tuple[int, .
     with torch.device("meta"):
         policy = ActorCritic(spaces, config)
     return {name: tuple(t.shape) for name, t in policy.state_dict().items()}
+
+
+def obs_tensor(obs: np.ndarray, spaces: SpacesSpec) -> torch.Tensor:
+    """A batch of observations from an env as the policy takes it: uint8 images as they are
+    (no copy), anything else as float32 (a copy only when the env's dtype differs)."""
+    return torch.from_numpy(np.asarray(obs, dtype=np.uint8 if spaces.obs_dtype == "uint8" else np.float32))
 
 
 def numpy_state(policy: nn.Module) -> dict[str, np.ndarray]:

@@ -16,16 +16,17 @@ class Rollout:
     bootstrap for a time-limited episode, whose next `obs` is already the reset observation.
     """
 
-    obs: np.ndarray            # (T, N, *obs_shape) float32
+    obs: np.ndarray            # (T, N, *obs_shape) float32, or uint8 images (SpacesSpec.obs_dtype)
     actions: np.ndarray        # (T, N) int64 for Discrete, (T, N, A) float32 for Box (unclipped)
-    rewards: np.ndarray        # (T, N) float32
+    rewards: np.ndarray        # (T, N) float32, as the learner trains on them (Atari's: clipped)
     terminated: np.ndarray     # (T, N) bool
     truncated: np.ndarray      # (T, N) bool
     values: np.ndarray         # (T, N) float32, V(obs) at collection time
     log_probs: np.ndarray      # (T, N) float32, log pi(action | obs) at collection time
     final_values: np.ndarray   # (T, N) float32
     bootstrap_values: np.ndarray  # (N,) float32, V(s_T) of the observation after the last step
-    episode_returns: np.ndarray   # (E,) float64, episodes that finished during this rollout
+    episode_returns: np.ndarray   # (E,) float64, episodes that finished during this rollout (whole
+                                  # games with raw rewards, as `workers.worker.Episodes`)
     episode_lengths: np.ndarray   # (E,) int64
     weights_version: int          # version of the weights the actions were sampled with
 

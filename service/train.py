@@ -26,7 +26,7 @@ from service.records import new_job_id
 from service.run.spec import InvalidSpec, JobSpec, build_spec
 
 SPEC_FLAGS = ("env", "total_steps", "workers", "envs_per_worker", "seed", "mode", "eval_every",
-              "eval_episodes", "checkpoint_every", "learner_device", "max_learner_restarts")
+              "eval_episodes", "checkpoint_every", "learner_cpus", "learner_device", "max_learner_restarts")
 
 
 NULL = object()
@@ -214,7 +214,7 @@ def run(args: argparse.Namespace) -> int:
     sink = ConsoleSink(out, spec.total_steps)
     try:
         connecting = time.monotonic()
-        where = connect(args.address, num_cpus=args.num_cpus or max(os.cpu_count() or 1, spec.workers + 1))
+        where = connect(args.address, num_cpus=args.num_cpus or max(os.cpu_count() or 1, spec.cpus_needed))
         sink.event("ray", f"{where}, up in {time.monotonic() - connecting:.2f}s")
         if spec.tuned:
             sink.event("tuned", f"from the tuned table for {spec.env}: "

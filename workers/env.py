@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import importlib
 import re
 import warnings
 from typing import Any
@@ -14,19 +16,71 @@ from gymnasium.vector import AutoresetMode
 from learner.policy import SpacesSpec
 
 
+GAME_REWARD = "game_reward"
+"""`info` key of a vector env whose rewards to the learner are not the game's (Atari's are
+clipped): the raw (N,) rewards, which reported episode returns add up instead."""
+GAME_OVER = "game_over"
+"""`info` key of a vector env whose terminations to the learner are not the ends of episodes
+(Atari's end at each lost life): the (N,) envs whose whole game ended, where reported episodes
+end instead."""
+
+EXTRAS = {"ale_py": "atari", "mujoco": "mujoco"}
+"""Module an env family needs -> the extra of this package that installs it."""
+
+
 class UnknownEnvironment(ValueError):
     """The env id is not in gymnasium's registry (module paths are refused, never imported)."""
 
 
+@functools.cache
+def register_optional_envs() -> tuple[str, ...]:
+    """Register the ids of installed env packages that gymnasium does not list itself (ale-py's
+    Atari games); returns the extras that are missing. Done once, on first need: importing
+    ale-py costs 0.2 s that CartPole jobs should not pay."""
+    try:
+        import ale_py
+    except ImportError:
+        return ("atari",)
+    gym.register_envs(ale_py)
+    return ()
+
+
+def _needed_module(env_id: str) -> str | None:
+    """The optional module a registered id's env is made with (ale_py, mujoco), if any."""
+    entry = gym.registry[env_id].entry_point
+    if not isinstance(entry, str):
+        return None
+    if entry.startswith("ale_py."):
+        return "ale_py"
+    if entry.startswith("gymnasium.envs.mujoco."):
+        return "mujoco"
+    return None
+
+
+def _install_hint(module: str) -> str:
+    return f"pip install 'a2c-service[{EXTRAS[module]}]'"
+
+
 def check_env_id(env_id: str) -> None:
-    """Refuse ids that are not registered; `module:Env` paths would import code, so never allowed."""
+    """Refuse ids that are not registered, or whose env package is not installed (naming the pip
+    command that installs it); `module:Env` paths would import code, so never allowed."""
     if ":" in env_id:
         raise UnknownEnvironment(
             f"env {env_id!r} names a module path; only ids registered with gymnasium are "
             "accepted (see `a2c envs`)")
+    missing = register_optional_envs() if env_id not in gym.registry else ()
     if env_id not in gym.registry:
+        hint = (f" (Atari ids need ale-py, which is not installed: {_install_hint('ale_py')})"
+                if "atari" in missing else "")
         raise UnknownEnvironment(
-            f"env {env_id!r} is not a registered gymnasium env; see `a2c envs` for the list")
+            f"env {env_id!r} is not a registered gymnasium env; see `a2c envs` for the list{hint}")
+    module = _needed_module(env_id)
+    if module is not None:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            raise UnknownEnvironment(f"env {env_id!r} needs the {module} package, which is not "
+                                     f"installed: {_install_hint(module)}") from None
 
 
 DEPRECATED_COMPILER_ATTRIBUTE = re.compile(r"compiler attribute '\w+' is deprecated")
@@ -44,20 +98,14 @@ def _mujoco_warning(message: str) -> None:
 
 
 def prepare_mujoco(env_id: str) -> None:
-    """Before building a MuJoCo env in this process: refuse it with the install command when
-    MuJoCo is missing, and install `_mujoco_warning` as MuJoCo's warning handler unless the
-    process already has one (ours, or a library's). MuJoCo's own handler prints every warning
-    to stderr, which Ray forwards from every worker, and appends it to MUJOCO_LOG.TXT in the
-    working directory. Other envs are left alone."""
-    entry = gym.spec(env_id).entry_point
-    if not (isinstance(entry, str) and entry.startswith("gymnasium.envs.mujoco")):
+    """Before building a MuJoCo env in this process: install `_mujoco_warning` as MuJoCo's
+    warning handler unless the process already has one (ours, or a library's). MuJoCo's own
+    handler prints every warning to stderr, which Ray forwards from every worker, and appends it
+    to MUJOCO_LOG.TXT in the working directory. Other envs are left alone; a missing MuJoCo was
+    refused by `check_env_id`."""
+    if _needed_module(env_id) != "mujoco":
         return
-    try:
-        import mujoco  # here: only MuJoCo envs pay for the import (and need the mujoco extra)
-    except ImportError:
-        raise UnknownEnvironment(
-            f"env {env_id!r} needs MuJoCo, which is not installed: pip install 'a2c-service[mujoco]' "
-            "(in a checkout: pip install -e '.[mujoco]')") from None
+    import mujoco  # here: only MuJoCo envs pay for the import
     if mujoco.get_mju_user_warning() is None:
         mujoco.set_mju_user_warning(_mujoco_warning)
 
@@ -102,16 +150,22 @@ envs, and jobs whose env_kwargs the adapter does not take (render_mode, disable_
 ...), use a SyncVectorEnv of single envs."""
 
 
-def make_vec_env(env_id: str, num_envs: int, env_kwargs: dict[str, Any] | None = None
-                 ) -> gym.vector.VectorEnv:
+def make_vec_env(env_id: str, num_envs: int, env_kwargs: dict[str, Any] | None = None,
+                 training: bool = True) -> gym.vector.VectorEnv:
     """A vector env of `num_envs` copies that auto-resets in the same step.
 
     SAME_STEP mode hands back the final observation of an ended episode in `info["final_obs"]`
-    and the reset observation as the next obs, so no step is ever a fake transition. Envs whose
-    batched `vector_entry_point` has an adapter in BATCHED (CartPole) use it; the rest are a
+    and the reset observation as the next obs, so no step is ever a fake transition. Atari ids
+    get the DeepMind preprocessing in ale-py's vector env, and the learner's view of the games
+    when `training` (see workers.atari). Envs whose batched
+    `vector_entry_point` has an adapter in BATCHED (CartPole) use it; the rest are a
     SyncVectorEnv of single envs.
     """
+    from workers.atari import is_atari, make_atari_vec_env
+
     check_env_id(env_id)
+    if is_atari(env_id):
+        return make_atari_vec_env(env_id, num_envs, env_kwargs, training=training)
     prepare_mujoco(env_id)
     spec, env_kwargs = gym.spec(env_id), env_kwargs or {}
     entry = spec.vector_entry_point
@@ -126,24 +180,35 @@ def make_vec_env(env_id: str, num_envs: int, env_kwargs: dict[str, Any] | None =
 
 
 def describe_spaces(env_id: str, env_kwargs: dict[str, Any] | None = None) -> SpacesSpec:
-    """The spaces of one env instance, as the policy and checkpoints record them."""
+    """The spaces of one env instance, as the policy and checkpoints record them (for Atari
+    ids, of the preprocessed env that workers build)."""
+    from workers.atari import is_atari
+
     check_env_id(env_id)
-    prepare_mujoco(env_id)
-    env = gym.make(env_id, **(env_kwargs or {}))
-    try:
-        obs, act = env.observation_space, env.action_space
-    finally:
+    if is_atari(env_id):
+        env = make_vec_env(env_id, 1, env_kwargs)
+        obs, act = env.single_observation_space, env.single_action_space
         env.close()
-    make_vec_env(env_id, 1, env_kwargs).close()  # what workers build must take the kwargs too
+    else:
+        prepare_mujoco(env_id)
+        env = gym.make(env_id, **(env_kwargs or {}))
+        try:
+            obs, act = env.observation_space, env.action_space
+        finally:
+            env.close()
+        make_vec_env(env_id, 1, env_kwargs).close()  # what workers build must take the kwargs too
     if not isinstance(obs, gym.spaces.Box):
         raise UnknownEnvironment(
             f"env {env_id!r} has a {type(obs).__name__} observation space; only Box is supported")
+    # uint8 observations (images) travel as they are; the policy scales them on its device.
+    obs_dtype = "uint8" if obs.dtype == np.uint8 else "float32"
     if isinstance(act, gym.spaces.Discrete):
         if int(act.start) != 0:
             raise UnknownEnvironment(f"env {env_id!r}: Discrete actions must start at 0")
-        return SpacesSpec(obs_shape=obs.shape, action_type="discrete", action_n=int(act.n))
+        return SpacesSpec(obs_shape=obs.shape, obs_dtype=obs_dtype, action_type="discrete",
+                          action_n=int(act.n))
     if isinstance(act, gym.spaces.Box):
-        return SpacesSpec(obs_shape=obs.shape, action_type="box", action_shape=act.shape,
+        return SpacesSpec(obs_shape=obs.shape, obs_dtype=obs_dtype, action_type="box", action_shape=act.shape,
                           action_low=tuple(np.asarray(act.low, float).ravel().tolist()),
                           action_high=tuple(np.asarray(act.high, float).ravel().tolist()))
     raise UnknownEnvironment(

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from learner.policy import ActorCritic
+from learner.policy import ActorCritic, obs_tensor
 from workers.env import make_vec_env
 
 
@@ -16,16 +16,17 @@ def evaluate_policy(policy: ActorCritic, env_id: str, env_kwargs: dict[str, Any]
     """Returns of `episodes` episodes played with the deterministic policy, one env each.
 
     Each env plays exactly one episode (later auto-resets are ignored); `max_steps` bounds
-    envs without a time limit.
+    envs without a time limit. Atari games are played whole, with raw rewards, under the
+    preprocessing of training.
     """
-    env = make_vec_env(env_id, episodes, env_kwargs)
+    env = make_vec_env(env_id, episodes, env_kwargs, training=False)
     try:
         obs, _ = env.reset(seed=[seed + i for i in range(episodes)])
         totals = np.zeros(episodes)
         running = np.ones(episodes, dtype=bool)
         with torch.inference_mode():
             for _ in range(max_steps):
-                action, _, _ = policy.act(torch.as_tensor(obs, dtype=torch.float32), deterministic=True)
+                action, _, _ = policy.act(obs_tensor(obs, policy.spaces), deterministic=True)
                 obs, reward, terminated, truncated, _ = env.step(policy.clip_action(action.numpy()))
                 totals += np.where(running, reward, 0.0)
                 running &= ~(terminated | truncated)

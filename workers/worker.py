@@ -10,15 +10,18 @@ import torch
 
 from learner.config import PolicyConfig
 from learner.learner import Weights
-from learner.policy import ActorCritic, SpacesSpec, load_numpy_state
+from learner.policy import ActorCritic, SpacesSpec, load_numpy_state, obs_tensor
 from learner.rollout import Rollout
-from workers.env import env_seeds, make_vec_env
+from workers.env import GAME_OVER, GAME_REWARD, env_seeds, make_vec_env
 from workers.evaluate import evaluate_policy
 
 
 @dataclass(frozen=True)
 class Episodes:
-    """Finished episodes of one rollout, for the driver's metrics (small, unlike the rollout)."""
+    """Finished episodes of one rollout, for the driver's metrics (small, unlike the rollout).
+
+    Whole episodes with the env's own rewards, even where the learner sees other boundaries
+    and rewards (an Atari game: an episode per life, clipped rewards)."""
 
     returns: np.ndarray  # (E,) float64
     lengths: np.ndarray  # (E,) int64
@@ -36,6 +39,7 @@ class RolloutWorker:
         self.env_id, self.env_kwargs = env_id, dict(env_kwargs)
         self.env = make_vec_env(env_id, num_envs, env_kwargs)
         self.num_envs, self.steps_per_env = num_envs, steps_per_env
+        self.spaces = spaces
         self.policy = ActorCritic(spaces, policy_config).eval()
         self.version = -1
         self.obs, _ = self.env.reset(seed=seeds[:num_envs])
@@ -52,7 +56,8 @@ class RolloutWorker:
         """Collect T x N steps with `weights`; the env state carries over between calls."""
         self.set_weights(weights)
         T, N = self.steps_per_env, self.num_envs
-        obs_buf = np.empty((T, N, *self.obs.shape[1:]), dtype=np.float32)
+        # uint8 images stay uint8 (the policy scales them); the rest float32, as the learner takes them.
+        obs_buf = np.empty((T, N, *self.obs.shape[1:]), dtype=self.spaces.obs_dtype)
         actions = None
         rewards = np.empty((T, N), np.float32)
         terminated = np.empty((T, N), bool)
@@ -77,19 +82,21 @@ class RolloutWorker:
                 self.obs, reward, terminated[t], truncated[t], info = self.env.step(
                     self.policy.clip_action(action_np))
                 rewards[t] = reward
-                self.episode_return += reward
+                # Reported episodes: whole games with raw rewards where the env says so (Atari).
+                self.episode_return += info.get(GAME_REWARD, reward)
                 self.episode_length += 1
                 done = terminated[t] | truncated[t]
                 if done.any():
                     cut = truncated[t] & ~terminated[t]
                     if cut.any():
-                        final_obs = np.stack(info["final_obs"][cut]).astype(np.float32)
-                        final_values[t, cut] = self.policy.value(torch.from_numpy(final_obs)).numpy()
-                    ep_returns += self.episode_return[done].tolist()
-                    ep_lengths += self.episode_length[done].tolist()
-                    self.episode_return[done] = 0
-                    self.episode_length[done] = 0
-            bootstrap = self.policy.value(torch.from_numpy(self.obs.astype(np.float32))).numpy()
+                        final_obs = obs_tensor(np.stack(info["final_obs"][cut]), self.spaces)
+                        final_values[t, cut] = self.policy.value(final_obs).numpy()
+                    ended = info.get(GAME_OVER, done)
+                    ep_returns += self.episode_return[ended].tolist()
+                    ep_lengths += self.episode_length[ended].tolist()
+                    self.episode_return[ended] = 0
+                    self.episode_length[ended] = 0
+            bootstrap = self.policy.value(obs_tensor(self.obs, self.spaces)).numpy()
         episodes = Episodes(np.asarray(ep_returns, np.float64), np.asarray(ep_lengths, np.int64),
                             self.version)
         rollout = Rollout(obs_buf, actions, rewards, terminated, truncated, values, log_probs,

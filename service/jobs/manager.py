@@ -346,9 +346,9 @@ class JobManager:
             raise InvalidSpec("workers", f"{spec.workers} is above this server's limit of "
                               f"{limits.max_workers_per_job} workers per job (A2C_MAX_WORKERS_PER_JOB)")
         cpus = self.capacity()  # the count last seen: a request never waits on Ray
-        if cpus is not None and spec.workers + 1 > cpus:
-            raise InvalidSpec("workers", f"{spec.workers} workers and a learner need "
-                              f"{spec.workers + 1} CPUs; the cluster has {cpus:g}")
+        if cpus is not None and spec.cpus_needed > cpus:
+            raise InvalidSpec("workers", f"{spec.workers} workers and the learner (learner_cpus={spec.learner_cpus}) "
+                              f"need {spec.cpus_needed} CPUs; the cluster has {cpus:g}")
         job_spaces(spec, resume)
         if resume is not None:
             if spec.total_steps <= resume.state.step:
@@ -381,7 +381,7 @@ class JobManager:
                 self._queue.remove((created, job_id))
                 self.store.finish(job.id, JobStatus.FAILED, error_type="InvalidStoredSpec", error=(
                     f"its stored spec cannot run: {_first_error(exc)}; submit the job again"))
-        decision = plan([Queued(job_id, spec.workers + 1) for job_id, (_, spec) in queued.items()],
+        decision = plan([Queued(job_id, spec.cpus_needed) for job_id, (_, spec) in queued.items()],
                         [Running(job_id, a.cpus, a.backfilled, a.preempted or a.stop)
                          for job_id, a in self._active.items()],
                         self.capacity.latest, self.limits.max_concurrent_jobs)

@@ -103,9 +103,9 @@ class Trainer:
         """Refuse a job the cluster can never hold; returns whether the learner gets a GPU."""
         spec = self.spec
         total_cpus = ray.cluster_resources().get("CPU", 0)
-        if total_cpus < spec.workers + 1:
-            raise InvalidSpec("workers", f"{spec.workers} workers and a learner need "
-                              f"{spec.workers + 1} CPUs; the cluster has {total_cpus:g}")
+        if total_cpus < spec.cpus_needed:
+            raise InvalidSpec("workers", f"{spec.workers} workers and the learner (learner_cpus={spec.learner_cpus}) need "
+                              f"{spec.cpus_needed} CPUs; the cluster has {total_cpus:g}")
         has_gpu = cluster_has_gpu()
         if spec.learner_device == "cuda" and not has_gpu:
             raise InvalidSpec("learner_device", "cuda was requested but the cluster has no GPU; use auto or cpu")
@@ -126,19 +126,19 @@ class Trainer:
         self.learner_node = node
 
     def _create_learner(self, spaces: SpacesSpec, restore: LearnerState | None) -> None:
-        """Ask Ray for the Learner actor (1 GPU when `self.use_gpu`), without waiting for it:
-        the warm one when there is one and no GPU is wanted, else a new actor. Its calls make no
-        task events, as the workers' (see `WorkerGroup._new`)."""
+        """Ask Ray for the Learner actor (`learner_cpus` CPUs, 1 GPU when `self.use_gpu`), without
+        waiting for it: the warm one when there is one and no GPU is wanted, else a new actor. Its
+        calls make no task events, as the workers' (see `WorkerGroup._new`)."""
         spec = self.spec
         args = (spaces, spec.policy, spec.a2c, spec.total_steps, spec.seed, spec.learner_device,
-                self.use_gpu, restore)
+                self.use_gpu, restore, spec.learner_cpus)
         warm = self.warm.take_learner() if self.warm is not None and not self.use_gpu else None
         if warm is not None:
             warm.configure.remote(*args)
             self.learner = warm
             return
         self.learner = ray.remote(Learner).options(
-            num_cpus=1, num_gpus=1 if self.use_gpu else 0, enable_task_events=False).remote(*args)
+            num_cpus=spec.learner_cpus, num_gpus=1 if self.use_gpu else 0, enable_task_events=False).remote(*args)
 
     def _learner_get(self, ref, what: str):
         """ray.get of a learner call, sorting failures into LearnerLost, RolloutsLost or TrainingFailed."""

@@ -11,8 +11,8 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from learner.checkpoint import Checkpoint
 from learner.config import A2CConfig, FrozenModel, PolicyConfig
-from learner.policy import SpacesSpec, shape_of
-from service.run.tuned import TUNED
+from learner.policy import SpacesSpec, policy_mismatch, shape_of
+from service.run.tuned import tuned_for
 from workers.env import UnknownEnvironment, check_env_id, describe_spaces
 
 JsonScalar = str | int | float | bool | None
@@ -59,6 +59,10 @@ class JobSpec(FrozenModel):
     max_learner_restarts: int = Field(3, ge=0, le=100)
     """Restart a lost learner (process or node died, or hung) from the last checkpoint at most
     this many times; then the job fails."""
+    learner_cpus: int = Field(1, ge=1, le=64)
+    """CPUs the learner reserves; on CPU it runs as many torch threads. In sync mode the workers
+    wait while the learner updates, so a learner with the cores they leave idle updates faster
+    (a convolutional policy's update is most of an Atari job's time)."""
     learner_device: Literal["auto", "cpu", "cuda"] = "auto"
     """auto: a GPU when the cluster has one, else CPU. cuda fails when the cluster has none."""
     use_tuned: bool = True
@@ -108,6 +112,11 @@ class JobSpec(FrozenModel):
         return value
 
     @property
+    def cpus_needed(self) -> int:
+        """Logical CPUs the job's actors reserve: one per worker, and the learner's."""
+        return self.workers + self.learner_cpus
+
+    @property
     def num_updates(self) -> int:
         """Updates needed to reach total_steps (the last may overshoot by < one batch)."""
         return -(-self.total_steps // self.a2c.steps_per_batch)
@@ -149,7 +158,7 @@ def build_spec(data: dict[str, Any], *, strict: bool = False) -> JobSpec:
     data = dict(data)
     data.pop("tuned", None)
     env = data.get("env")
-    table = TUNED.get(env, {}) if isinstance(env, str) and data.get("use_tuned", True) else {}
+    table = tuned_for(env) if isinstance(env, str) and data.get("use_tuned", True) else {}
     filled: list[str] = []
     for section, values in table.items():
         if not isinstance(values, dict):  # a top-level field, e.g. envs_per_worker
@@ -189,9 +198,9 @@ def job_spaces(spec: JobSpec, resume: Checkpoint | None = None) -> SpacesSpec:
         raise InvalidSpec("env", str(exc)) from None
     except Exception as exc:  # noqa: BLE001 - bad env_kwargs raise whatever the env raises
         raise InvalidSpec("env_kwargs", f"{spec.env} cannot be made with these kwargs: {exc}") from None
-    if spec.policy.use_sde and spaces.action_type != "box":
-        raise InvalidSpec("policy.use_sde", f"gSDE explores continuous actions; {spec.env}'s are "
-                          f"{spaces.action_type}: set use_sde to false")
+    mismatch = policy_mismatch(spaces, spec.policy)
+    if mismatch is not None:
+        raise InvalidSpec(mismatch[0], f"{spec.env}: {mismatch[1]}")
     shapes = shape_of(spaces, spec.policy)
     size = sum(math.prod(shape) for shape in shapes.values())
     if size > MAX_POLICY_PARAMETERS:

@@ -2,13 +2,14 @@
 
 As rl-zoo keeps `hyperparams/a2c.yml` (with its `n_envs`): the seed's values stay
 `A2CConfig`'s defaults; this table fills in what a user did not choose (A2C and policy fields,
-and the layout field `envs_per_worker`), and the run's saved config lists what it filled in
-(`tuned`). `--no-tuned` / `"use_tuned": false` turns it off.
+and top-level fields such as `envs_per_worker`), and the run's saved config lists what it
+filled in (`tuned`). `--no-tuned` / `"use_tuned": false` turns it off. An id without an entry
+of its own takes its family's (`FAMILIES`: every Atari id shares one, as in rl-zoo).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 MUJOCO: dict[str, Any] = {
     "envs_per_worker": 8,
@@ -86,3 +87,43 @@ TUNED: dict[str, dict[str, Any]] = {
                   "policy": {**MUJOCO["policy"], "log_std_init": -1.0}},
 }
 """env id -> {"a2c": {field: value}, "policy": {field: value}, top-level JobSpec field: value}"""
+
+ATARI: dict[str, Any] = {
+    # rl-zoo's `atari` entry of hyperparams/a2c.yml over SB3's A2C defaults: 16 envs of 5 steps
+    # (80-sample full batches), ent_coef 0.01, vf_coef 0.25, TensorFlow-style RMSprop
+    # (RMSpropTFLike) with eps 1e-5, gamma 0.99, gae_lambda 1.0, max_grad_norm 0.5; the
+    # learning rate 7e-4 annealed linearly to 0, as OpenAI baselines' A2C (the zoo keeps it
+    # constant). torch's RMSprop is known not to learn Pong with these settings (SB3 #110,
+    # #1917). An update is 80 steps, so the job's cadence is set in updates to match: a
+    # checkpoint every 200k steps, an evaluation of 10 full games every 400k.
+    "envs_per_worker": 8,
+    "checkpoint_every": 2500,
+    "eval_every": 5000,
+    "a2c": {"steps_per_batch": 80, "mini_batch_size": None, "learning_rate": 7e-4,
+            "learning_rate_schedule": "linear", "learning_rate_final": 0.0, "gamma": 0.99,
+            "gae_lambda": 1.0, "entropy_coef": 0.01, "value_coef": 0.25, "max_grad_norm": 0.5,
+            "optimizer": "rmsprop_tf", "optimizer_eps": 1e-5},
+    "policy": {"torso": "nature_cnn", "share_torso": True},
+}
+"""The tuned entry of every Atari id (ALE/*-v5, *NoFrameskip-v4, ...)."""
+
+
+def _is_atari(env_id: str) -> bool:
+    from workers.env import UnknownEnvironment, check_env_id
+    from workers.atari import is_atari
+    try:
+        check_env_id(env_id)  # registers ale-py's ids on first need
+    except UnknownEnvironment:
+        return False
+    return is_atari(env_id)
+
+
+FAMILIES: dict[str, tuple[Callable[[str], bool], dict[str, Any]]] = {"atari": (_is_atari, ATARI)}
+"""family name -> (which ids belong to it, their tuned entry)."""
+
+
+def tuned_for(env_id: str) -> dict[str, Any]:
+    """The tuned entry of an env id: its own, else its family's, else none ({})."""
+    if env_id in TUNED:
+        return TUNED[env_id]
+    return next((values for matches, values in FAMILIES.values() if matches(env_id)), {})

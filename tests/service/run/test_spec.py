@@ -55,9 +55,9 @@ def test_sizes_derive_in_one_place():
 
 
 def test_tuned_values_fill_only_unset_fields_and_are_recorded(monkeypatch):
-    from service.run import spec as spec_module
-    monkeypatch.setitem(spec_module.TUNED, "Acrobot-v1", {"a2c": {"learning_rate": 1e-3, "gamma": 0.9},
-                                                        "policy": {"share_torso": False}})
+    from service.run import tuned
+    monkeypatch.setitem(tuned.TUNED, "Acrobot-v1", {"a2c": {"learning_rate": 1e-3, "gamma": 0.9},
+                                                  "policy": {"share_torso": False}})
     spec = build_spec({"env": "Acrobot-v1", "a2c": {"gamma": 0.95}})
     assert spec.a2c.learning_rate == 1e-3 and spec.a2c.gamma == 0.95
     assert spec.tuned == ("a2c.learning_rate", "policy.share_torso")
@@ -68,8 +68,8 @@ def test_tuned_values_fill_only_unset_fields_and_are_recorded(monkeypatch):
 
 
 def test_tuned_layout_fields_fill_only_when_unset(monkeypatch):
-    import service.run.spec as spec_module
-    monkeypatch.setitem(spec_module.TUNED, "Acrobot-v1", {"envs_per_worker": 4, "a2c": {"steps_per_batch": 64}})
+    from service.run import tuned
+    monkeypatch.setitem(tuned.TUNED, "Acrobot-v1", {"envs_per_worker": 4, "a2c": {"steps_per_batch": 64}})
     spec = build_spec({"env": "Acrobot-v1", "workers": 2})
     assert spec.envs_per_worker == 4 and spec.steps_per_env == 8
     assert spec.tuned == ("a2c.steps_per_batch", "envs_per_worker") and spec.value_at("envs_per_worker") == 4

@@ -1,0 +1,166 @@
+"""Pong learning curve: the tuned Atari job on PongNoFrameskip-v4 (no sticky actions) to 10M
+frames (2.5M agent steps), with the mean of the last 100 whole games against frames.
+
+The job runs through the real `Trainer` on an embedded Ray, in this process; every finished
+game (full game, raw score, as the workers report them) is kept with the step and loop time
+at which its update was recorded. The JSON is rewritten every minute while the run goes on,
+so that a long run can be followed, and a plot (matplotlib) is drawn at the end.
+
+    nohup nice -n 10 python -m bench.atari_pong --out bench/results/pong-2core.json > pong.log 2>&1 &
+    python -m bench.atari_pong --plot-only bench/results/pong-2core.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+LAUNCHED_AT = time.time()
+
+GOAL = 18.0
+"""The issue's target: a mean of the last 100 whole games of at least 18 within 10M frames."""
+WINDOW = 100
+FRAMES_PER_STEP = 4
+
+
+def window_means(returns: list[float], window: int = WINDOW) -> list[float | None]:
+    """The mean of the last `window` values at each point (None until `window` are there)."""
+    out, total = [], 0.0
+    for i, r in enumerate(returns):
+        total += r
+        if i >= window:
+            total -= returns[i - window]
+        out.append(total / window if i + 1 >= window else None)
+    return out
+
+
+def summarize(games: list[list[float]]) -> dict[str, Any]:
+    """Headline numbers from [(step, loop seconds, return, length), ...] in finishing order."""
+    means = window_means([g[2] for g in games])
+    reached = next(((g[0], g[1]) for g, m in zip(games, means) if m is not None and m >= GOAL), None)
+    return {
+        "games": len(games),
+        "last_100_mean": means[-1] if means else None,
+        "best_100_mean": max((m for m in means if m is not None), default=None),
+        "goal": GOAL,
+        "frames_to_goal": reached[0] * FRAMES_PER_STEP if reached else None,
+        "loop_s_to_goal": round(reached[1], 1) if reached else None,
+    }
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    """Game returns and their 100-game mean against frames, with the goal line."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    games = result["games"]
+    frames = [g[0] * FRAMES_PER_STEP / 1e6 for g in games]
+    means = window_means([g[2] for g in games])
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    ax.scatter(frames, [g[2] for g in games], s=3, alpha=0.25, color="tab:blue", label="game return")
+    ax.plot([f for f, m in zip(frames, means) if m is not None], [m for m in means if m is not None],
+            color="tab:red", label=f"mean of the last {WINDOW} games")
+    ax.axhline(GOAL, color="gray", linestyle="--", linewidth=1, label=f"goal {GOAL:g}")
+    s = result["summary"]
+    wall = result.get("wall_s")
+    last = f"{s['last_100_mean']:.1f}" if s["last_100_mean"] is not None else "-"
+    ax.set_title(f"{result['env']} (seed {result['seed']}): last-100 mean {last} after {s['games']} games"
+                 + (f", {wall / 3600:.2f} h" if wall else ""), fontsize=10)
+    ax.set_xlabel("frames (millions)")
+    ax.set_ylabel("return (whole game, raw score)")
+    ax.set_ylim(-22, 22)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Train, record every game, write the JSON (and the plot at the end)."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--env", default="PongNoFrameskip-v4")
+    p.add_argument("--frames", type=int, default=10_000_000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--spec", default="{}", help="JSON of job spec fields over the tuned ones")
+    p.add_argument("--num-cpus", type=int, default=None, help="logical CPUs of the embedded Ray")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--plot-only", action="store_true", help="redraw the plot of an existing --out JSON")
+    args = p.parse_args(argv)
+    if args.plot_only:
+        plot(json.loads(args.out.read_text()), args.out.with_suffix(".png"))
+        return
+
+    from service.cluster import connect
+    from service.run.spec import build_spec
+    from service.run.loop import Trainer
+    from service.run.sinks import NullSink
+
+    spec = build_spec({"env": args.env, "total_steps": args.frames // FRAMES_PER_STEP, "seed": args.seed,
+                       **json.loads(args.spec)})
+    result: dict[str, Any] = {
+        "bench": "atari_pong", "env": args.env, "seed": args.seed, "frames": args.frames,
+        "spec": spec.model_dump(mode="json"), "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                 cwd=Path(__file__).parent).stdout.strip(),
+        "command": " ".join([sys.executable.rsplit("/", 1)[-1], "-m", "bench.atari_pong", *(argv or sys.argv[1:])]),
+        "games": [], "rows": [],
+    }
+
+    def write(final: bool = False) -> None:
+        result["summary"] = summarize(result["games"])
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result) + "\n")
+        if final:
+            plot(result, args.out.with_suffix(".png"))
+
+    class Recorder(NullSink):
+        """Keeps a thinned metrics row every 50 updates; rewrites the JSON every minute."""
+
+        last_write = time.monotonic()
+
+        def event(self, kind: str, message: str) -> None:
+            print(f"[{kind}] {message}", flush=True)
+
+        def metrics(self, row: dict[str, Any]) -> None:
+            if row["step"] % (50 * spec.a2c.steps_per_batch) == 0 or "eval_return_mean" in row:
+                result["rows"].append({k: row.get(k) for k in (
+                    "step", "wall_s", "env_steps_per_s", "episode_return_mean", "eval_return_mean", "entropy",
+                    "value_loss", "explained_variance", "learning_rate", "grad_norm")})
+            if time.monotonic() - self.last_write > 60:
+                self.last_write = time.monotonic()
+                write()
+                s = result["summary"]
+                print(f"step {row['step']} frames {row['step'] * FRAMES_PER_STEP / 1e6:.2f}M games {s['games']} "
+                      f"last-100 {s['last_100_mean']} sps {row['env_steps_per_s']:.0f} "
+                      f"loop {row['wall_s']:.0f}s", flush=True)
+
+    class GameRecordingTrainer(Trainer):
+        """The Trainer, also keeping every finished game (the metrics rows keep a 20-game mean)."""
+
+        def _row(self, stats, episodes, loop_t0):
+            row = super()._row(stats, episodes, loop_t0)
+            for e in episodes:
+                result["games"] += [[row["step"], row["wall_s"], float(r), int(n)]
+                                    for r, n in zip(e.returns, e.lengths)]
+            return row
+
+    connect(None, num_cpus=args.num_cpus or max(os.cpu_count() or 1, spec.cpus_needed))
+    trainer = GameRecordingTrainer(spec, Path(f"/tmp/bench-pong-{os.getpid()}"), Recorder())
+    summary = trainer.run()
+    result["trainer_summary"] = summary
+    result["wall_s"] = round(time.time() - LAUNCHED_AT, 1)
+    result["loop_s"] = result["rows"][-1]["wall_s"] if result["rows"] else None
+    write(final=True)
+    print(json.dumps(result["summary"]), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""The policy's torso: Nature CNN for images (chosen by `torso: auto`), MLP for vectors; uint8
+images scaled inside the policy; the zoo's orthogonal init; the MLP's weights as before."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from learner.checkpoint import archive_bytes, read_archive
+from learner.config import A2CConfig, PolicyConfig
+from learner.learner import Learner
+from learner.policy import ActorCritic, SpacesSpec, policy_mismatch
+
+ATARI = SpacesSpec(obs_shape=(4, 84, 84), obs_dtype="uint8", action_type="discrete", action_n=6)
+VECTOR = SpacesSpec(obs_shape=(4,), action_type="discrete", action_n=2)
+
+
+def test_auto_torso_is_the_nature_cnn_for_images_and_an_mlp_for_vectors():
+    cnn = ActorCritic(ATARI, PolicyConfig())
+    convs = [m for m in cnn.torso if isinstance(m, nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size, c.stride) for c in convs] == [
+        (4, 32, (8, 8), (4, 4)), (32, 64, (4, 4), (2, 2)), (64, 64, (3, 3), (1, 1))]
+    assert cnn.torso[-2].in_features == 64 * 7 * 7 and cnn.torso[-2].out_features == 512
+    assert cnn.action_head.in_features == 512 and cnn.value_torso is None  # shared, as SB3's CnnPolicy
+    mlp = ActorCritic(VECTOR, PolicyConfig())
+    assert not any(isinstance(m, nn.Conv2d) for m in mlp.modules())
+
+
+def test_cnn_takes_uint8_frames_and_returns_one_value_per_observation():
+    policy = ActorCritic(ATARI, PolicyConfig())
+    obs = torch.randint(0, 256, (5, 4, 84, 84), dtype=torch.uint8)
+    action, log_prob, value = policy.act(obs)
+    assert action.shape == log_prob.shape == value.shape == (5,) and action.dtype == torch.int64
+    value, log_prob, entropy = policy.evaluate_actions(obs, action)
+    assert value.shape == log_prob.shape == entropy.shape == (5,)
+    assert torch.allclose(entropy, torch.full((5,), math.log(6)), atol=1e-3)  # 0.01-gain head: near uniform
+    # Scaling to [0, 1] happens inside, on the input's device: the same as the torso on x / 255.
+    expected = policy.value_head(policy.torso(obs.float() / 255)).squeeze(-1)
+    torch.testing.assert_close(policy.value(obs), expected.detach())
+
+
+def test_channels_last_images_are_taken_too():
+    spaces = SpacesSpec(obs_shape=(96, 96, 3), obs_dtype="uint8", action_type="discrete", action_n=5)
+    policy = ActorCritic(spaces, PolicyConfig())
+    assert policy.torso[0].in_channels == 3
+    assert policy.act(torch.zeros((2, 96, 96, 3), dtype=torch.uint8))[2].shape == (2,)
+
+
+@pytest.mark.parametrize("spaces, config, field", [
+    (ATARI, PolicyConfig(torso="mlp"), "policy.torso"),
+    (VECTOR, PolicyConfig(torso="nature_cnn"), "policy.torso"),
+    (ATARI, PolicyConfig(normalize_observations=True), "policy.normalize_observations"),
+    (SpacesSpec(obs_shape=(4, 20, 20), obs_dtype="uint8", action_type="discrete", action_n=2),
+     PolicyConfig(), "policy.torso"),
+])
+def test_torsos_that_do_not_fit_the_observations_are_refused(spaces, config, field):
+    assert policy_mismatch(spaces, config)[0] == field
+    with pytest.raises(ValueError, match=field):
+        ActorCritic(spaces, config)
+
+
+def test_init_is_orthogonal_with_the_zoo_gains():
+    policy = ActorCritic(ATARI, PolicyConfig())
+    for module, gain in [*((m, math.sqrt(2)) for m in policy.torso if isinstance(m, (nn.Conv2d, nn.Linear))),
+                         (policy.action_head, 0.01), (policy.value_head, 1.0)]:
+        w = module.weight.detach().reshape(module.weight.shape[0], -1)
+        rows = min(w.shape)
+        gram = w @ w.T if w.shape[0] <= w.shape[1] else w.T @ w
+        torch.testing.assert_close(gram, gain ** 2 * torch.eye(rows), atol=1e-4 * gain ** 2, rtol=1e-3)
+        assert not module.bias.detach().any()
+
+
+def test_mlp_policy_keeps_its_state_dict_keys():
+    # Checkpoints of MLP policies from before the CNN must still load.
+    keys = list(ActorCritic(VECTOR, PolicyConfig(share_torso=False, normalize_observations=True)).state_dict())
+    assert keys == ["obs_norm.mean", "obs_norm.var", "obs_norm.count", "torso.0.weight", "torso.0.bias",
+                    "torso.2.weight", "torso.2.bias", "value_torso.0.weight", "value_torso.0.bias",
+                    "value_torso.2.weight", "value_torso.2.bias", "action_head.weight", "action_head.bias",
+                    "value_head.weight", "value_head.bias"]
+
+
+def test_spaces_of_old_manifests_read_as_float32():
+    old = {"obs_shape": [4], "action_type": "discrete", "action_n": 2}  # no obs_dtype
+    assert SpacesSpec(**old).obs_dtype == "float32" and not SpacesSpec(**old).is_image
+
+
+def test_learner_trains_on_uint8_frames_and_its_checkpoint_round_trips():
+    from learner.rollout import Rollout
+    learner = Learner(ATARI, PolicyConfig(), A2CConfig(steps_per_batch=8, mini_batch_size=None,
+                                                       optimizer="rmsprop"), 800, seed=0)
+    T, N = 2, 4
+    rng = np.random.default_rng(0)
+    f32 = lambda *shape: rng.standard_normal(shape).astype(np.float32)  # noqa: E731
+    rollout = Rollout(rng.integers(0, 256, (T, N, 4, 84, 84), dtype=np.uint8), rng.integers(0, 6, (T, N)),
+                      np.sign(f32(T, N)), np.zeros((T, N), bool), np.zeros((T, N), bool), f32(T, N),
+                      np.full((T, N), -math.log(6), np.float32), np.zeros((T, N), np.float32), f32(N),
+                      np.zeros(0), np.zeros(0, np.int64), 0)
+    host, device = learner._batch((rollout,))
+    assert host["obs"].dtype == np.uint8 and device["obs"].dtype == torch.uint8  # scaled in the policy
+    stats = learner.update(rollout)
+    assert not stats["skipped"] and stats["weights_version"] == 1
+    config = {"env": "PongNoFrameskip-v4", "policy": PolicyConfig().model_dump(mode="json"),
+              "a2c": learner.config.model_dump(mode="json")}
+    checkpoint = read_archive(archive_bytes(learner.state(), ATARI, "PongNoFrameskip-v4", config))
+    assert checkpoint.spaces == ATARI
+    restored = checkpoint.policy()
+    obs = torch.from_numpy(rollout.obs[0])
+    torch.testing.assert_close(restored.value(obs), learner.policy.value(obs))
