@@ -98,10 +98,14 @@ def children(pid: int, cmdline_part: str) -> list[int]:
 
 
 def actor_pids(session_id: int, class_name: str) -> list[int]:
-    """PIDs of Ray actor processes of `class_name` in a session (the server's, by setsid)."""
+    """PIDs of Ray actor processes of `class_name` in a session (the server's, by setsid).
+
+    A job that took the server's spare driver runs warm actors (service/run/warm.py), whose
+    processes are titled `ray::Warm<class_name>`: they count as `class_name` too."""
+    titles = (f"ray::{class_name}", f"ray::Warm{class_name}")
     return [pid for pid, fields, argv in processes()
             if int(fields[3]) == session_id  # field 6 of /proc/<pid>/stat
-            and (argv[0].strip() == f"ray::{class_name}" or argv[0].strip().startswith(f"ray::{class_name}."))]
+            and any(argv[0].strip() == t or argv[0].strip().startswith(f"{t}.") for t in titles)]
 
 
 def wait_gone(pids: list[int], timeout: float = 30.0) -> list[int]:
