@@ -131,7 +131,8 @@ def policy_forward_rates(batches: list[int]) -> list[dict]:
     import torch
 
     from learner.config import PolicyConfig
-    from learner.policy import ActorCritic, SpacesSpec
+    from learner.policy import ActorCritic
+    from learner.spaces import SpacesSpec
     torch.set_num_threads(1)
     policy = ActorCritic(SpacesSpec(obs_shape=(4,), action_type="discrete", action_n=2),
                          PolicyConfig(share_torso=False)).eval()

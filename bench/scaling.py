@@ -56,7 +56,7 @@ def learner_update_times(batches: list[int], reps: int = 7, T: int = STEPS_PER_E
     """
     from learner.config import A2CConfig, PolicyConfig
     from learner.learner import Learner
-    from learner.policy import SpacesSpec
+    from learner.spaces import SpacesSpec
 
     spaces = SpacesSpec(obs_shape=(4,), action_type="discrete", action_n=2)
     out = []

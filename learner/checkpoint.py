@@ -28,7 +28,8 @@ from safetensors.numpy import save as save_safetensors
 
 from learner.config import A2CConfig, PolicyConfig
 from learner.learner import LearnerState, Weights
-from learner.policy import ActorCritic, SpacesSpec, load_numpy_state
+from learner.policy import ActorCritic, load_numpy_state
+from learner.spaces import SpacesSpec
 
 ALGO = "A2C"
 FORMAT_VERSION = 1

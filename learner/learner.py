@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from learner.config import A2CConfig, PolicyConfig
 from learner.gae import gae
 from learner.normalize import RunningMeanStd
-from learner.policy import ActorCritic, SpacesSpec, load_numpy_state, numpy_state
+from learner.policy import ActorCritic, load_numpy_state, numpy_state
+from learner.spaces import SpacesSpec
 from learner.rollout import Rollout
 from learner.schedules import entropy_coef_at, learning_rate_at
 

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from pathlib import Path
+from typing import Callable
 
 import ray
 
@@ -93,9 +95,10 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> str:
     if not address:
         # "local", not None: None would join whatever `ray start` last ran on this machine (and
         # then refuse num_cpus), which is not what a user who gave no address asked for.
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
-                 logging_level=logging.WARNING, configure_logging=False,
-                 _system_config={"worker_niceness": TRAINING_NICENESS})
+        with _QuietStart():
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
+                     logging_level=logging.WARNING, configure_logging=False,
+                     _system_config={"worker_niceness": TRAINING_NICENESS})
         global _embedded
         _embedded = True
         from service import reaper
@@ -119,6 +122,63 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> str:
                     f"RAY_AUTH_TOKEN_PATH or {DEFAULT_TOKEN_PATH})")
         raise ClusterUnreachable(f"cannot join the Ray cluster at {address}: {_first_line(exc)}; {hint}") from None
     return f"cluster at {address} ({_resources()})"
+
+
+class _QuietStart(logging.Filter):
+    """Drops two of Ray's start-up warnings that say nothing to act on here: that an embedded
+    instance turned token auth on (it is on loopback, and `connect` handles tokens), and that a
+    `ray.init` off the main thread sets no SIGTERM handler (`connect_in_background`: the train
+    command sets its own)."""
+
+    MESSAGES = ("Token authentication is enabled for this Ray cluster",
+                "SIGTERM handler is not set")
+    LOGGERS = ("ray._private.worker", "ray._private.authentication.authentication_token_setup")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.MESSAGES)
+
+    def __enter__(self) -> "_QuietStart":
+        for name in self.LOGGERS:
+            logging.getLogger(name).addFilter(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for name in self.LOGGERS:
+            logging.getLogger(name).removeFilter(self)
+
+
+def connect_in_background(address: str | None = None, num_cpus: int | None = None) -> Callable[[], str]:
+    """Start `connect` on a thread and return a function that waits for it: it returns what
+    `connect` returns, or raises what it raised.
+
+    Joining or starting Ray is mostly waiting on its daemons (an embedded instance's GCS and
+    raylet: seconds), which the caller overlaps with its own start-up work (importing torch,
+    making an env to check the job against). Signals reach the main thread only, so until the
+    caller sets handlers of its own, SIGINT/SIGTERM act as usual.
+
+    The thread never ends (a daemon thread, idle once connected): Ray ties an embedded
+    instance's daemons to the thread that started them (Linux's parent-death signal is per
+    thread), so they would die with it.
+    """
+    done, outcome = threading.Event(), {}
+
+    def run() -> None:
+        try:
+            with _QuietStart():
+                outcome["where"] = connect(address, num_cpus)
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting caller
+            outcome["error"] = exc
+        done.set()
+        threading.Event().wait()  # keep the thread, and with it the embedded Ray's daemons
+
+    threading.Thread(target=run, name="ray-connect", daemon=True).start()
+
+    def wait() -> str:
+        done.wait()
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["where"]
+    return wait
 
 
 def driver_address(address: str | None = None) -> str:

@@ -200,21 +200,30 @@ def run_location(out: str | None, base: str | None, job_id: str, cwd: Path | Non
 
 def run(args: argparse.Namespace) -> int:
     """Validate, connect to Ray, run one job, print the summary JSON line."""
-    from service.cluster import connect
+    from service.cluster import connect_in_background
     from service.run.checkpoints import read_checkpoint
-    from service.run.loop import Trainer
-    from service.run.spec import job_spaces
+    from service.run.spec import env_spaces, job_spaces
 
     resume = read_checkpoint(args.resume) if args.resume else None
     spec = spec_from_args(args, base=resume.config if resume else None)
-    job_spaces(spec, resume)  # the env, policy and checkpoint must fit before Ray starts
-    job_id = new_job_id()
-    out = run_location(args.out, args.storage, job_id)
-    storage.write_bytes_atomic(storage.join(out, "config.json"), spec.model_dump_json(indent=2).encode())
+    env_spaces(spec)  # a bad spec, env or env_kwargs fails here, before Ray starts
+    connecting = time.monotonic()
+    connected = connect_in_background(args.address, args.num_cpus or max(os.cpu_count() or 1, spec.cpus_needed))
+    try:
+        # While Ray starts: import torch and the training loop, and check the policy's size and
+        # the checkpoint against the job.
+        job_spaces(spec, resume)
+        from service.run.loop import Trainer
+        job_id = new_job_id()
+        out = run_location(args.out, args.storage, job_id)
+        storage.write_bytes_atomic(storage.join(out, "config.json"), spec.model_dump_json(indent=2).encode())
+    except BaseException as exc:
+        report_now(exc)  # say it now, not after Ray has come up only to be shut down
+        _disconnect_ray(connected)
+        raise
     sink = ConsoleSink(out, spec.total_steps)
     try:
-        connecting = time.monotonic()
-        where = connect(args.address, num_cpus=args.num_cpus or max(os.cpu_count() or 1, spec.cpus_needed))
+        where = connected()
         sink.event("ray", f"{where}, up in {time.monotonic() - connecting:.2f}s")
         if spec.tuned:
             sink.event("tuned", f"from the tuned table for {spec.env}: "
@@ -232,20 +241,44 @@ def run(args: argparse.Namespace) -> int:
         summary = trainer.run()
     finally:
         sink.close()
-        _disconnect_ray()
+        _disconnect_ray(connected)
     print(json.dumps(summary), flush=True)
     return 0
 
 
-def _disconnect_ray() -> None:
-    """Leave Ray before the summary is printed, so that none of Ray's own log lines (its driver
-    forwards raylet warnings, e.g. about a lost node) can land after it: the summary must be
-    the last line of the job's log (`ray job logs`)."""
+def _disconnect_ray(connected: Callable[[], str]) -> None:
+    """Leave Ray, once `connected` (see `service.cluster.connect_in_background`) is done, before
+    the summary is printed, so that none of Ray's own log lines (its driver forwards raylet
+    warnings, e.g. about a lost node) can land after it: the summary must be the last line of
+    the job's log (`ray job logs`)."""
     import contextlib
 
     import ray
     with contextlib.suppress(Exception):
+        connected()
+    with contextlib.suppress(Exception):
         ray.shutdown()
+
+
+def user_error(exc: BaseException) -> tuple[str, int] | None:
+    """(the one line a user gets, the exit code) for an error of theirs or of the run: 2 for a
+    bad spec, 1 for a checkpoint, storage or training failure; None for anything else (a bug:
+    its traceback is shown)."""
+    from learner.checkpoint import CheckpointRejected
+    from service.run.worker_group import TrainingFailed
+    if isinstance(exc, InvalidSpec):
+        return f"a2c: invalid job spec: {exc}", 2
+    if isinstance(exc, (CheckpointRejected, TrainingFailed, FileNotFoundError, storage.StorageUnavailable)):
+        return f"a2c: {type(exc).__name__}: {exc}", 1
+    return None
+
+
+def report_now(exc: BaseException) -> None:
+    """Print a user error's line at once (`report_errors` then only sets the exit code)."""
+    said = user_error(exc)
+    if said is not None:
+        print(said[0], file=sys.stderr, flush=True)
+        exc.a2c_reported = True
 
 
 def report_errors(command: Callable[[], int]) -> int:
@@ -253,17 +286,13 @@ def report_errors(command: Callable[[], int]) -> int:
     spec) or 1 (a checkpoint, storage or training failure), not a traceback."""
     try:
         return command()
-    except InvalidSpec as exc:
-        print(f"a2c: invalid job spec: {exc}", file=sys.stderr)
-        return 2
     except Exception as exc:  # noqa: BLE001 - users get one clear line, not a traceback
-        from learner.checkpoint import CheckpointRejected
-        from service.run.worker_group import TrainingFailed
-        if isinstance(exc, (CheckpointRejected, TrainingFailed, FileNotFoundError,
-                            storage.StorageUnavailable)):
-            print(f"a2c: {type(exc).__name__}: {exc}", file=sys.stderr)
-            return 1
-        raise
+        said = user_error(exc)
+        if said is None:
+            raise
+        if not getattr(exc, "a2c_reported", False):
+            print(said[0], file=sys.stderr)
+        return said[1]
 
 
 def main(argv: list[str] | None = None) -> int:

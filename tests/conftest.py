@@ -54,7 +54,7 @@ def _valid_archive_files() -> dict[str, bytes]:
     from learner.checkpoint import archive_bytes
     from learner.config import A2CConfig, PolicyConfig
     from learner.learner import Learner
-    from learner.policy import SpacesSpec
+    from learner.spaces import SpacesSpec
 
     spaces = SpacesSpec(obs_shape=(4,), action_type="discrete", action_n=2)
     config = {"env": "CartPole-v1", "total_steps": 4096, "workers": 1, "envs_per_worker": 2,

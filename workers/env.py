@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import json
 import re
 import warnings
 from typing import Any
@@ -13,7 +14,7 @@ import numpy as np
 from gymnasium.envs.classic_control.cartpole import CartPoleVectorEnv
 from gymnasium.vector import AutoresetMode
 
-from learner.policy import SpacesSpec
+from learner.spaces import SpacesSpec
 
 
 GAME_REWARD = "game_reward"
@@ -181,10 +182,18 @@ def make_vec_env(env_id: str, num_envs: int, env_kwargs: dict[str, Any] | None =
 
 def describe_spaces(env_id: str, env_kwargs: dict[str, Any] | None = None) -> SpacesSpec:
     """The spaces of one env instance, as the policy and checkpoints record them (for Atari
-    ids, of the preprocessed env that workers build)."""
+    ids, of the preprocessed env that workers build). Made once per (id, kwargs) and process:
+    a job's checks and its training loop ask for them in turn."""
+    check_env_id(env_id)
+    return _describe_spaces(env_id, json.dumps(env_kwargs or {}, sort_keys=True))
+
+
+@functools.lru_cache(maxsize=64)
+def _describe_spaces(env_id: str, kwargs_json: str) -> SpacesSpec:
+    """`describe_spaces`, for kwargs given as JSON (hashable); errors are not cached."""
     from workers.atari import is_atari
 
-    check_env_id(env_id)
+    env_kwargs = json.loads(kwargs_json)
     if is_atari(env_id):
         env = make_vec_env(env_id, 1, env_kwargs)
         obs, act = env.single_observation_space, env.single_action_space

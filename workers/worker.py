@@ -10,7 +10,8 @@ import torch
 
 from learner.config import PolicyConfig
 from learner.learner import Weights
-from learner.policy import ActorCritic, SpacesSpec, load_numpy_state, obs_tensor
+from learner.policy import ActorCritic, load_numpy_state, obs_tensor
+from learner.spaces import SpacesSpec
 from learner.rollout import Rollout
 from workers.env import GAME_OVER, GAME_REWARD, env_seeds, make_vec_env
 from workers.evaluate import evaluate_policy

@@ -10,7 +10,7 @@ from typing import Any
 
 from learner.checkpoint import Checkpoint, archive_bytes, read_archive
 from learner.learner import LearnerState
-from learner.policy import SpacesSpec
+from learner.spaces import SpacesSpec
 from service import storage
 
 

@@ -27,7 +27,7 @@ from ray.exceptions import GetTimeoutError
 
 from learner.checkpoint import Checkpoint
 from learner.learner import Learner, LearnerState
-from learner.policy import SpacesSpec
+from learner.spaces import SpacesSpec
 from service.cluster import cluster_has_gpu
 from service.records import UPDATE_STATS, JobStatus, MetricsRow, checkpoint_id, new_job_id
 from service import storage

@@ -1,19 +1,22 @@
 """`JobSpec`: one training job as submitted by the CLI, a config file or `POST /jobs`, and its
-checks against the env's spaces and a checkpoint to resume from (`job_spaces`)."""
+checks against the env's spaces (`env_spaces`, without torch) and a checkpoint to resume from
+(`job_spaces`)."""
 
 from __future__ import annotations
 
 import json
 import math
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from learner.checkpoint import Checkpoint
 from learner.config import A2CConfig, FrozenModel, PolicyConfig
-from learner.policy import SpacesSpec, policy_mismatch, shape_of
+from learner.spaces import SpacesSpec, policy_mismatch
 from service.run.tuned import tuned_for
 from workers.env import UnknownEnvironment, check_env_id, describe_spaces
+
+if TYPE_CHECKING:  # torch stays unimported until a spec is checked against its env
+    from learner.checkpoint import Checkpoint
 
 JsonScalar = str | int | float | bool | None
 
@@ -189,9 +192,9 @@ def build_spec(data: dict[str, Any], *, strict: bool = False) -> JobSpec:
         raise InvalidSpec(field, msg) from None
 
 
-def job_spaces(spec: JobSpec, resume: Checkpoint | None = None) -> SpacesSpec:
-    """The env's spaces, once the job's env, policy and resumed checkpoint (if any) are known to
-    fit them; raises InvalidSpec naming the field that does not."""
+def env_spaces(spec: JobSpec) -> SpacesSpec:
+    """The env's spaces, once the job's env and policy config are known to fit them; raises
+    InvalidSpec naming the field that does not. Needs no torch (see `job_spaces` for the rest)."""
     try:
         spaces = describe_spaces(spec.env, spec.env_kwargs)
     except UnknownEnvironment as exc:
@@ -201,6 +204,14 @@ def job_spaces(spec: JobSpec, resume: Checkpoint | None = None) -> SpacesSpec:
     mismatch = policy_mismatch(spaces, spec.policy)
     if mismatch is not None:
         raise InvalidSpec(mismatch[0], f"{spec.env}: {mismatch[1]}")
+    return spaces
+
+
+def job_spaces(spec: JobSpec, resume: Checkpoint | None = None) -> SpacesSpec:
+    """The env's spaces, once the job's env, policy (its size too) and resumed checkpoint (if
+    any) are known to fit them; raises InvalidSpec naming the field that does not."""
+    from learner.policy import shape_of  # imports torch: the only part of the checks that needs it
+    spaces = env_spaces(spec)
     shapes = shape_of(spaces, spec.policy)
     size = sum(math.prod(shape) for shape in shapes.values())
     if size > MAX_POLICY_PARAMETERS:
@@ -217,6 +228,7 @@ def check_resume(spec: JobSpec, resume: Checkpoint, spaces: SpacesSpec,
     """Refuse a resumed job whose env or policy the checkpoint's weights do not fit, or whose
     optimizer is not the one whose state the checkpoint holds; `shapes` are the policy's
     (`shape_of`), when known."""
+    from learner.policy import shape_of
     trained_with = resume.config["a2c"]["optimizer"]
     if spec.a2c.optimizer != trained_with:
         raise InvalidSpec("a2c.optimizer", f"the checkpoint holds the state of {trained_with}, which a "

@@ -22,7 +22,7 @@ import ray
 from ray.exceptions import (ActorUnavailableError, GetTimeoutError, ObjectLostError, RayActorError,
                             RayTaskError)
 
-from learner.policy import SpacesSpec
+from learner.spaces import SpacesSpec
 from service.run.spec import JobSpec
 from workers.worker import Episodes, RolloutWorker
 

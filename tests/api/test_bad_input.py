@@ -373,7 +373,7 @@ def _resumable_source(client, store, data_dir) -> str:
     """A CartPole job with a real checkpoint archive to resume from."""
     from learner.checkpoint import archive_bytes
     from learner.learner import Learner
-    from learner.policy import SpacesSpec
+    from learner.spaces import SpacesSpec
     from service.run.spec import build_spec
 
     spaces = SpacesSpec(obs_shape=(4,), action_type="discrete", action_n=2)
@@ -403,7 +403,7 @@ def test_an_archive_tampered_after_the_resume_was_accepted_fails_the_job(
     marker, cases = _crafted_bytes
     from learner.checkpoint import archive_bytes
     from learner.learner import Learner
-    from learner.policy import SpacesSpec
+    from learner.spaces import SpacesSpec
     from service.run.spec import build_spec
 
     spaces = SpacesSpec(obs_shape=(4,), action_type="discrete", action_n=2)

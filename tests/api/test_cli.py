@@ -33,6 +33,17 @@ def test_bad_spec_fails_before_ray_starts_and_names_the_field(flags, field, tmp_
     assert result.stdout == ""
 
 
+def test_a_policy_too_large_fails_in_one_line_though_ray_was_starting(tmp_path):
+    # The policy's size needs torch, which is imported while Ray starts: the error still comes
+    # as one line naming the field, no traceback, and the embedded Ray is shut down.
+    result = a2c("train", "--env", "CartPole-v1", "--hidden-sizes", ",".join(["4096"] * 3),
+                 "--out", str(tmp_path / "run"), timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert "invalid job spec: policy.hidden_sizes" in result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+    assert not (tmp_path / "run").exists()
+
+
 def test_train_then_evaluate_tiny_budget(tmp_path):
     out = tmp_path / "run"
     result = a2c("train", "--env", "CartPole-v1", "--total-steps", "1024", "--workers", "1",

@@ -18,7 +18,7 @@ from learner import checkpoint
 from learner.checkpoint import MAX_MEMBER_BYTES, CheckpointRejected, archive_bytes, read_archive
 from learner.config import A2CConfig, PolicyConfig
 from learner.learner import Learner
-from learner.policy import SpacesSpec
+from learner.spaces import SpacesSpec
 
 SPACES = SpacesSpec(obs_shape=(4,), action_type="discrete", action_n=2)
 CONFIG = {"env": "CartPole-v1", "policy": PolicyConfig().model_dump(mode="json"),

@@ -11,7 +11,8 @@ from torch import nn
 from learner.checkpoint import archive_bytes, read_archive
 from learner.config import A2CConfig, PolicyConfig
 from learner.learner import Learner
-from learner.policy import ActorCritic, SpacesSpec, policy_mismatch
+from learner.policy import ActorCritic
+from learner.spaces import SpacesSpec, policy_mismatch
 
 ATARI = SpacesSpec(obs_shape=(4, 84, 84), obs_dtype="uint8", action_type="discrete", action_n=6)
 VECTOR = SpacesSpec(obs_shape=(4,), action_type="discrete", action_n=2)

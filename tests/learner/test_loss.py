@@ -5,7 +5,8 @@ import torch
 
 from learner.config import A2CConfig, PolicyConfig
 from learner.learner import Learner, a2c_loss
-from learner.policy import ActorCritic, SpacesSpec
+from learner.policy import ActorCritic
+from learner.spaces import SpacesSpec
 from learner.rollout import Rollout
 
 DISCRETE = SpacesSpec(obs_shape=(3,), action_type="discrete", action_n=2)

@@ -9,7 +9,8 @@ from learner.checkpoint import archive_bytes, read_archive
 from learner.config import A2CConfig, PolicyConfig
 from learner.learner import Learner
 from learner.normalize import RunningMeanStd
-from learner.policy import ActorCritic, SpacesSpec
+from learner.policy import ActorCritic
+from learner.spaces import SpacesSpec
 from learner.rollout import Rollout
 
 SPACES = SpacesSpec(obs_shape=(3,), action_type="discrete", action_n=2)

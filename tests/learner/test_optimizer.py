@@ -9,7 +9,7 @@ import torch
 from learner.checkpoint import archive_bytes, read_archive
 from learner.config import A2CConfig, PolicyConfig
 from learner.learner import Learner
-from learner.policy import SpacesSpec
+from learner.spaces import SpacesSpec
 from learner.rollout import Rollout
 
 SPACES = SpacesSpec(obs_shape=(3,), action_type="box", action_shape=(2,), action_low=(-1.0, -1.0),

@@ -6,7 +6,7 @@ import torch
 from learner.checkpoint import archive_bytes, read_archive
 from learner.config import A2CConfig, PolicyConfig
 from learner.learner import Learner, RMSpropTF
-from learner.policy import SpacesSpec
+from learner.spaces import SpacesSpec
 
 
 def test_steps_follow_the_tensorflow_rule():

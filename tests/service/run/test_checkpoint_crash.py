@@ -30,7 +30,7 @@ ZYGOTE = textwrap.dedent("""
     from service.run.checkpoints import write_checkpoint
     from learner.config import A2CConfig, PolicyConfig
     from learner.learner import Learner, LearnerState
-    from learner.policy import SpacesSpec
+    from learner.spaces import SpacesSpec
 
     def say(line):  # one write(2) per line: the writer and the zygote share the pipe
         os.write(1, (line + "\\n").encode())
@@ -219,7 +219,7 @@ def test_a_write_that_fails_like_a_full_disk_keeps_the_previous_checkpoint(tmp_p
         from service.run.checkpoints import write_checkpoint
         from learner.config import A2CConfig, PolicyConfig
         from learner.learner import Learner
-        from learner.policy import SpacesSpec
+        from learner.spaces import SpacesSpec
         out = Path(sys.argv[1])
         spaces = SpacesSpec(obs_shape=(4,), action_type="discrete", action_n=2)
         small, big = PolicyConfig(hidden_sizes=(8,)), PolicyConfig(hidden_sizes=(1024, 1024))
