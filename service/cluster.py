@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -147,9 +148,11 @@ class _QuietStart(logging.Filter):
             logging.getLogger(name).removeFilter(self)
 
 
-def connect_in_background(address: str | None = None, num_cpus: int | None = None) -> Callable[[], str]:
+def connect_in_background(address: str | None = None,
+                          num_cpus: int | None = None) -> Callable[[], tuple[str, float]]:
     """Start `connect` on a thread and return a function that waits for it: it returns what
-    `connect` returns, or raises what it raised.
+    `connect` returns and the seconds connecting took (not counting the wait), or raises what
+    `connect` raised.
 
     Joining or starting Ray is mostly waiting on its daemons (an embedded instance's GCS and
     raylet: seconds), which the caller overlaps with its own start-up work (importing torch,
@@ -163,9 +166,11 @@ def connect_in_background(address: str | None = None, num_cpus: int | None = Non
     done, outcome = threading.Event(), {}
 
     def run() -> None:
+        started = time.monotonic()
         try:
             with _QuietStart():
                 outcome["where"] = connect(address, num_cpus)
+            outcome["took"] = time.monotonic() - started
         except BaseException as exc:  # noqa: BLE001 - handed to the waiting caller
             outcome["error"] = exc
         done.set()
@@ -173,11 +178,11 @@ def connect_in_background(address: str | None = None, num_cpus: int | None = Non
 
     threading.Thread(target=run, name="ray-connect", daemon=True).start()
 
-    def wait() -> str:
+    def wait() -> tuple[str, float]:
         done.wait()
         if "error" in outcome:
             raise outcome["error"]
-        return outcome["where"]
+        return outcome["where"], outcome["took"]
     return wait
 
 

@@ -207,7 +207,6 @@ def run(args: argparse.Namespace) -> int:
     resume = read_checkpoint(args.resume) if args.resume else None
     spec = spec_from_args(args, base=resume.config if resume else None)
     env_spaces(spec)  # a bad spec, env or env_kwargs fails here, before Ray starts
-    connecting = time.monotonic()
     connected = connect_in_background(args.address, args.num_cpus or max(os.cpu_count() or 1, spec.cpus_needed))
     try:
         # While Ray starts: import torch and the training loop, and check the policy's size and
@@ -223,8 +222,8 @@ def run(args: argparse.Namespace) -> int:
         raise
     sink = ConsoleSink(out, spec.total_steps)
     try:
-        where = connected()
-        sink.event("ray", f"{where}, up in {time.monotonic() - connecting:.2f}s")
+        where, took = connected()
+        sink.event("ray", f"{where}, up in {took:.2f}s")
         if spec.tuned:
             sink.event("tuned", f"from the tuned table for {spec.env}: "
                        + ", ".join(f"{k}={spec.value_at(k)}" for k in spec.tuned))
@@ -246,7 +245,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _disconnect_ray(connected: Callable[[], str]) -> None:
+def _disconnect_ray(connected: Callable[[], tuple[str, float]]) -> None:
     """Leave Ray, once `connected` (see `service.cluster.connect_in_background`) is done, before
     the summary is printed, so that none of Ray's own log lines (its driver forwards raylet
     warnings, e.g. about a lost node) can land after it: the summary must be the last line of
