@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
         def _row(self, stats, episodes, loop_t0):
             row = super()._row(stats, episodes, loop_t0)
             for e in episodes:
-                result["games"] += [[row["step"], row["wall_s"], float(r), int(n)]
+                result["games"] += [[row.step, row.wall_s, float(r), int(n)]
                                     for r, n in zip(e.returns, e.lengths)]
             return row
 
