@@ -3,7 +3,8 @@
 `a2c train ...` (api/cli.py) and `python -m service.train ...` run it; the second is what
 `ray job submit` runs as a cluster's driver. Its stdout ends with one JSON line, the summary:
 `{"job_id", "env", "steps", "wall_s", "startup_s", "env_steps_per_s", "final_return_mean",
-"best_return_mean", "checkpoint", "status"}`.
+"best_return_mean", "checkpoint", "status"}`. Exit codes: 0 trained the budget, 1 failed, 2 bad
+input, 3 stopped early (EXIT_* below; docs/configuration.md).
 """
 
 from __future__ import annotations
@@ -28,6 +29,14 @@ from service.run.spec import InvalidSpec, JobSpec, build_spec
 SPEC_FLAGS = ("env", "total_steps", "workers", "envs_per_worker", "seed", "mode", "eval_every",
               "eval_episodes", "checkpoint_every", "learner_cpus", "learner_device", "max_learner_restarts")
 
+
+EXIT_INVALID = 2
+"""Exit code of a bad spec or bad flags (argparse's own code for usage errors)."""
+EXIT_FAILED = 1
+"""Exit code of a run that failed: training, a checkpoint or the storage."""
+EXIT_STOPPED = 3
+"""Exit code of a run stopped before its budget (Ctrl-C, SIGTERM): the summary is printed, its
+status is STOPPED and the final checkpoint is written, but the budget was not trained."""
 
 NULL = object()
 """What `--mini-batch-size full` parses to: an explicit null, unlike an absent flag (None)."""
@@ -110,26 +119,50 @@ class ConsoleSink:
     """Writes metrics/events as JSON lines and TensorBoard events in the run's location, and shows
     progress on stderr: a tqdm bar on a terminal, else a plain line every few seconds.
 
+    The bar counts env steps from `start_step` (a resumed run's) to `end_step`, the step the last
+    update ends at (total_steps rounded up to a whole batch), so it never runs past 100%. Its
+    clock starts with the training loop (the "started" event, or the first row), not with Ray's
+    start-up; its one speed is tqdm's, env steps per second since then. Each evaluation prints an
+    rl-zoo-like `eval/mean_reward` line above the bar.
+
     The run's location is a path or a storage URI; on an object store the files are rewritten
     at each checkpoint and at the end (see `storage.JsonLines`).
     """
 
-    def __init__(self, location: str, total_steps: int) -> None:
+    def __init__(self, location: str, total_steps: int, *, end_step: int | None = None,
+                 start_step: int = 0) -> None:
         from service.run.tensorboard_log import TensorBoardLog
         self.total_steps = total_steps
+        self.end_step = max(end_step or total_steps, total_steps)
+        self.start_step = start_step
         self.metrics_file = storage.JsonLines(storage.join(location, "metrics.jsonl"))
         self.events_file = storage.JsonLines(storage.join(location, "events.jsonl"))
         self.tensorboard = TensorBoardLog(location)
+        self.terminal = _is_terminal()
         self.bar = None
-        if _is_terminal():
-            from tqdm import tqdm
-            self.bar = tqdm(total=total_steps, unit="step", unit_scale=True, file=sys.stderr)
         self.last_print = 0.0
 
+    def _start_bar(self) -> None:
+        """Open the bar: its clock starts now."""
+        if self.terminal and self.bar is None:
+            from tqdm import tqdm
+            self.bar = tqdm(total=self.end_step, initial=self.start_step, unit=" env steps",
+                            unit_scale=True, file=sys.stderr, dynamic_ncols=True)
+
+    def _write(self, line: str) -> None:
+        """A line on stderr, above the bar when there is one (tqdm.write's default is stdout,
+        which must hold only the summary)."""
+        if self.bar is not None:
+            self.bar.write(line, file=sys.stderr)
+        else:
+            print(line, file=sys.stderr)
+
     def event(self, kind: str, message: str) -> None:
-        """Record and show an event."""
+        """Record and show an event; "started" (the training loop begins) starts the bar."""
         self.events_file.append({"time": time.time(), "kind": kind, "message": message})
-        (self.bar.write if self.bar else lambda m: print(m, file=sys.stderr))(f"[{kind}] {message}")
+        self._write(f"[{kind}] {message}")
+        if kind == "started":
+            self._start_bar()
 
     def metrics(self, row: dict[str, Any]) -> None:
         """Record a row and advance the progress display."""
@@ -137,12 +170,16 @@ class ConsoleSink:
         self.tensorboard.write(row)
         ret = row["episode_return_mean"]
         desc = f"return {ret:.1f}" if ret is not None else "return -"
-        if self.bar is not None:
-            self.bar.n = row["step"]
-            self.bar.set_postfix_str(f"{desc} sps {row['env_steps_per_s']:.0f}", refresh=True)
+        evaluated = row.get("eval_return_mean")
+        if self.terminal:
+            self._start_bar()
+            if evaluated is not None:
+                self._write(f"step {row['step']}: eval/mean_reward {evaluated:.2f}")
+            self.bar.n = min(row["step"], self.end_step)
+            self.bar.set_postfix_str(desc, refresh=True)
         elif time.monotonic() - self.last_print > 5 or "eval_return_mean" in row:
             self.last_print = time.monotonic()
-            extra = f" eval {row['eval_return_mean']:.1f}" if "eval_return_mean" in row else ""
+            extra = f" eval {evaluated:.1f}" if evaluated is not None else ""
             print(f"step {row['step']}/{self.total_steps} {desc}{extra} sps {row['env_steps_per_s']:.0f}",
                   file=sys.stderr)
 
@@ -211,7 +248,10 @@ def run(args: argparse.Namespace) -> int:
     job_id = new_job_id()
     out = run_location(args.out, args.storage, job_id)
     storage.write_bytes_atomic(storage.join(out, "config.json"), spec.model_dump_json(indent=2).encode())
-    sink = ConsoleSink(out, spec.total_steps)
+    start_step = resume.state.step if resume else 0
+    batches = max(-(-(spec.total_steps - start_step) // spec.a2c.steps_per_batch), 0)
+    sink = ConsoleSink(out, spec.total_steps, start_step=start_step,
+                       end_step=start_step + batches * spec.a2c.steps_per_batch)
     try:
         connecting = time.monotonic()
         where = connect(args.address, num_cpus=args.num_cpus or max(os.cpu_count() or 1, spec.cpus_needed))
@@ -234,7 +274,7 @@ def run(args: argparse.Namespace) -> int:
         sink.close()
         _disconnect_ray()
     print(json.dumps(summary), flush=True)
-    return 0
+    return EXIT_STOPPED if summary["status"] == "STOPPED" else 0
 
 
 def _disconnect_ray() -> None:
@@ -255,14 +295,14 @@ def report_errors(command: Callable[[], int]) -> int:
         return command()
     except InvalidSpec as exc:
         print(f"a2c: invalid job spec: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_INVALID
     except Exception as exc:  # noqa: BLE001 - users get one clear line, not a traceback
         from learner.checkpoint import CheckpointRejected
         from service.run.worker_group import TrainingFailed
         if isinstance(exc, (CheckpointRejected, TrainingFailed, FileNotFoundError,
                             storage.StorageUnavailable)):
             print(f"a2c: {type(exc).__name__}: {exc}", file=sys.stderr)
-            return 1
+            return EXIT_FAILED
         raise
 
 
