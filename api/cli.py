@@ -12,7 +12,6 @@ import logging
 import sys
 from pathlib import Path
 
-from service import storage
 from service import train
 
 
@@ -20,19 +19,25 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     """`a2c evaluate`: play deterministic episodes with a checkpoint's policy, without Ray."""
     import numpy as np
 
-    from service.run.checkpoints import read_checkpoint
+    from service.run.checkpoints import open_checkpoint
+    from service.run.spec import InvalidSpec, spaces_difference
+    from workers.env import UnknownEnvironment, describe_spaces
     from workers.evaluate import evaluate_policy
 
-    path = args.archive
-    if not path.endswith(".tar.gz") or (storage.is_local(path) and storage.local_path(path).is_dir()):
-        # A run directory (or a storage prefix): its newest archive; names sort by step.
-        found = [loc for loc in storage.list_files(path) if loc.endswith(".tar.gz")]
-        if not found:
-            raise FileNotFoundError(f"no checkpoint archive under {path}")
-        path = max(found, key=lambda loc: loc.rsplit("/", 1)[-1])
-    ckpt = read_checkpoint(path)
+    path, ckpt = open_checkpoint(args.archive)
     env = args.env or ckpt.env_id
-    returns = evaluate_policy(ckpt.policy(), env, ckpt.config.get("env_kwargs", {}), args.episodes, args.seed)
+    env_kwargs = ckpt.config.get("env_kwargs", {})
+    if env != ckpt.env_id:  # the policy's layers are sized for the checkpoint's spaces
+        try:
+            spaces = describe_spaces(env, env_kwargs)
+        except UnknownEnvironment as exc:
+            raise InvalidSpec("env", str(exc)) from None
+        if spaces != ckpt.spaces:
+            raise train.UsageError(
+                f"--env {env}: its spaces differ from the checkpoint's ({ckpt.env_id}): "
+                f"{spaces_difference(spaces, ckpt.spaces)}; evaluate with --env {ckpt.env_id} or an env "
+                "with the same spaces")
+    returns = evaluate_policy(ckpt.policy(), env, env_kwargs, args.episodes, args.seed)
     mean, std = float(np.mean(returns)), float(np.std(returns))
     print(f"{env}: return {mean:.2f} ± {std:.2f} over {args.episodes} episodes", file=sys.stderr)
     print(json.dumps({"checkpoint": str(path), "env": env, "episodes": args.episodes,
@@ -86,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `a2c` console script."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
+    args = train.parse_args(build_parser(), argv)
     handlers = {"train": train.run, "evaluate": cmd_evaluate, "serve": cmd_serve, "envs": cmd_envs}
     return train.report_errors(lambda: handlers[args.command](args))
 

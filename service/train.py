@@ -83,17 +83,38 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                        help="where runs go, each in <storage>/<job id>/: a path, file:///..., or an fsspec/"
                             "pyarrow URI such as s3://bucket/prefix (default runs, or ~/a2c-runs under "
                             "`ray job submit --working-dir`)")
-    p.add_argument("--resume", metavar="ARCHIVE", help="checkpoint archive (path or storage URI) to continue from")
+    p.add_argument("--resume", metavar="ARCHIVE_OR_DIR",
+                   help="continue from a checkpoint archive, or from the newest one of a run directory "
+                        "(runs/<job id>); a path or a storage URI")
     p.add_argument("--num-cpus", type=int, help="logical CPUs of the embedded Ray (default: enough for the job)")
     _add_model_flags(p, A2CConfig, "a2c.")
     _add_model_flags(p, PolicyConfig, "policy.")
+
+
+def read_config(path: Path) -> Any:
+    """A YAML/JSON config file's content; InvalidSpec on `config` naming `file:line:column` and
+    the problem when it does not parse, or when there is no such file."""
+    try:
+        text = path.read_text()
+    except (FileNotFoundError, IsADirectoryError, UnicodeDecodeError) as exc:
+        reason = {FileNotFoundError: "no such file", IsADirectoryError: "a directory, not a file"}.get(
+            type(exc), "not a UTF-8 text file")
+        raise InvalidSpec("config", f"{path}: {reason}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        context = getattr(exc, "context", None)
+        raise InvalidSpec("config", f"{where}: {problem}" + (f" ({context})" if context else "")) from None
 
 
 def spec_from_args(args: argparse.Namespace, base: dict[str, Any] | None = None) -> JobSpec:
     """The job spec from a config file (or a checkpoint's config), overridden by flags."""
     data: dict[str, Any] = dict(base or {})
     if args.config:
-        loaded = yaml.safe_load(args.config.read_text())
+        loaded = read_config(args.config)
         if not isinstance(loaded, dict):
             raise InvalidSpec("config", f"{args.config} must hold a mapping of job spec fields")
         data.update(loaded)
@@ -238,11 +259,11 @@ def run_location(out: str | None, base: str | None, job_id: str, cwd: Path | Non
 def run(args: argparse.Namespace) -> int:
     """Validate, connect to Ray, run one job, print the summary JSON line."""
     from service.cluster import connect
-    from service.run.checkpoints import read_checkpoint
+    from service.run.checkpoints import open_checkpoint
     from service.run.loop import Trainer
     from service.run.spec import job_spaces
 
-    resume = read_checkpoint(args.resume) if args.resume else None
+    resume_from, resume = open_checkpoint(args.resume) if args.resume else (None, None)
     spec = spec_from_args(args, base=resume.config if resume else None)
     job_spaces(spec, resume)  # the env, policy and checkpoint must fit before Ray starts
     job_id = new_job_id()
@@ -252,6 +273,8 @@ def run(args: argparse.Namespace) -> int:
     batches = max(-(-(spec.total_steps - start_step) // spec.a2c.steps_per_batch), 0)
     sink = ConsoleSink(out, spec.total_steps, start_step=start_step,
                        end_step=start_step + batches * spec.a2c.steps_per_batch)
+    if resume is not None:
+        sink.event("resume", f"from {resume_from}, step {resume.state.step}")
     try:
         connecting = time.monotonic()
         where = connect(args.address, num_cpus=args.num_cpus or max(os.cpu_count() or 1, spec.cpus_needed))
@@ -288,13 +311,21 @@ def _disconnect_ray() -> None:
         ray.shutdown()
 
 
+class UsageError(ValueError):
+    """A command's input that cannot work (not a job spec's field): shown as one line, exit 2."""
+
+
 def report_errors(command: Callable[[], int]) -> int:
-    """Run a command; a user error ends it with one clear line on stderr and exit code 2 (a bad
-    spec) or 1 (a checkpoint, storage or training failure), not a traceback."""
+    """Run a command; a user error ends it with clear lines on stderr (one per problem) and exit
+    code 2 (bad input) or 1 (a checkpoint, storage or training failure), not a traceback."""
     try:
         return command()
     except InvalidSpec as exc:
-        print(f"a2c: invalid job spec: {exc}", file=sys.stderr)
+        for field, message in exc.problems:
+            print(f"a2c: invalid job spec: {field}: {message}", file=sys.stderr)
+        return EXIT_INVALID
+    except UsageError as exc:
+        print(f"a2c: {exc}", file=sys.stderr)
         return EXIT_INVALID
     except Exception as exc:  # noqa: BLE001 - users get one clear line, not a traceback
         from learner.checkpoint import CheckpointRejected
@@ -306,13 +337,34 @@ def report_errors(command: Callable[[], int]) -> int:
         raise
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """`parser.parse_args`, but an unknown flag is refused by the (sub)command it was given to,
+    with its usage and the closest flags it has ("did you mean --total-steps?")."""
+    import difflib
+    args, extra = parser.parse_known_args(argv)
+    if not extra:
+        return args
+    target = parser
+    for action in parser._actions:  # the subcommand's own parser, when there are subcommands
+        if isinstance(action, argparse._SubParsersAction):
+            target = action.choices.get(getattr(args, action.dest, None), parser)
+    flags = [f for f in target._option_string_actions if f.startswith("--")]
+    hints = []
+    for arg in extra:
+        if arg.startswith("-"):
+            close = difflib.get_close_matches(arg.split("=", 1)[0], flags, n=2, cutoff=0.6)
+            if close:
+                hints.append(f"{arg}: did you mean {' or '.join(close)}?")
+    target.error(f"unrecognized arguments: {' '.join(extra)}" + ("; " + "; ".join(hints) if hints else ""))
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m service.train ...`: the same flags as `a2c train`."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(prog="python -m service.train",
                                      description="Train one A2C job on Ray (embedded local Ray by default).")
     add_arguments(parser)
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     return report_errors(lambda: run(args))
 
 
