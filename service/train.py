@@ -17,7 +17,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, get_args
+from typing import Any, Callable, Literal, get_args
 
 import yaml
 
@@ -49,9 +49,6 @@ def _flag(name: str) -> str:
 def _parse_value(annotation: Any):
     """An argparse `type` for a pydantic field annotation (validation itself is pydantic's)."""
     args = get_args(annotation)
-    if annotation is bool:
-        return lambda s: {"true": True, "1": True, "yes": True, "false": False, "0": False,
-                          "no": False}.get(s.lower(), s)
     if int in args and type(None) in args:  # mini_batch_size: int | None
         return lambda s: NULL if s.lower() in ("full", "none", "null") else s
     if getattr(annotation, "__origin__", None) is tuple:
@@ -59,36 +56,116 @@ def _parse_value(annotation: Any):
     return str
 
 
-def _add_model_flags(parser: argparse.ArgumentParser, model: type, dest_prefix: str) -> None:
+BOOLEAN_WORDS = {"true": True, "1": True, "yes": True, "on": True,
+                 "false": False, "0": False, "no": False, "off": False}
+
+
+class BoolFlag(argparse.Action):
+    """`--flag` / `--no-flag` (as argparse.BooleanOptionalAction), and `--flag true|false` too,
+    as config files and older scripts say it. Unset stays None: the spec's default applies."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        flags = []
+        for option in option_strings:
+            flags.append(option)
+            if option.startswith("--"):
+                flags.append("--no-" + option[2:])
+        kwargs.pop("type", None)
+        super().__init__(flags, dest, nargs="?", metavar="BOOL", **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        """True for `--flag` or `--flag true`, False for `--no-flag` or `--flag false`."""
+        if option_string.startswith("--no-"):
+            if values is not None:
+                parser.error(f"{option_string} takes no value")
+            setattr(namespace, self.dest, False)
+            return
+        value = True if values is None else BOOLEAN_WORDS.get(values.lower())
+        if value is None:
+            parser.error(f"{option_string}: {values!r} is not a boolean (true/false; or use "
+                         f"{option_string} / --no-{option_string[2:]})")
+        setattr(namespace, self.dest, value)
+
+    def format_usage(self) -> str:
+        """`--flag | --no-flag` in the usage line."""
+        return " | ".join(self.option_strings)
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's help, with a boolean flag shown as `--flag, --no-flag`."""
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        if isinstance(action, BoolFlag):
+            return ", ".join(action.option_strings)
+        return super()._format_action_invocation(action)
+
+
+def _default_text(default: Any) -> str:
+    if isinstance(default, tuple):
+        return ",".join(map(str, default))
+    return "full" if default is None else str(default)
+
+
+def _add_field_flag(group, name: str, field, dest: str, extra_help: str = "") -> None:
+    """One flag for a pydantic field: choices for a Literal, --x/--no-x for a bool, its default."""
+    annotation = field.annotation
+    text = (field.description or "").strip().replace("%", "%%")
+    default = field.default if field.default_factory is None else field.default_factory()
+    help_text = f"{text}{extra_help} (default: {_default_text(default)})"
+    if annotation is bool:
+        group.add_argument(_flag(name), dest=dest, action=BoolFlag, default=None, help=help_text)
+    elif getattr(annotation, "__origin__", None) is Literal:
+        group.add_argument(_flag(name), dest=dest, choices=get_args(annotation), default=None, help=help_text)
+    else:
+        metavar = {int: "N", float: "X"}.get(annotation, name.upper())
+        group.add_argument(_flag(name), dest=dest, metavar=metavar, type=_parse_value(annotation),
+                           default=None, help=help_text)
+
+
+def _add_model_flags(group, model: type, dest_prefix: str) -> None:
     """One flag per field of a pydantic model; help from the field's docstring."""
     for name, field in model.model_fields.items():
-        parser.add_argument(_flag(name), dest=f"{dest_prefix}{name}", metavar=name.upper(),
-                            type=_parse_value(field.annotation),
-                            default=None, help=(field.description or "") + f" (default {field.default})")
+        _add_field_flag(group, name, field, f"{dest_prefix}{name}")
+
+
+TRAIN_USAGE = "%(prog)s --env ID [options]   (or --config FILE, or --resume ARCHIVE_OR_DIR, which give the env)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The train command's flags: the job spec's, every A2CConfig and PolicyConfig field, where to run and write."""
-    for name in SPEC_FLAGS:
-        field = JobSpec.model_fields[name]
-        p.add_argument(_flag(name), dest=name, default=None, help=field.description)
-    p.add_argument("--no-tuned", dest="use_tuned", action="store_const", const=False, default=None,
-                   help="ignore the tuned hyperparameter table; use A2CConfig defaults for unset fields")
-    p.add_argument("--config", type=Path, help="YAML/JSON job spec (the schema of POST /jobs); flags override it")
-    p.add_argument("--address", help="Ray cluster address (auto, host:port, ray://...); default RAY_ADDRESS or embedded")
-    where = p.add_mutually_exclusive_group()
-    where.add_argument("--out", metavar="DIR_OR_URI",
-                       help="run directory, a path or a storage URI (default <storage>/<job id>)")
-    where.add_argument("--storage", metavar="PATH_OR_URI", default=None,
-                       help="where runs go, each in <storage>/<job id>/: a path, file:///..., or an fsspec/"
-                            "pyarrow URI such as s3://bucket/prefix (default runs, or ~/a2c-runs under "
-                            "`ray job submit --working-dir`)")
-    p.add_argument("--resume", metavar="ARCHIVE_OR_DIR",
-                   help="continue from a checkpoint archive, or from the newest one of a run directory "
-                        "(runs/<job id>); a path or a storage URI")
-    p.add_argument("--num-cpus", type=int, help="logical CPUs of the embedded Ray (default: enough for the job)")
-    _add_model_flags(p, A2CConfig, "a2c.")
-    _add_model_flags(p, PolicyConfig, "policy.")
+    p.usage = TRAIN_USAGE
+    p.formatter_class = HelpFormatter
+    job = p.add_argument_group("the job")
+    job.add_argument("--env", dest="env", metavar="ID", default=None,
+                     help="required (unless --config or --resume gives it): a registered gymnasium env id "
+                          "(see `a2c envs`)")
+    for name in SPEC_FLAGS[1:]:
+        _add_field_flag(job, name, JobSpec.model_fields[name], name)
+    job.add_argument("--tuned", dest="use_tuned", action=BoolFlag, default=None,
+                     help="fill the algorithm and policy fields you leave unset from the tuned table for "
+                          "the env (rl-zoo's recipes; docs/configuration.md); --no-tuned uses the defaults "
+                          "shown below (default: true)")
+    job.add_argument("--config", type=Path, metavar="FILE",
+                     help="YAML/JSON job spec (the schema of POST /jobs); flags override it")
+    job.add_argument("--resume", metavar="ARCHIVE_OR_DIR",
+                     help="continue from a checkpoint archive, or from the newest one of a run directory "
+                          "(runs/<job id>); a path or a storage URI")
+    where = p.add_argument_group("where it runs and writes")
+    where.add_argument("--address", help="Ray cluster address (auto, host:port, ray://...) "
+                                         "(default: RAY_ADDRESS, else an embedded local Ray)")
+    out = where.add_mutually_exclusive_group()
+    out.add_argument("--out", metavar="DIR_OR_URI",
+                     help="run directory, a path or a storage URI (default: <storage>/<job id>)")
+    out.add_argument("--storage", metavar="PATH_OR_URI", default=None,
+                     help="where runs go, each in <storage>/<job id>/: a path, file:///..., or an fsspec/"
+                          "pyarrow URI such as s3://bucket/prefix (default: runs, or ~/a2c-runs under "
+                          "`ray job submit --working-dir`)")
+    where.add_argument("--num-cpus", type=int, help="logical CPUs of the embedded Ray (default: enough for the job)")
+    note = (" Defaults are the config's own; an env in the tuned table (CartPole, Acrobot, Pendulum, "
+            "LunarLander, ...) takes its tuned values for the fields you leave unset, and `a2c train` "
+            "prints them as its [tuned] line.")
+    _add_model_flags(p.add_argument_group("the algorithm (A2CConfig)", note.strip()), A2CConfig, "a2c.")
+    _add_model_flags(p.add_argument_group("the policy (PolicyConfig)"), PolicyConfig, "policy.")
 
 
 def read_config(path: Path) -> Any:

@@ -278,3 +278,49 @@ def test_a_mistyped_flag_gets_the_subcommands_usage_and_a_did_you_mean():
     assert result.returncode == 2
     assert result.stderr.startswith("usage: a2c train")
     assert "unrecognized arguments: --totl-steps 5000; --totl-steps: did you mean --total-steps?" in result.stderr
+
+
+def test_bare_a2c_prints_its_help_and_exits_0():
+    result = a2c(timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: a2c") and "train" in result.stdout and "serve" in result.stdout
+
+
+def test_version():
+    from importlib.metadata import version
+    result = a2c("--version", timeout=60)
+    assert result.returncode == 0 and result.stdout.strip() == f"a2c {version('a2c-service')}"
+
+
+def test_train_help_shows_defaults_choices_the_required_env_and_boolean_pairs():
+    out = a2c("train", "--help", timeout=60).stdout
+    flat = " ".join(out.split())  # help text is wrapped
+    assert out.startswith("usage: a2c train --env ID [options]")
+    assert "--env ID required (unless --config or --resume gives it)" in flat
+    assert "--total-steps N Env steps to train for (over all workers and envs). (default: 100000)" in flat
+    assert "--workers N Rollout worker actors (1 CPU each). (default: 2)" in flat
+    assert "--mode {sync,async}" in flat and "--learner-device {auto,cpu,cuda}" in flat
+    assert "--optimizer {adam,rmsprop,rmsprop_tf}" in flat
+    assert "--normalize-advantages, --no-normalize-advantages" in flat and "--tuned, --no-tuned" in flat
+    assert "(default: 2048)" in flat and "tuned table" in flat
+
+
+@pytest.mark.parametrize("flags,value", [([], None), (["--normalize-advantages"], True),
+                                         (["--no-normalize-advantages"], False),
+                                         (["--normalize-advantages", "true"], True),
+                                         (["--normalize-advantages", "no"], False)])
+def test_booleans_are_flags_and_still_take_true_or_false(flags, value):
+    from api.cli import build_parser
+    args = build_parser().parse_args(["train", "--env", "CartPole-v1", *flags])
+    assert getattr(args, "a2c.normalize_advantages") is value
+
+
+@pytest.mark.parametrize("command,flags", [("evaluate", ["--episodes", "--env", "--seed", "ARCHIVE_OR_DIR"]),
+                                           ("serve", ["--host", "--port", "--data-dir", "--address", "--storage"])])
+def test_evaluate_and_serve_explain_every_flag(command, flags):
+    from api.cli import build_parser
+    parser = next(a for a in build_parser()._actions if isinstance(a, __import__("argparse")._SubParsersAction))
+    sub = parser.choices[command]
+    assert sub.description
+    helps = {(a.option_strings or [a.metavar])[0]: a.help for a in sub._actions}
+    assert all(helps.get(flag) for flag in flags), helps
