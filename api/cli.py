@@ -60,8 +60,19 @@ def cmd_envs(args: argparse.Namespace) -> int:
     return 0
 
 
+EXIT_SERVE_FAILED = 3
+"""uvicorn's exit code when the server cannot start (uvicorn.main.STARTUP_FAILURE)."""
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
-    """`a2c serve`: the HTTP API (see api/)."""
+    """`a2c serve`: the HTTP API (see api/). A port it cannot listen on is refused first, in a
+    fraction of a second, not after Ray's start-up."""
+    from api.config import port_problem, settings_from_args
+    settings = settings_from_args(args)
+    problem = port_problem(settings.host, settings.port)
+    if problem is not None:
+        print(f"a2c serve: {problem}", file=sys.stderr)
+        return EXIT_SERVE_FAILED
     from api.server import serve
     return serve(args)
 

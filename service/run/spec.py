@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from gymnasium.error import DependencyNotInstalled
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from learner.checkpoint import Checkpoint
 from learner.config import A2CConfig, FrozenModel, PolicyConfig
-from learner.policy import SpacesSpec, policy_mismatch, shape_of
 from service.run.tuned import tuned_for
-from workers.env import UnknownEnvironment, check_env_id, describe_spaces
+
+if TYPE_CHECKING:
+    from learner.checkpoint import Checkpoint
+    from learner.policy import SpacesSpec
+# torch and gymnasium are imported where they are used, so that the CLI's parser (which reads
+# JobSpec's fields) and `a2c serve`'s port check start in a fraction of a second.
 
 JsonScalar = str | int | float | bool | None
 
@@ -83,6 +85,7 @@ class JobSpec(FrozenModel):
     @field_validator("env")
     @classmethod
     def _registered(cls, env: str) -> str:
+        from workers.env import UnknownEnvironment, check_env_id
         try:
             check_env_id(env)
         except UnknownEnvironment as exc:
@@ -203,6 +206,10 @@ def build_spec(data: dict[str, Any], *, strict: bool = False) -> JobSpec:
 def job_spaces(spec: JobSpec, resume: Checkpoint | None = None) -> SpacesSpec:
     """The env's spaces, once the job's env, policy and resumed checkpoint (if any) are known to
     fit them; raises InvalidSpec naming the field that does not."""
+    from gymnasium.error import DependencyNotInstalled
+
+    from learner.policy import policy_mismatch, shape_of
+    from workers.env import UnknownEnvironment, describe_spaces
     try:
         spaces = describe_spaces(spec.env, spec.env_kwargs)
     except UnknownEnvironment as exc:
@@ -252,6 +259,7 @@ def check_resume(spec: JobSpec, resume: Checkpoint, spaces: SpacesSpec,
     """Refuse a resumed job whose env or policy the checkpoint's weights do not fit, or whose
     optimizer is not the one whose state the checkpoint holds; `shapes` are the policy's
     (`shape_of`), when known."""
+    from learner.policy import shape_of
     trained_with = resume.config["a2c"]["optimizer"]
     if spec.a2c.optimizer != trained_with:
         raise InvalidSpec("a2c.optimizer", f"the checkpoint holds the state of {trained_with}, which a "

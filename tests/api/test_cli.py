@@ -324,3 +324,20 @@ def test_evaluate_and_serve_explain_every_flag(command, flags):
     assert sub.description
     helps = {(a.option_strings or [a.metavar])[0]: a.help for a in sub._actions}
     assert all(helps.get(flag) for flag in flags), helps
+
+
+def test_serve_on_a_busy_port_fails_at_once_before_ray_starts(tmp_path):
+    import socket
+    import time
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        t0 = time.monotonic()
+        result = a2c("serve", "--port", str(port), "--data-dir", str(tmp_path / "data"), timeout=120)
+        elapsed = time.monotonic() - t0
+    assert result.returncode == 3
+    assert _one_line(result) == (f"a2c serve: port {port} on 127.0.0.1 is already in use (another `a2c serve`?): "
+                                 "stop it, or pass --port with a free port")
+    assert not (tmp_path / "data").exists()  # no Ray, no store: nothing was started
+    assert elapsed < 10, elapsed  # the interpreter and the parser; Ray's start-up alone takes longer
