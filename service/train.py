@@ -27,7 +27,8 @@ from service.records import new_job_id
 from service.run.spec import InvalidSpec, JobSpec, build_spec
 
 SPEC_FLAGS = ("env", "total_steps", "workers", "envs_per_worker", "seed", "mode", "eval_every",
-              "eval_episodes", "checkpoint_every", "learner_cpus", "learner_device", "max_learner_restarts")
+              "eval_episodes", "checkpoint_every", "learner_cpus", "learner_device", "max_learner_restarts",
+              "name", "tags")
 
 
 EXIT_INVALID = 2
@@ -102,8 +103,8 @@ class HelpFormatter(argparse.HelpFormatter):
 
 def _default_text(default: Any) -> str:
     if isinstance(default, tuple):
-        return ",".join(map(str, default))
-    return "full" if default is None else str(default)
+        return ",".join(map(str, default)) or "none"
+    return "none" if default is None else str(default)
 
 
 def _add_field_flag(group, name: str, field, dest: str, extra_help: str = "") -> None:
@@ -228,14 +229,14 @@ class ConsoleSink:
     """
 
     def __init__(self, location: str, total_steps: int, *, end_step: int | None = None,
-                 start_step: int = 0) -> None:
+                 start_step: int = 0, hparams: dict[str, Any] | None = None) -> None:
         from service.run.tensorboard_log import TensorBoardLog
         self.total_steps = total_steps
         self.end_step = max(end_step or total_steps, total_steps)
         self.start_step = start_step
         self.metrics_file = storage.JsonLines(storage.join(location, "metrics.jsonl"))
         self.events_file = storage.JsonLines(storage.join(location, "events.jsonl"))
-        self.tensorboard = TensorBoardLog(location)
+        self.tensorboard = TensorBoardLog(location, hparams)
         self.terminal = _is_terminal()
         self.bar = None
         self.last_print = 0.0
@@ -349,7 +350,8 @@ def run(args: argparse.Namespace) -> int:
     start_step = resume.state.step if resume else 0
     batches = max(-(-(spec.total_steps - start_step) // spec.a2c.steps_per_batch), 0)
     sink = ConsoleSink(out, spec.total_steps, start_step=start_step,
-                       end_step=start_step + batches * spec.a2c.steps_per_batch)
+                       end_step=start_step + batches * spec.a2c.steps_per_batch,
+                       hparams=spec.model_dump(mode="json"))
     if resume is not None:
         sink.event("resume", f"from {resume_from}, step {resume.state.step}")
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
@@ -81,6 +81,13 @@ class JobSpec(FrozenModel):
     """Set by the service: the fields taken from the tuned table, e.g. `a2c.learning_rate`."""
     a2c: A2CConfig = Field(default_factory=A2CConfig)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    name: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[\w][\w .+=-]*$",
+                             examples=["lr-sweep-1"])
+    """A label of your choosing for the run (letters, digits, space and `._+=-`): listed with the
+    job, and in its TensorBoard hparams."""
+    tags: tuple[Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[\w.+=:-]+$")], ...] = Field(
+        (), max_length=16, examples=[["baseline", "seed-sweep"]])
+    """Labels to group and filter runs by (`GET /jobs?tag=`); at most 16, each one word."""
 
     @field_validator("env")
     @classmethod

@@ -341,3 +341,11 @@ def test_serve_on_a_busy_port_fails_at_once_before_ray_starts(tmp_path):
                                  "stop it, or pass --port with a free port")
     assert not (tmp_path / "data").exists()  # no Ray, no store: nothing was started
     assert elapsed < 10, elapsed  # the interpreter and the parser; Ray's start-up alone takes longer
+
+
+def test_name_and_tags_flags_go_into_the_spec():
+    from api.cli import build_parser
+    from service.train import spec_from_args
+    args = build_parser().parse_args(["train", "--env", "CartPole-v1", "--name", "base line", "--tags", "x,y"])
+    spec = spec_from_args(args)
+    assert spec.name == "base line" and spec.tags == ("x", "y")

@@ -157,3 +157,22 @@ def test_under_ray_job_submit_a_relative_run_path_is_refused_naming_the_flag(fla
     with pytest.raises(train.InvalidSpec) as err:
         train.run_location(given["out"], given["storage"], "abc", cwd=RAY_COPY)
     assert err.value.field == flag and "absolute path or a URI" in err.value.message
+
+
+def test_the_run_s_hyperparameters_are_in_tensorboard_s_hparams_tab(tmp_path):
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+    from service.run.spec import build_spec
+    spec = build_spec({"env": "CartPole-v1", "name": "lr sweep", "tags": ["a", "b"], "seed": 5})
+    log = TensorBoardLog(tmp_path, hparams=spec.model_dump(mode="json"))
+    log.write({"step": 256, "episode_return_mean": 20.0})
+    acc = EventAccumulator(str(tmp_path))
+    acc.Reload()
+    content = acc.PluginTagToContent("hparams")
+    start = HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info.hparams
+    assert start["seed"].number_value == 5 and start["env"].string_value == "CartPole-v1"
+    assert start["name"].string_value == "lr sweep" and start["tags"].string_value == "a,b"
+    assert start["a2c.learning_rate"].number_value == pytest.approx(spec.a2c.learning_rate)
+    assert start["policy.hidden_sizes"].string_value == "64,64"
+    experiment = HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    assert {m.name.tag for m in experiment.metric_infos} == {"episode_return_mean", "eval_return_mean"}
+    assert read_scalars(tmp_path)["episode_return_mean"] == {256: 20.0}
