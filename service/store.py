@@ -268,9 +268,8 @@ class JobStore:
         return _job(rows[0]) if rows else None
 
     def list_jobs(self, statuses: list[str] | None = None, limit: int = 50,
-                  before: tuple[float, str] | None = None, tags: list[str] | None = None) -> list[JobRow]:
-        """Jobs newest first, optionally only those in `statuses` and with every tag of `tags`,
-        after the keyset `before`.
+                  before: tuple[float, str] | None = None) -> list[JobRow]:
+        """Jobs newest first, optionally only those in `statuses`, after the keyset `before`.
 
         `before` is (created, id) of the last job of the previous page.
         """
@@ -278,9 +277,6 @@ class JobStore:
         if statuses:
             where.append(f"status IN ({','.join('?' * len(statuses))})")
             args += statuses
-        for tag in tags or ():
-            where.append("EXISTS (SELECT 1 FROM json_each(jobs.spec, '$.tags') WHERE value = ?)")
-            args.append(tag)
         if before is not None:
             where.append("(created < ? OR (created = ? AND id < ?))")
             args += [before[0], before[0], before[1]]

@@ -52,12 +52,9 @@ def create_job(body: Annotated[JobCreate, SkipValidation, Body(title="JobCreate"
 def list_jobs(queries: QueriesDep,
               status_: Annotated[list[JobStatus] | None, Query(alias="status", description="Only these states (repeatable).")] = None,
               max_results: Annotated[int, Query(ge=1, le=500)] = 50,
-              page_token: Annotated[str | None, Query(max_length=200)] = None,
-              tag: Annotated[list[Annotated[str, Query(max_length=32)]] | None, Query(
-                  max_length=16, description="Only jobs with every one of these tags (repeatable).")] = None,
-              ) -> JobsPublic:
+              page_token: Annotated[str | None, Query(max_length=200)] = None) -> JobsPublic:
     """Jobs, newest first, a page at a time; each with its spec (`name`, `tags`, seed, config)."""
-    jobs, token = queries.list(status_, max_results, page_token, tag)
+    jobs, token = queries.list(status_, max_results, page_token)
     return JobsPublic(jobs=[JobPublic.from_row(j) for j in jobs], next_page_token=token)
 
 

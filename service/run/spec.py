@@ -87,7 +87,7 @@ class JobSpec(FrozenModel):
     job, and in its TensorBoard hparams."""
     tags: tuple[Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[\w.+=:-]+$")], ...] = Field(
         (), max_length=16, examples=[["baseline", "seed-sweep"]])
-    """Labels to group and filter runs by (`GET /jobs?tag=`); at most 16, each one word."""
+    """Labels to group runs by (listed with the job, logged as a TensorBoard hparam); at most 16, each one word."""
 
     @field_validator("env")
     @classmethod
