@@ -10,17 +10,19 @@ import signal
 import sys
 import threading
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import AsyncIterator
 
 from fastapi import APIRouter, FastAPI, HTTPException, Request
-from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.staticfiles import StaticFiles
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.config import Settings, get_settings
 from api.deps import Authenticated
 from api.errors import install_error_handlers
-from api.routes import checkpoints, dashboard, health, jobs, metrics, plots, prometheus
+from api.routes import checkpoints, dashboard, envs, health, jobs, metrics, plots, prometheus
 from api.routing import StrictQueryRoute
 
 log = logging.getLogger(__name__)
@@ -67,10 +69,26 @@ def openapi_schema(request: Request) -> JSONResponse:
     return JSONResponse(request.app.openapi())
 
 
+DOCS_STATIC_DIR = Path(__file__).resolve().parent / "docs_static"
+"""Swagger UI's and ReDoc's files, vendored (see its README.md): /docs needs no CDN."""
+DOCS_STATIC = "/docs-static"
+
+
 @docs.get("/docs")
 def swagger_ui() -> HTMLResponse:
-    """Swagger UI over /openapi.json."""
-    return get_swagger_ui_html(openapi_url="/openapi.json", title="a2c-service API")
+    """Swagger UI over /openapi.json, from the package's own copy of its files."""
+    return get_swagger_ui_html(openapi_url="/openapi.json", title="a2c-service API",
+                               swagger_js_url=f"{DOCS_STATIC}/swagger-ui-bundle.js",
+                               swagger_css_url=f"{DOCS_STATIC}/swagger-ui.css",
+                               swagger_favicon_url=f"{DOCS_STATIC}/favicon-32x32.png")
+
+
+@docs.get("/redoc")
+def redoc() -> HTMLResponse:
+    """ReDoc over /openapi.json, from the package's own copy of its files (no web fonts)."""
+    return get_redoc_html(openapi_url="/openapi.json", title="a2c-service API",
+                          redoc_js_url=f"{DOCS_STATIC}/redoc.standalone.js",
+                          redoc_favicon_url=f"{DOCS_STATIC}/favicon-32x32.png", with_google_fonts=False)
 
 
 def lower_request_priority(nice: int) -> None:
@@ -171,9 +189,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimit, max_bytes=app.state.settings.max_body_bytes)
     app.state.request_latency = prometheus.request_latency_histogram()
     app.add_middleware(prometheus.RequestLatency, histogram=app.state.request_latency)
-    for router in (health.router, jobs.router, metrics.router, checkpoints.router, plots.router,
+    for router in (health.router, jobs.router, envs.router, metrics.router, checkpoints.router, plots.router,
                    prometheus.router, dashboard.router, docs):
         app.include_router(router)
     app.mount("/static", dashboard.static_files, name="static")
+    app.mount(DOCS_STATIC, StaticFiles(directory=DOCS_STATIC_DIR), name="docs-static")
     document_error_responses(app)
     return app

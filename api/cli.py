@@ -12,7 +12,6 @@ import logging
 import sys
 from pathlib import Path
 
-from service import storage
 from service import train
 
 
@@ -20,19 +19,25 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     """`a2c evaluate`: play deterministic episodes with a checkpoint's policy, without Ray."""
     import numpy as np
 
-    from service.run.checkpoints import read_checkpoint
+    from service.run.checkpoints import open_checkpoint
+    from service.run.spec import InvalidSpec, spaces_difference
+    from workers.env import UnknownEnvironment, describe_spaces
     from workers.evaluate import evaluate_policy
 
-    path = args.archive
-    if not path.endswith(".tar.gz") or (storage.is_local(path) and storage.local_path(path).is_dir()):
-        # A run directory (or a storage prefix): its newest archive; names sort by step.
-        found = [loc for loc in storage.list_files(path) if loc.endswith(".tar.gz")]
-        if not found:
-            raise FileNotFoundError(f"no checkpoint archive under {path}")
-        path = max(found, key=lambda loc: loc.rsplit("/", 1)[-1])
-    ckpt = read_checkpoint(path)
+    path, ckpt = open_checkpoint(args.archive)
     env = args.env or ckpt.env_id
-    returns = evaluate_policy(ckpt.policy(), env, ckpt.config.get("env_kwargs", {}), args.episodes, args.seed)
+    env_kwargs = ckpt.config.get("env_kwargs", {})
+    if env != ckpt.env_id:  # the policy's layers are sized for the checkpoint's spaces
+        try:
+            spaces = describe_spaces(env, env_kwargs)
+        except UnknownEnvironment as exc:
+            raise InvalidSpec("env", str(exc)) from None
+        if spaces != ckpt.spaces:
+            raise train.UsageError(
+                f"--env {env}: its spaces differ from the checkpoint's ({ckpt.env_id}): "
+                f"{spaces_difference(spaces, ckpt.spaces)}; evaluate with --env {ckpt.env_id} or an env "
+                "with the same spaces")
+    returns = evaluate_policy(ckpt.policy(), env, env_kwargs, args.episodes, args.seed)
     mean, std = float(np.mean(returns)), float(np.std(returns))
     print(f"{env}: return {mean:.2f} ± {std:.2f} over {args.episodes} episodes", file=sys.stderr)
     print(json.dumps({"checkpoint": str(path), "env": env, "episodes": args.episodes,
@@ -55,38 +60,83 @@ def cmd_envs(args: argparse.Namespace) -> int:
     return 0
 
 
+EXIT_SERVE_FAILED = 3
+"""uvicorn's exit code when the server cannot start (uvicorn.main.STARTUP_FAILURE)."""
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
-    """`a2c serve`: the HTTP API (see api/)."""
+    """`a2c serve`: the HTTP API (see api/). A port it cannot listen on is refused first, in a
+    fraction of a second, not after Ray's start-up."""
+    from api.config import port_problem, settings_from_args
+    settings = settings_from_args(args)
+    problem = port_problem(settings.host, settings.port)
+    if problem is not None:
+        print(f"a2c serve: {problem}", file=sys.stderr)
+        return EXIT_SERVE_FAILED
     from api.server import serve
     return serve(args)
 
 
+def version() -> str:
+    """This package's version (its installed metadata; the source tree's when not installed)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+    try:
+        return installed("a2c-service")
+    except PackageNotFoundError:
+        return "0.1.0+source"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `a2c` argument parser with its subcommands."""
-    parser = argparse.ArgumentParser(prog="a2c", description="A2C training as a service, on Ray.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    train.add_arguments(sub.add_parser("train", help="train one job on Ray (embedded local Ray by default)"))
-    ev = sub.add_parser("evaluate", help="evaluate a checkpoint archive (or the newest under a dir)")
+    parser = argparse.ArgumentParser(
+        prog="a2c", description="A2C training as a service, on Ray.",
+        epilog="Start with `a2c train --env CartPole-v1`; `a2c COMMAND --help` for a command's flags. "
+               "Exit codes: 0 done, 1 failed, 2 bad input, 3 a run stopped early (docs/configuration.md).")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    train.add_arguments(sub.add_parser(
+        "train", help="train one job on Ray (embedded local Ray by default)",
+        description="Train one A2C job: on an embedded local Ray, or on a cluster with --address. "
+                    "Writes runs/<job id>/ (config, metrics, events, TensorBoard file, checkpoints); "
+                    "the last line of stdout is the summary JSON."))
+    ev = sub.add_parser("evaluate", help="evaluate a checkpoint archive (or the newest under a dir)",
+                        description="Play deterministic episodes with a checkpoint's policy, without Ray; "
+                                    "prints the mean return, then one JSON line on stdout.")
     ev.add_argument("archive", metavar="ARCHIVE_OR_DIR",
-                    help="an archive or a run directory: a path or a storage URI (s3://..., file://...)")
-    ev.add_argument("--episodes", type=int, default=10)
-    ev.add_argument("--env", help="env id (default: the checkpoint's)")
-    ev.add_argument("--seed", type=int, default=12345)
-    sv = sub.add_parser("serve", help="run the HTTP API (uvicorn) with an embedded or existing Ray")
-    sv.add_argument("--host", default=None)
-    sv.add_argument("--port", type=int, default=None)
-    sv.add_argument("--data-dir", type=Path, default=None)
-    sv.add_argument("--address", default=None)
+                    help="an archive or a run directory (its newest archive): a path or a storage URI "
+                         "(s3://..., file://...)")
+    ev.add_argument("--episodes", type=int, default=10, metavar="N", help="episodes to play (default: 10)")
+    ev.add_argument("--env", metavar="ID", help="env id to play in; its spaces must match the checkpoint's "
+                                                "(default: the checkpoint's env)")
+    ev.add_argument("--seed", type=int, default=12345, metavar="N",
+                    help="seed of the first episode's env; each next episode takes the next seed (default: 12345)")
+    sv = sub.add_parser("serve", help="run the HTTP API and dashboard (uvicorn) with an embedded or existing Ray",
+                        description="Run the job service: the HTTP API, its docs at /docs and the dashboard "
+                                    "at /. Flags override the A2C_* environment settings (docs/api.md).")
+    sv.add_argument("--host", default=None, help="interface to listen on (default: A2C_HOST, else 127.0.0.1)")
+    sv.add_argument("--port", type=int, default=None, help="TCP port (default: A2C_PORT, else 8000)")
+    sv.add_argument("--data-dir", type=Path, default=None, metavar="DIR",
+                    help="jobs database, TensorBoard files and, by default, checkpoints "
+                         "(default: A2C_DATA_DIR, else ./a2c-data)")
+    sv.add_argument("--address", default=None,
+                    help="Ray cluster to join (auto, host:port, ray://...) (default: A2C_ADDRESS, else an "
+                         "embedded local Ray)")
     sv.add_argument("--storage", default=None, metavar="PATH_OR_URI",
                     help="where job checkpoints go (A2C_STORAGE); default <data-dir>/jobs")
-    sub.add_parser("envs", help="list the registered gymnasium env ids")
+    sub.add_parser("envs", help="list the registered gymnasium env ids",
+                   description="The gymnasium env ids a job may name, one per line.")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `a2c` console script."""
+    """Entry point of the `a2c` console script. With no command it prints its help (exit 0)."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = train.parse_args(parser, argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
     handlers = {"train": train.run, "evaluate": cmd_evaluate, "serve": cmd_serve, "envs": cmd_envs}
     return train.report_errors(lambda: handlers[args.command](args))
 

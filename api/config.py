@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import socket
 from functools import lru_cache
 from pathlib import Path
 
@@ -94,3 +96,29 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """The settings from the environment, read once."""
     return Settings()
+
+
+def settings_from_args(args) -> Settings:
+    """The settings of `a2c serve`: the `A2C_*` environment, overridden by the flags given."""
+    overrides = {name: getattr(args, name, None) for name in ("host", "port", "data_dir", "address", "storage")}
+    return get_settings().model_copy(update={k: v for k, v in overrides.items() if v is not None})
+
+
+def port_problem(host: str, port: int) -> str | None:
+    """Why uvicorn could not listen on host:port (in use, no such address, not allowed), or
+    None. Binds as uvicorn does (SO_REUSEADDR), so a port in TIME_WAIT is not refused."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        return f"cannot listen on {host}:{port}: {exc.strerror}; pass --host with a local address"
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return (f"port {port} on {host} is already in use (another `a2c serve`?): stop it, or pass "
+                        f"--port with a free port")
+            return f"cannot listen on {host}:{port}: {exc.strerror}"
+    return None

@@ -69,9 +69,11 @@ async def domain_error(request: Request, exc: Exception) -> JSONResponse:
     """The response for a domain exception: its status code and message."""
     status = next(STATUS_CODES[t] for t in type(exc).__mro__ if t in STATUS_CODES)
     loc = _location(exc)
-    if loc is not None:
-        msg = exc.message if isinstance(exc, InvalidSpec) else str(exc)
-        content = {"detail": [{"type": type(exc).__name__, "loc": loc, "msg": msg}]}
+    if isinstance(exc, InvalidSpec):  # every problem found, each at its field
+        content = {"detail": [{"type": type(exc).__name__, "loc": _location(InvalidSpec(field, msg)), "msg": msg}
+                              for field, msg in exc.problems]}
+    elif loc is not None:
+        content = {"detail": [{"type": type(exc).__name__, "loc": loc, "msg": str(exc)}]}
     else:
         content = {"detail": str(exc)}
     return ErrorJSONResponse(content, status_code=status)

@@ -9,7 +9,7 @@ import uvicorn
 from uvicorn.main import STARTUP_FAILURE
 
 from api.app import create_app
-from api.config import Settings, get_settings
+from api.config import Settings, settings_from_args
 from api.protocol import with_read_timeout
 
 
@@ -23,8 +23,7 @@ def serve(args: argparse.Namespace) -> int:
     must arrive within A2C_REQUEST_READ_TIMEOUT_S (`api.protocol`), idle connections close after
     A2C_KEEP_ALIVE_S, and at most A2C_MAX_CONNECTIONS are served at once.
     """
-    overrides = {name: getattr(args, name, None) for name in ("host", "port", "data_dir", "address", "storage")}
-    settings = get_settings().model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    settings = settings_from_args(args)
     logging.getLogger("api").setLevel(logging.INFO)
     server = uvicorn.Server(server_config(create_app(settings), settings))
     try:

@@ -3,7 +3,8 @@
 `a2c train ...` (api/cli.py) and `python -m service.train ...` run it; the second is what
 `ray job submit` runs as a cluster's driver. Its stdout ends with one JSON line, the summary:
 `{"job_id", "env", "steps", "wall_s", "startup_s", "env_steps_per_s", "final_return_mean",
-"best_return_mean", "checkpoint", "status"}`.
+"best_return_mean", "checkpoint", "status"}`. Exit codes: 0 trained the budget, 1 failed, 2 bad
+input, 3 stopped early (EXIT_* below; docs/configuration.md).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, get_args
+from typing import Any, Callable, Literal, get_args
 
 import yaml
 
@@ -26,8 +27,17 @@ from service.records import new_job_id
 from service.run.spec import InvalidSpec, JobSpec, build_spec
 
 SPEC_FLAGS = ("env", "total_steps", "workers", "envs_per_worker", "seed", "mode", "eval_every",
-              "eval_episodes", "checkpoint_every", "learner_cpus", "learner_device", "max_learner_restarts")
+              "eval_episodes", "checkpoint_every", "learner_cpus", "learner_device", "max_learner_restarts",
+              "name", "tags")
 
+
+EXIT_INVALID = 2
+"""Exit code of a bad spec or bad flags (argparse's own code for usage errors)."""
+EXIT_FAILED = 1
+"""Exit code of a run that failed: training, a checkpoint or the storage."""
+EXIT_STOPPED = 3
+"""Exit code of a run stopped before its budget (Ctrl-C, SIGTERM): the summary is printed, its
+status is STOPPED and the final checkpoint is written, but the budget was not trained."""
 
 NULL = object()
 """What `--mini-batch-size full` parses to: an explicit null, unlike an absent flag (None)."""
@@ -40,9 +50,6 @@ def _flag(name: str) -> str:
 def _parse_value(annotation: Any):
     """An argparse `type` for a pydantic field annotation (validation itself is pydantic's)."""
     args = get_args(annotation)
-    if annotation is bool:
-        return lambda s: {"true": True, "1": True, "yes": True, "false": False, "0": False,
-                          "no": False}.get(s.lower(), s)
     if int in args and type(None) in args:  # mini_batch_size: int | None
         return lambda s: NULL if s.lower() in ("full", "none", "null") else s
     if getattr(annotation, "__origin__", None) is tuple:
@@ -50,41 +57,142 @@ def _parse_value(annotation: Any):
     return str
 
 
-def _add_model_flags(parser: argparse.ArgumentParser, model: type, dest_prefix: str) -> None:
+BOOLEAN_WORDS = {"true": True, "1": True, "yes": True, "on": True,
+                 "false": False, "0": False, "no": False, "off": False}
+
+
+class BoolFlag(argparse.Action):
+    """`--flag` / `--no-flag` (as argparse.BooleanOptionalAction), and `--flag true|false` too,
+    as config files and older scripts say it. Unset stays None: the spec's default applies."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        flags = []
+        for option in option_strings:
+            flags.append(option)
+            if option.startswith("--"):
+                flags.append("--no-" + option[2:])
+        kwargs.pop("type", None)
+        super().__init__(flags, dest, nargs="?", metavar="BOOL", **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        """True for `--flag` or `--flag true`, False for `--no-flag` or `--flag false`."""
+        if option_string.startswith("--no-"):
+            if values is not None:
+                parser.error(f"{option_string} takes no value")
+            setattr(namespace, self.dest, False)
+            return
+        value = True if values is None else BOOLEAN_WORDS.get(values.lower())
+        if value is None:
+            parser.error(f"{option_string}: {values!r} is not a boolean (true/false; or use "
+                         f"{option_string} / --no-{option_string[2:]})")
+        setattr(namespace, self.dest, value)
+
+    def format_usage(self) -> str:
+        """`--flag | --no-flag` in the usage line."""
+        return " | ".join(self.option_strings)
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's help, with a boolean flag shown as `--flag, --no-flag`."""
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        if isinstance(action, BoolFlag):
+            return ", ".join(action.option_strings)
+        return super()._format_action_invocation(action)
+
+
+def _default_text(default: Any) -> str:
+    if isinstance(default, tuple):
+        return ",".join(map(str, default)) or "none"
+    return "none" if default is None else str(default)
+
+
+def _add_field_flag(group, name: str, field, dest: str, extra_help: str = "") -> None:
+    """One flag for a pydantic field: choices for a Literal, --x/--no-x for a bool, its default."""
+    annotation = field.annotation
+    text = (field.description or "").strip().replace("%", "%%")
+    default = field.default if field.default_factory is None else field.default_factory()
+    help_text = f"{text}{extra_help} (default: {_default_text(default)})"
+    if annotation is bool:
+        group.add_argument(_flag(name), dest=dest, action=BoolFlag, default=None, help=help_text)
+    elif getattr(annotation, "__origin__", None) is Literal:
+        group.add_argument(_flag(name), dest=dest, choices=get_args(annotation), default=None, help=help_text)
+    else:
+        metavar = {int: "N", float: "X"}.get(annotation, name.upper())
+        group.add_argument(_flag(name), dest=dest, metavar=metavar, type=_parse_value(annotation),
+                           default=None, help=help_text)
+
+
+def _add_model_flags(group, model: type, dest_prefix: str) -> None:
     """One flag per field of a pydantic model; help from the field's docstring."""
     for name, field in model.model_fields.items():
-        parser.add_argument(_flag(name), dest=f"{dest_prefix}{name}", metavar=name.upper(),
-                            type=_parse_value(field.annotation),
-                            default=None, help=(field.description or "") + f" (default {field.default})")
+        _add_field_flag(group, name, field, f"{dest_prefix}{name}")
+
+
+TRAIN_USAGE = "%(prog)s --env ID [options]   (or --config FILE, or --resume ARCHIVE_OR_DIR, which give the env)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The train command's flags: the job spec's, every A2CConfig and PolicyConfig field, where to run and write."""
-    for name in SPEC_FLAGS:
-        field = JobSpec.model_fields[name]
-        p.add_argument(_flag(name), dest=name, default=None, help=field.description)
-    p.add_argument("--no-tuned", dest="use_tuned", action="store_const", const=False, default=None,
-                   help="ignore the tuned hyperparameter table; use A2CConfig defaults for unset fields")
-    p.add_argument("--config", type=Path, help="YAML/JSON job spec (the schema of POST /jobs); flags override it")
-    p.add_argument("--address", help="Ray cluster address (auto, host:port, ray://...); default RAY_ADDRESS or embedded")
-    where = p.add_mutually_exclusive_group()
-    where.add_argument("--out", metavar="DIR_OR_URI",
-                       help="run directory, a path or a storage URI (default <storage>/<job id>)")
-    where.add_argument("--storage", metavar="PATH_OR_URI", default=None,
-                       help="where runs go, each in <storage>/<job id>/: a path, file:///..., or an fsspec/"
-                            "pyarrow URI such as s3://bucket/prefix (default runs, or ~/a2c-runs under "
-                            "`ray job submit --working-dir`)")
-    p.add_argument("--resume", metavar="ARCHIVE", help="checkpoint archive (path or storage URI) to continue from")
-    p.add_argument("--num-cpus", type=int, help="logical CPUs of the embedded Ray (default: enough for the job)")
-    _add_model_flags(p, A2CConfig, "a2c.")
-    _add_model_flags(p, PolicyConfig, "policy.")
+    p.usage = TRAIN_USAGE
+    p.formatter_class = HelpFormatter
+    job = p.add_argument_group("the job")
+    job.add_argument("--env", dest="env", metavar="ID", default=None,
+                     help="required (unless --config or --resume gives it): a registered gymnasium env id "
+                          "(see `a2c envs`)")
+    for name in SPEC_FLAGS[1:]:
+        _add_field_flag(job, name, JobSpec.model_fields[name], name)
+    job.add_argument("--tuned", dest="use_tuned", action=BoolFlag, default=None,
+                     help="fill the algorithm and policy fields you leave unset from the tuned table for "
+                          "the env (rl-zoo's recipes; docs/configuration.md); --no-tuned uses the defaults "
+                          "shown below (default: true)")
+    job.add_argument("--config", type=Path, metavar="FILE",
+                     help="YAML/JSON job spec (the schema of POST /jobs); flags override it")
+    job.add_argument("--resume", metavar="ARCHIVE_OR_DIR",
+                     help="continue from a checkpoint archive, or from the newest one of a run directory "
+                          "(runs/<job id>); a path or a storage URI")
+    where = p.add_argument_group("where it runs and writes")
+    where.add_argument("--address", help="Ray cluster address (auto, host:port, ray://...) "
+                                         "(default: RAY_ADDRESS, else an embedded local Ray)")
+    out = where.add_mutually_exclusive_group()
+    out.add_argument("--out", metavar="DIR_OR_URI",
+                     help="run directory, a path or a storage URI (default: <storage>/<job id>)")
+    out.add_argument("--storage", metavar="PATH_OR_URI", default=None,
+                     help="where runs go, each in <storage>/<job id>/: a path, file:///..., or an fsspec/"
+                          "pyarrow URI such as s3://bucket/prefix (default: runs, or ~/a2c-runs under "
+                          "`ray job submit --working-dir`)")
+    where.add_argument("--num-cpus", type=int, help="logical CPUs of the embedded Ray (default: enough for the job)")
+    note = (" Defaults are the config's own; an env in the tuned table (CartPole, Acrobot, Pendulum, "
+            "LunarLander, ...) takes its tuned values for the fields you leave unset, and `a2c train` "
+            "prints them as its [tuned] line.")
+    _add_model_flags(p.add_argument_group("the algorithm (A2CConfig)", note.strip()), A2CConfig, "a2c.")
+    _add_model_flags(p.add_argument_group("the policy (PolicyConfig)"), PolicyConfig, "policy.")
+
+
+def read_config(path: Path) -> Any:
+    """A YAML/JSON config file's content; InvalidSpec on `config` naming `file:line:column` and
+    the problem when it does not parse, or when there is no such file."""
+    try:
+        text = path.read_text()
+    except (FileNotFoundError, IsADirectoryError, UnicodeDecodeError) as exc:
+        reason = {FileNotFoundError: "no such file", IsADirectoryError: "a directory, not a file"}.get(
+            type(exc), "not a UTF-8 text file")
+        raise InvalidSpec("config", f"{path}: {reason}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        context = getattr(exc, "context", None)
+        raise InvalidSpec("config", f"{where}: {problem}" + (f" ({context})" if context else "")) from None
 
 
 def spec_from_args(args: argparse.Namespace, base: dict[str, Any] | None = None) -> JobSpec:
     """The job spec from a config file (or a checkpoint's config), overridden by flags."""
     data: dict[str, Any] = dict(base or {})
     if args.config:
-        loaded = yaml.safe_load(args.config.read_text())
+        loaded = read_config(args.config)
         if not isinstance(loaded, dict):
             raise InvalidSpec("config", f"{args.config} must hold a mapping of job spec fields")
         data.update(loaded)
@@ -110,26 +218,50 @@ class ConsoleSink:
     """Writes metrics/events as JSON lines and TensorBoard events in the run's location, and shows
     progress on stderr: a tqdm bar on a terminal, else a plain line every few seconds.
 
+    The bar counts env steps from `start_step` (a resumed run's) to `end_step`, the step the last
+    update ends at (total_steps rounded up to a whole batch), so it never runs past 100%. Its
+    clock starts with the training loop (the "started" event, or the first row), not with Ray's
+    start-up; its one speed is tqdm's, env steps per second since then. Each evaluation prints an
+    rl-zoo-like `eval/mean_reward` line above the bar.
+
     The run's location is a path or a storage URI; on an object store the files are rewritten
     at each checkpoint and at the end (see `storage.JsonLines`).
     """
 
-    def __init__(self, location: str, total_steps: int) -> None:
+    def __init__(self, location: str, total_steps: int, *, end_step: int | None = None,
+                 start_step: int = 0, hparams: dict[str, Any] | None = None) -> None:
         from service.run.tensorboard_log import TensorBoardLog
         self.total_steps = total_steps
+        self.end_step = max(end_step or total_steps, total_steps)
+        self.start_step = start_step
         self.metrics_file = storage.JsonLines(storage.join(location, "metrics.jsonl"))
         self.events_file = storage.JsonLines(storage.join(location, "events.jsonl"))
-        self.tensorboard = TensorBoardLog(location)
+        self.tensorboard = TensorBoardLog(location, hparams)
+        self.terminal = _is_terminal()
         self.bar = None
-        if _is_terminal():
-            from tqdm import tqdm
-            self.bar = tqdm(total=total_steps, unit="step", unit_scale=True, file=sys.stderr)
         self.last_print = 0.0
 
+    def _start_bar(self) -> None:
+        """Open the bar: its clock starts now."""
+        if self.terminal and self.bar is None:
+            from tqdm import tqdm
+            self.bar = tqdm(total=self.end_step, initial=self.start_step, unit=" env steps",
+                            unit_scale=True, file=sys.stderr, dynamic_ncols=True)
+
+    def _write(self, line: str) -> None:
+        """A line on stderr, above the bar when there is one (tqdm.write's default is stdout,
+        which must hold only the summary)."""
+        if self.bar is not None:
+            self.bar.write(line, file=sys.stderr)
+        else:
+            print(line, file=sys.stderr)
+
     def event(self, kind: str, message: str) -> None:
-        """Record and show an event."""
+        """Record and show an event; "started" (the training loop begins) starts the bar."""
         self.events_file.append({"time": time.time(), "kind": kind, "message": message})
-        (self.bar.write if self.bar else lambda m: print(m, file=sys.stderr))(f"[{kind}] {message}")
+        self._write(f"[{kind}] {message}")
+        if kind == "started":
+            self._start_bar()
 
     def metrics(self, row: dict[str, Any]) -> None:
         """Record a row and advance the progress display."""
@@ -137,12 +269,16 @@ class ConsoleSink:
         self.tensorboard.write(row)
         ret = row["episode_return_mean"]
         desc = f"return {ret:.1f}" if ret is not None else "return -"
-        if self.bar is not None:
-            self.bar.n = row["step"]
-            self.bar.set_postfix_str(f"{desc} sps {row['env_steps_per_s']:.0f}", refresh=True)
+        evaluated = row.get("eval_return_mean")
+        if self.terminal:
+            self._start_bar()
+            if evaluated is not None:
+                self._write(f"step {row['step']}: eval/mean_reward {evaluated:.2f}")
+            self.bar.n = min(row["step"], self.end_step)
+            self.bar.set_postfix_str(desc, refresh=True)
         elif time.monotonic() - self.last_print > 5 or "eval_return_mean" in row:
             self.last_print = time.monotonic()
-            extra = f" eval {row['eval_return_mean']:.1f}" if "eval_return_mean" in row else ""
+            extra = f" eval {evaluated:.1f}" if evaluated is not None else ""
             print(f"step {row['step']}/{self.total_steps} {desc}{extra} sps {row['env_steps_per_s']:.0f}",
                   file=sys.stderr)
 
@@ -201,10 +337,10 @@ def run_location(out: str | None, base: str | None, job_id: str, cwd: Path | Non
 def run(args: argparse.Namespace) -> int:
     """Validate, connect to Ray, run one job, print the summary JSON line."""
     from service.cluster import connect_in_background
-    from service.run.checkpoints import read_checkpoint
+    from service.run.checkpoints import open_checkpoint
     from service.run.spec import env_spaces, job_spaces
 
-    resume = read_checkpoint(args.resume) if args.resume else None
+    resume_from, resume = open_checkpoint(args.resume) if args.resume else (None, None)
     spec = spec_from_args(args, base=resume.config if resume else None)
     env_spaces(spec)  # a bad spec, env or env_kwargs fails here, before Ray starts
     connected = connect_in_background(args.address, args.num_cpus or max(os.cpu_count() or 1, spec.cpus_needed))
@@ -220,7 +356,13 @@ def run(args: argparse.Namespace) -> int:
         report_now(exc)  # say it now, not after Ray has come up only to be shut down
         _disconnect_ray(connected)
         raise
-    sink = ConsoleSink(out, spec.total_steps)
+    start_step = resume.state.step if resume else 0
+    batches = max(-(-(spec.total_steps - start_step) // spec.a2c.steps_per_batch), 0)
+    sink = ConsoleSink(out, spec.total_steps, start_step=start_step,
+                       end_step=start_step + batches * spec.a2c.steps_per_batch,
+                       hparams=spec.model_dump(mode="json"))
+    if resume is not None:
+        sink.event("resume", f"from {resume_from}, step {resume.state.step}")
     try:
         where, took = connected()
         sink.event("ray", f"{where}, up in {took:.2f}s")
@@ -242,7 +384,7 @@ def run(args: argparse.Namespace) -> int:
         sink.close()
         _disconnect_ray(connected)
     print(json.dumps(summary), flush=True)
-    return 0
+    return EXIT_STOPPED if summary["status"] == "STOPPED" else 0
 
 
 def _disconnect_ray(connected: Callable[[], tuple[str, float]]) -> None:
@@ -259,21 +401,27 @@ def _disconnect_ray(connected: Callable[[], tuple[str, float]]) -> None:
         ray.shutdown()
 
 
+class UsageError(ValueError):
+    """A command's input that cannot work (not a job spec's field): shown as one line, exit 2."""
+
+
 def user_error(exc: BaseException) -> tuple[str, int] | None:
-    """(the one line a user gets, the exit code) for an error of theirs or of the run: 2 for a
-    bad spec, 1 for a checkpoint, storage or training failure; None for anything else (a bug:
-    its traceback is shown)."""
+    """(the lines a user gets, the exit code) for an error of theirs or of the run: EXIT_INVALID
+    for bad input (one line per problem of a spec), EXIT_FAILED for a checkpoint, storage or
+    training failure; None for anything else (a bug: its traceback is shown)."""
     from learner.checkpoint import CheckpointRejected
     from service.run.worker_group import TrainingFailed
     if isinstance(exc, InvalidSpec):
-        return f"a2c: invalid job spec: {exc}", 2
+        return "\n".join(f"a2c: invalid job spec: {field}: {message}" for field, message in exc.problems), EXIT_INVALID
+    if isinstance(exc, UsageError):
+        return f"a2c: {exc}", EXIT_INVALID
     if isinstance(exc, (CheckpointRejected, TrainingFailed, FileNotFoundError, storage.StorageUnavailable)):
-        return f"a2c: {type(exc).__name__}: {exc}", 1
+        return f"a2c: {type(exc).__name__}: {exc}", EXIT_FAILED
     return None
 
 
 def report_now(exc: BaseException) -> None:
-    """Print a user error's line at once (`report_errors` then only sets the exit code)."""
+    """Print a user error's lines at once (`report_errors` then only sets the exit code)."""
     said = user_error(exc)
     if said is not None:
         print(said[0], file=sys.stderr, flush=True)
@@ -281,11 +429,11 @@ def report_now(exc: BaseException) -> None:
 
 
 def report_errors(command: Callable[[], int]) -> int:
-    """Run a command; a user error ends it with one clear line on stderr and exit code 2 (a bad
-    spec) or 1 (a checkpoint, storage or training failure), not a traceback."""
+    """Run a command; a user error ends it with clear lines on stderr (one per problem) and exit
+    code 2 (bad input) or 1 (a checkpoint, storage or training failure), not a traceback."""
     try:
         return command()
-    except Exception as exc:  # noqa: BLE001 - users get one clear line, not a traceback
+    except Exception as exc:  # noqa: BLE001 - users get clear lines, not a traceback
         said = user_error(exc)
         if said is None:
             raise
@@ -294,13 +442,34 @@ def report_errors(command: Callable[[], int]) -> int:
         return said[1]
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """`parser.parse_args`, but an unknown flag is refused by the (sub)command it was given to,
+    with its usage and the closest flags it has ("did you mean --total-steps?")."""
+    import difflib
+    args, extra = parser.parse_known_args(argv)
+    if not extra:
+        return args
+    target = parser
+    for action in parser._actions:  # the subcommand's own parser, when there are subcommands
+        if isinstance(action, argparse._SubParsersAction):
+            target = action.choices.get(getattr(args, action.dest, None), parser)
+    flags = [f for f in target._option_string_actions if f.startswith("--")]
+    hints = []
+    for arg in extra:
+        if arg.startswith("-"):
+            close = difflib.get_close_matches(arg.split("=", 1)[0], flags, n=2, cutoff=0.6)
+            if close:
+                hints.append(f"{arg}: did you mean {' or '.join(close)}?")
+    target.error(f"unrecognized arguments: {' '.join(extra)}" + ("; " + "; ".join(hints) if hints else ""))
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m service.train ...`: the same flags as `a2c train`."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(prog="python -m service.train",
                                      description="Train one A2C job on Ray (embedded local Ray by default).")
     add_arguments(parser)
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     return report_errors(lambda: run(args))
 
 

@@ -27,6 +27,8 @@ end instead."""
 
 EXTRAS = {"ale_py": "atari", "mujoco": "mujoco"}
 """Module an env family needs -> the extra of this package that installs it."""
+INSTALL = {"Box2D": 'pip install "gymnasium[box2d]"'}
+"""Module an env family needs -> the command that installs it, where no extra of this package does."""
 
 
 class UnknownEnvironment(ValueError):
@@ -55,11 +57,24 @@ def _needed_module(env_id: str) -> str | None:
         return "ale_py"
     if entry.startswith("gymnasium.envs.mujoco."):
         return "mujoco"
+    if entry.startswith("gymnasium.envs.box2d."):
+        return "Box2D"
     return None
 
 
 def _install_hint(module: str) -> str:
-    return f"pip install 'a2c-service[{EXTRAS[module]}]'"
+    return INSTALL.get(module) or f"pip install 'a2c-service[{EXTRAS[module]}]'"
+
+
+def similar_env_ids(env_id: str, n: int = 3) -> list[str]:
+    """Registered ids close to a mistyped one: the same id in another case first, then
+    difflib's closest matches (case-insensitive)."""
+    import difflib
+    by_lower = {k.lower(): k for k in gym.registry if ":" not in k}
+    wanted = env_id.lower()
+    if wanted in by_lower:
+        return [by_lower[wanted]]
+    return [by_lower[k] for k in difflib.get_close_matches(wanted, list(by_lower), n=n, cutoff=0.75)]
 
 
 def check_env_id(env_id: str) -> None:
@@ -73,8 +88,10 @@ def check_env_id(env_id: str) -> None:
     if env_id not in gym.registry:
         hint = (f" (Atari ids need ale-py, which is not installed: {_install_hint('ale_py')})"
                 if "atari" in missing else "")
+        close = similar_env_ids(env_id)
+        guess = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
         raise UnknownEnvironment(
-            f"env {env_id!r} is not a registered gymnasium env; see `a2c envs` for the list{hint}")
+            f"env {env_id!r} is not a registered gymnasium env{guess}; see `a2c envs` for the list{hint}")
     module = _needed_module(env_id)
     if module is not None:
         try:

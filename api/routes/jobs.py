@@ -20,9 +20,25 @@ IdempotencyKey = Annotated[str | None, Header(
     description="Any unique string; a retry with the same key and body returns the same job.")]
 
 
+JOB_EXAMPLES = {
+    "cartpole": {"summary": "CartPole, tuned values for the rest",
+                 "description": "Fields left out take the env's tuned values (GET /envs/{env}/defaults) "
+                                "or the schema's defaults.",
+                 "value": {"env": "CartPole-v1", "total_steps": 100000, "workers": 2, "seed": 0}},
+    "explicit": {"summary": "Pendulum with algorithm and policy settings",
+                 "value": {"env": "Pendulum-v1", "total_steps": 200000, "workers": 2, "envs_per_worker": 8,
+                           "a2c": {"steps_per_batch": 1024, "learning_rate": 0.001, "gamma": 0.9},
+                           "policy": {"hidden_sizes": [64, 64]}}},
+    "resume": {"summary": "Continue an earlier job from its latest checkpoint",
+               "value": {"resume_from": {"job_id": "0123456789ab", "checkpoint": "latest"},
+                         "total_steps": 200000}},
+}
+
+
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=JobPublic,
              responses={404: {"description": "Unknown job"}, 422: {"description": "The field at fault is in `loc`"}})
-def create_job(body: Annotated[JobCreate, SkipValidation, Body(title="JobCreate")], manager: ManagerDep,
+def create_job(body: Annotated[JobCreate, SkipValidation, Body(title="JobCreate", openapi_examples=JOB_EXAMPLES)],
+               manager: ManagerDep,
                response: Response, idempotency_key: IdempotencyKey = None) -> JobPublic:
     """Submit a training job; it starts in the background (PENDING until its actors run)."""
     job, replayed = manager.submit(body, idempotency_key)
@@ -37,7 +53,7 @@ def list_jobs(queries: QueriesDep,
               status_: Annotated[list[JobStatus] | None, Query(alias="status", description="Only these states (repeatable).")] = None,
               max_results: Annotated[int, Query(ge=1, le=500)] = 50,
               page_token: Annotated[str | None, Query(max_length=200)] = None) -> JobsPublic:
-    """Jobs, newest first, a page at a time."""
+    """Jobs, newest first, a page at a time; each with its spec (`name`, `tags`, seed, config)."""
     jobs, token = queries.list(status_, max_results, page_token)
     return JobsPublic(jobs=[JobPublic.from_row(j) for j in jobs], next_page_token=token)
 

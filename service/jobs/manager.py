@@ -412,7 +412,7 @@ class JobManager:
         """Train one job to its end in a driver process and record the outcome (runs in the job's thread)."""
         try:
             location = self.locations.job(job.id)
-            sink = StoreSink(self.store, job.id, self.locations.record, location)
+            sink = StoreSink(self.store, job.id, self.locations.record, location, hparams=job.spec)
             request = DriverRequest(
                 job.id, job.spec, location, self.locations.resolve(job.resume_path) if job.resume_path else None,
                 job.resume_path, self.limits.resource_timeout_s, self.ray_address or driver_address())

@@ -13,9 +13,10 @@ from service.store import CheckpointRow, JobStore
 class StoreSink:
     """Records one job's progress in the store (the server replays its driver's calls here)."""
 
-    def __init__(self, store: JobStore, job_id: str, record: Callable[[str], str], location: str) -> None:
+    def __init__(self, store: JobStore, job_id: str, record: Callable[[str], str], location: str,
+                 hparams: dict[str, Any] | None = None) -> None:
         self.store, self.job_id, self.record = store, job_id, record
-        self.tensorboard = TensorBoardLog(location)
+        self.tensorboard = TensorBoardLog(location, hparams)
 
     def event(self, kind: str, message: str) -> None:
         """Record the event; "started" is when the job becomes RUNNING."""

@@ -6,17 +6,18 @@ from __future__ import annotations
 
 import json
 import math
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from learner.config import A2CConfig, FrozenModel, PolicyConfig
 from learner.spaces import SpacesSpec, policy_mismatch
 from service.run.tuned import tuned_for
-from workers.env import UnknownEnvironment, check_env_id, describe_spaces
 
-if TYPE_CHECKING:  # torch stays unimported until a spec is checked against its env
+if TYPE_CHECKING:
     from learner.checkpoint import Checkpoint
+# torch and gymnasium are imported where they are used, so that the CLI's parser (which reads
+# JobSpec's fields) and `a2c serve`'s port check start in a fraction of a second.
 
 JsonScalar = str | int | float | bool | None
 
@@ -26,11 +27,18 @@ weights, three times that with Adam's moments, held by the learner and by every 
 
 
 class InvalidSpec(ValueError):
-    """A job spec that cannot run; `field` names the offending field (dotted path)."""
+    """A job spec that cannot run; `field` names the offending field (dotted path). `more` holds
+    the other problems found at the same time, as (field, message) pairs, so that a user sees
+    them all at once."""
 
-    def __init__(self, field: str, message: str) -> None:
+    def __init__(self, field: str, message: str, more: tuple[tuple[str, str], ...] = ()) -> None:
         super().__init__(f"{field}: {message}")
-        self.field, self.message = field, message
+        self.field, self.message, self.more = field, message, tuple(more)
+
+    @property
+    def problems(self) -> list[tuple[str, str]]:
+        """Every (field, message), this one first."""
+        return [(self.field, self.message), *self.more]
 
 
 class JobSpec(FrozenModel):
@@ -74,10 +82,18 @@ class JobSpec(FrozenModel):
     """Set by the service: the fields taken from the tuned table, e.g. `a2c.learning_rate`."""
     a2c: A2CConfig = Field(default_factory=A2CConfig)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    name: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[\w][\w .+=-]*$",
+                             examples=["lr-sweep-1"])
+    """A label of your choosing for the run (letters, digits, space and `._+=-`): listed with the
+    job, and in its TensorBoard hparams."""
+    tags: tuple[Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[\w.+=:-]+$")], ...] = Field(
+        (), max_length=16, examples=[["baseline", "seed-sweep"]])
+    """Labels to group runs by (listed with the job, logged as a TensorBoard hparam); at most 16, each one word."""
 
     @field_validator("env")
     @classmethod
     def _registered(cls, env: str) -> str:
+        from workers.env import UnknownEnvironment, check_env_id
         try:
             check_env_id(env)
         except UnknownEnvironment as exc:
@@ -152,7 +168,8 @@ def check_json_values(value: Any, field: str = "spec") -> None:
 
 def build_spec(data: dict[str, Any], *, strict: bool = False) -> JobSpec:
     """Validate a raw job spec, filling `a2c`/`policy` fields the user did not set from the tuned
-    table for its env (recorded in `tuned`). Raises InvalidSpec naming the first bad field.
+    table for its env (recorded in `tuned`). Raises InvalidSpec naming every bad field (the
+    first in `field`, the others in `more`).
 
     `strict`: JSON types must match the schema (`"2"` or `true` is not a number), as for the
     HTTP API; the CLI's flags arrive as strings and are converted leniently.
@@ -183,22 +200,29 @@ def build_spec(data: dict[str, Any], *, strict: bool = False) -> JobSpec:
             return JobSpec.model_validate_json(json.dumps(data), strict=True)
         return JobSpec.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        cause = (err.get("ctx") or {}).get("error")
-        if isinstance(cause, InvalidSpec):  # a cross-field check that knows its field
-            raise cause from None
-        field = ".".join(str(p) for p in err["loc"]) or "spec"
-        msg = err["msg"].removeprefix("Value error, ")
-        raise InvalidSpec(field, msg) from None
+        problems = []
+        for err in exc.errors():
+            cause = (err.get("ctx") or {}).get("error")
+            if isinstance(cause, InvalidSpec):  # a cross-field check that knows its field
+                problems += cause.problems
+            else:
+                problems.append((".".join(str(p) for p in err["loc"]) or "spec",
+                                 err["msg"].removeprefix("Value error, ")))
+        raise InvalidSpec(*problems[0], more=tuple(problems[1:])) from None
 
 
 def env_spaces(spec: JobSpec) -> SpacesSpec:
     """The env's spaces, once the job's env and policy config are known to fit them; raises
     InvalidSpec naming the field that does not. Needs no torch (see `job_spaces` for the rest)."""
+    from gymnasium.error import DependencyNotInstalled
+
+    from workers.env import UnknownEnvironment, describe_spaces
     try:
         spaces = describe_spaces(spec.env, spec.env_kwargs)
     except UnknownEnvironment as exc:
         raise InvalidSpec("env", str(exc)) from None
+    except DependencyNotInstalled as exc:  # a package the env needs, not its kwargs
+        raise InvalidSpec("env", f"{spec.env} cannot be made: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - bad env_kwargs raise whatever the env raises
         raise InvalidSpec("env_kwargs", f"{spec.env} cannot be made with these kwargs: {exc}") from None
     mismatch = policy_mismatch(spaces, spec.policy)
@@ -223,6 +247,28 @@ def job_spaces(spec: JobSpec, resume: Checkpoint | None = None) -> SpacesSpec:
     return spaces
 
 
+def _describe_actions(spaces: SpacesSpec) -> str:
+    if spaces.action_type == "discrete":
+        return f"{spaces.action_n} discrete actions"
+    return f"continuous actions of shape {spaces.action_shape}"
+
+
+def spaces_difference(env: SpacesSpec, checkpoint: SpacesSpec) -> str:
+    """How an env's spaces differ from a checkpoint's, in words, e.g. `observations (6,) here,
+    (4,) in the checkpoint; actions: 3 discrete actions here, 2 discrete actions in the checkpoint`."""
+    parts = []
+    if (env.obs_shape, env.obs_dtype) != (checkpoint.obs_shape, checkpoint.obs_dtype):
+        parts.append(f"observations {env.obs_shape} {env.obs_dtype} here, {checkpoint.obs_shape} "
+                     f"{checkpoint.obs_dtype} in the checkpoint")
+    here, there = _describe_actions(env), _describe_actions(checkpoint)
+    if here != there:
+        parts.append(f"actions: {here} here, {there} in the checkpoint")
+    elif (env.action_low, env.action_high) != (checkpoint.action_low, checkpoint.action_high):
+        parts.append(f"action bounds {env.action_low}..{env.action_high} here, "
+                     f"{checkpoint.action_low}..{checkpoint.action_high} in the checkpoint")
+    return "; ".join(parts) or "the spaces differ"
+
+
 def check_resume(spec: JobSpec, resume: Checkpoint, spaces: SpacesSpec,
                  shapes: dict[str, tuple[int, ...]] | None = None) -> None:
     """Refuse a resumed job whose env or policy the checkpoint's weights do not fit, or whose
@@ -234,8 +280,8 @@ def check_resume(spec: JobSpec, resume: Checkpoint, spaces: SpacesSpec,
         raise InvalidSpec("a2c.optimizer", f"the checkpoint holds the state of {trained_with}, which a "
                           f"resumed job continues; leave optimizer unset or set it to {trained_with}")
     if resume.spaces != spaces:
-        raise InvalidSpec("env", f"{spec.env}'s spaces {spaces} do not match the checkpoint's "
-                          f"({resume.env_id}: {resume.spaces})")
+        raise InvalidSpec("env", f"{spec.env}'s spaces do not match the checkpoint's ({resume.env_id}): "
+                          + spaces_difference(spaces, resume.spaces))
     want = shapes if shapes is not None else shape_of(spaces, spec.policy)
     have = {k: tuple(v.shape) for k, v in resume.state.weights.tensors.items()}
     if want != have:

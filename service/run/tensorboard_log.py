@@ -30,6 +30,26 @@ from service import storage
 
 _opened = itertools.count()
 
+HPARAMS_METRICS = ("episode_return_mean", "eval_return_mean")
+"""The metrics the HParams tab sets against each run's hyperparameters."""
+HPARAMS_LEFT_OUT = {"tuned", "env_kwargs"}
+"""Spec keys that are not hyperparameters (`tuned` is a list of field names)."""
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, bool | int | float | str]:
+    """A nested spec as {dotted key: scalar}; lists become comma-joined text, None "none"."""
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            out.update(_flatten(item, f"{prefix}{key}."))
+        return out
+    key = prefix[:-1]
+    if isinstance(value, (list, tuple)):
+        return {key: ",".join(map(str, value))}
+    if value is None:
+        return {key: "none"}
+    return {key: value if isinstance(value, (bool, int, float, str)) else str(value)}
+
 
 def _record(data: bytes) -> bytes:
     """One TFRecord: length, its checksum, the data, its checksum."""
@@ -42,7 +62,7 @@ class TensorBoardLog:
     per log, as TensorBoard expects: a resumed job adds a file next to the earlier ones and the
     series continue)."""
 
-    def __init__(self, log_dir: str | os.PathLike) -> None:
+    def __init__(self, log_dir: str | os.PathLike, hparams: dict[str, Any] | None = None) -> None:
         log_dir = os.fspath(log_dir)
         # TensorBoard's naming. Readers take a directory's files in name order, so names sort by
         # creation: seconds, then a per-process counter for logs opened in the same second.
@@ -55,6 +75,16 @@ class TensorBoardLog:
         else:
             self._buffer = []
         self._append(Event(wall_time=time.time(), file_version="brain.Event:2"))
+        if hparams:
+            self.write_hparams(hparams)
+
+    def write_hparams(self, spec: dict[str, Any]) -> None:
+        """The run's hyperparameters (a job spec, flattened to dotted keys such as
+        `a2c.learning_rate`) for TensorBoard's HParams tab, against the return metrics."""
+        from tensorboardX.summary import hparams as hparams_summaries
+        flat = {key: value for key, value in _flatten(spec).items() if key not in HPARAMS_LEFT_OUT}
+        for summary in hparams_summaries(flat, {key: 0.0 for key in HPARAMS_METRICS}):
+            self._append(Event(wall_time=time.time(), summary=summary))
 
     def write(self, row: dict[str, Any]) -> None:
         """One event at `row["step"]`: a scalar per finite number in the row (step aside)."""

@@ -149,6 +149,15 @@ def test_wrong_types_and_ranges_are_422_naming_the_field(client, change, loc):
     assert job_count(client) == 0
 
 
+def test_every_bad_field_of_a_job_is_in_the_422_not_only_the_first(client):
+    r = client.post("/jobs", json={**SPEC, "workers": 0, "a2c": {"steps_per_batch": 256, "gamma": 2,
+                                                              "learning_rate": -1}})
+    assert r.status_code == 422, r.text
+    assert sorted(e["loc"] for e in r.json()["detail"]) == [
+        ["body", "a2c", "gamma"], ["body", "a2c", "learning_rate"], ["body", "workers"]]
+    assert job_count(client) == 0
+
+
 @pytest.mark.parametrize("body,loc", [
     (b'{"env": "CartPole-v1", "a2c": {"learning_rate": NaN}}', ("a2c", "learning_rate")),
     (b'{"env": "Pendulum-v1", "env_kwargs": {"g": Infinity}}', ("env_kwargs", "g")),

@@ -101,7 +101,7 @@ def test_sigint_stops_with_a_final_checkpoint_and_summary(tmp_path):
         time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 0, stderr
+    assert proc.returncode == 3, stderr  # STOPPED: its own exit code, not success's 0 (docs/configuration.md)
     summary = json.loads(stdout.strip().splitlines()[-1])
     assert summary["status"] == "STOPPED" and summary["steps"] >= 3 * 256
     from learner.checkpoint import read_archive
@@ -185,3 +185,178 @@ def test_storage_scheme_nothing_can_open_fails_before_ray_starts(tmp_path):
     result = a2c("train", "--env", "CartPole-v1", "--storage", "nosuchfs://bucket/runs", timeout=60)
     assert result.returncode == 1 and "StorageUnavailable" in result.stderr and "nosuchfs://" in result.stderr
     assert "[ray]" not in result.stderr
+
+
+def _cartpole_run_dir(root) -> "Path":
+    """A run directory as `a2c train` leaves it, with two CartPole checkpoints (made without Ray)."""
+    from learner.checkpoint import archive_bytes
+    from learner.config import A2CConfig, PolicyConfig
+    from learner.learner import Learner
+    from learner.spaces import SpacesSpec
+
+    spaces = SpacesSpec(obs_shape=(4,), action_type="discrete", action_n=2)
+    a2c_config = A2CConfig(steps_per_batch=256)
+    config = {"env": "CartPole-v1", "total_steps": 4096, "workers": 1, "envs_per_worker": 4,
+              "eval_every": 0, "a2c": a2c_config.model_dump(mode="json"),
+              "policy": PolicyConfig().model_dump(mode="json")}
+    data = archive_bytes(Learner(spaces, PolicyConfig(), a2c_config, 4096, seed=0).state(), spaces,
+                         "CartPole-v1", config)
+    (root / "checkpoints").mkdir(parents=True)
+    for name in ("step-0000000000.tar.gz", "step-0000000256.tar.gz"):
+        (root / "checkpoints" / name).write_bytes(data)
+    return root
+
+
+def _one_line(result) -> str:
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    return lines[0]
+
+
+def test_resume_from_a_run_directory_takes_its_newest_checkpoint(tmp_path):
+    run = _cartpole_run_dir(tmp_path / "runs" / "abc")
+    result = a2c("train", "--resume", str(run), "--total-steps", "256", "--out", str(tmp_path / "next"))
+    assert result.returncode == 0, result.stderr
+    assert f"[resume] from {run}/checkpoints/step-0000000256.tar.gz" in result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1])["status"] == "SUCCEEDED"
+
+
+def test_resume_from_a_directory_without_checkpoints_says_what_to_pass(tmp_path):
+    (tmp_path / "empty").mkdir()
+    line = _one_line(a2c("train", "--resume", str(tmp_path / "empty"), timeout=60))
+    assert "no checkpoint archive (*.tar.gz) under" in line and "pass an archive or a run directory" in line
+
+
+def test_malformed_yaml_is_one_line_naming_file_line_and_problem(tmp_path):
+    cfg = tmp_path / "job.yaml"
+    cfg.write_text("env: CartPole-v1\ntotal_steps: 1000\na2c: {gamma: 0.9\nworkers: 2\n")
+    result = a2c("train", "--config", str(cfg), timeout=60)
+    assert result.returncode == 2
+    line = _one_line(result)
+    assert line.startswith(f"a2c: invalid job spec: config: {cfg}:4:") and "expected ',' or '}'" in line, line
+
+
+def test_missing_config_file_is_named(tmp_path):
+    line = _one_line(a2c("train", "--config", str(tmp_path / "nope.yaml"), timeout=60))
+    assert line == f"a2c: invalid job spec: config: {tmp_path / 'nope.yaml'}: no such file"
+
+
+def test_evaluate_on_an_env_with_other_spaces_says_how_they_differ(tmp_path):
+    run = _cartpole_run_dir(tmp_path / "run")
+    result = a2c("evaluate", str(run), "--env", "Acrobot-v1", "--episodes", "1", timeout=60)
+    assert result.returncode == 2
+    line = _one_line(result)
+    assert "--env Acrobot-v1: its spaces differ from the checkpoint's (CartPole-v1)" in line
+    assert "observations (6,) float32 here, (4,) float32 in the checkpoint" in line
+    assert "3 discrete actions here, 2 discrete actions in the checkpoint" in line
+
+
+def test_evaluate_tells_a_file_that_is_no_archive_from_a_missing_one(tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    existing = _one_line(a2c("evaluate", str(notes), timeout=60))
+    missing = _one_line(a2c("evaluate", str(tmp_path / "gone.tar.gz"), timeout=60))
+    assert f"{notes} is not a usable checkpoint archive: not a readable .tar.gz archive" in existing
+    assert missing == f"a2c: FileNotFoundError: {tmp_path / 'gone.tar.gz'}: no such file or directory"
+
+
+def test_a_box2d_env_without_box2d_gets_the_pip_command_not_env_kwargs(tmp_path):
+    code = ("import sys; sys.modules['Box2D'] = None\n"  # as if Box2D were not installed
+            "from api.cli import main; sys.exit(main(sys.argv[1:]))")
+    result = subprocess.run([sys.executable, "-c", code, "train", "--env", "LunarLander-v3", "--out",
+                             str(tmp_path / "run")], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    line = _one_line(result)
+    assert line.startswith("a2c: invalid job spec: env: ") and 'pip install "gymnasium[box2d]"' in line
+    assert "env_kwargs" not in line
+
+
+def test_every_invalid_field_is_shown_not_only_the_first(tmp_path):
+    result = a2c("train", "--env", "CartPole-v1", "--learning-rate", "-1", "--gamma", "2", "--workers", "0",
+                 "--out", str(tmp_path / "run"), timeout=60)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    fields = [line.split(": ")[2] for line in result.stderr.strip().splitlines()]
+    assert sorted(fields) == ["a2c.gamma", "a2c.learning_rate", "workers"], result.stderr
+
+
+def test_a_mistyped_env_id_gets_a_did_you_mean(tmp_path):
+    line = _one_line(a2c("train", "--env", "cartpole-v1", "--out", str(tmp_path / "run"), timeout=60))
+    assert "env 'cartpole-v1' is not a registered gymnasium env (did you mean 'CartPole-v1'?)" in line
+
+
+def test_a_mistyped_flag_gets_the_subcommands_usage_and_a_did_you_mean():
+    result = a2c("train", "--env", "CartPole-v1", "--totl-steps", "5000", timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.startswith("usage: a2c train")
+    assert "unrecognized arguments: --totl-steps 5000; --totl-steps: did you mean --total-steps?" in result.stderr
+
+
+def test_bare_a2c_prints_its_help_and_exits_0():
+    result = a2c(timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: a2c") and "train" in result.stdout and "serve" in result.stdout
+
+
+def test_version():
+    from importlib.metadata import version
+    result = a2c("--version", timeout=60)
+    assert result.returncode == 0 and result.stdout.strip() == f"a2c {version('a2c-service')}"
+
+
+def test_train_help_shows_defaults_choices_the_required_env_and_boolean_pairs():
+    out = a2c("train", "--help", timeout=60).stdout
+    flat = " ".join(out.split())  # help text is wrapped
+    assert out.startswith("usage: a2c train --env ID [options]")
+    assert "--env ID required (unless --config or --resume gives it)" in flat
+    assert "--total-steps N Env steps to train for (over all workers and envs). (default: 100000)" in flat
+    assert "--workers N Rollout worker actors (1 CPU each). (default: 2)" in flat
+    assert "--mode {sync,async}" in flat and "--learner-device {auto,cpu,cuda}" in flat
+    assert "--optimizer {adam,rmsprop,rmsprop_tf}" in flat
+    assert "--normalize-advantages, --no-normalize-advantages" in flat and "--tuned, --no-tuned" in flat
+    assert "(default: 2048)" in flat and "tuned table" in flat
+
+
+@pytest.mark.parametrize("flags,value", [([], None), (["--normalize-advantages"], True),
+                                         (["--no-normalize-advantages"], False),
+                                         (["--normalize-advantages", "true"], True),
+                                         (["--normalize-advantages", "no"], False)])
+def test_booleans_are_flags_and_still_take_true_or_false(flags, value):
+    from api.cli import build_parser
+    args = build_parser().parse_args(["train", "--env", "CartPole-v1", *flags])
+    assert getattr(args, "a2c.normalize_advantages") is value
+
+
+@pytest.mark.parametrize("command,flags", [("evaluate", ["--episodes", "--env", "--seed", "ARCHIVE_OR_DIR"]),
+                                           ("serve", ["--host", "--port", "--data-dir", "--address", "--storage"])])
+def test_evaluate_and_serve_explain_every_flag(command, flags):
+    from api.cli import build_parser
+    parser = next(a for a in build_parser()._actions if isinstance(a, __import__("argparse")._SubParsersAction))
+    sub = parser.choices[command]
+    assert sub.description
+    helps = {(a.option_strings or [a.metavar])[0]: a.help for a in sub._actions}
+    assert all(helps.get(flag) for flag in flags), helps
+
+
+def test_serve_on_a_busy_port_fails_at_once_before_ray_starts(tmp_path):
+    import socket
+    import time
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        t0 = time.monotonic()
+        result = a2c("serve", "--port", str(port), "--data-dir", str(tmp_path / "data"), timeout=120)
+        elapsed = time.monotonic() - t0
+    assert result.returncode == 3
+    assert _one_line(result) == (f"a2c serve: port {port} on 127.0.0.1 is already in use (another `a2c serve`?): "
+                                 "stop it, or pass --port with a free port")
+    assert not (tmp_path / "data").exists()  # no Ray, no store: nothing was started
+    assert elapsed < 10, elapsed  # the interpreter and the parser; Ray's start-up alone takes longer
+
+
+def test_name_and_tags_flags_go_into_the_spec():
+    from api.cli import build_parser
+    from service.train import spec_from_args
+    args = build_parser().parse_args(["train", "--env", "CartPole-v1", "--name", "base line", "--tags", "x,y"])
+    spec = spec_from_args(args)
+    assert spec.name == "base line" and spec.tags == ("x", "y")

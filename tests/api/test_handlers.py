@@ -56,6 +56,18 @@ def test_fields_left_out_take_the_spec_defaults(client):
     assert job["spec"]["a2c"]["learning_rate"] > 0 and job["spec"]["total_steps"] == 100_000
 
 
+def test_name_and_tags_are_stored_and_listed(client):
+    a = client.post("/jobs", json={**SPEC, "name": "lr sweep 1", "tags": ["sweep", "lr"]}).json()
+    b = client.post("/jobs", json={**SPEC, "tags": ["sweep"]}).json()
+    c = client.post("/jobs", json=SPEC).json()
+    listed = {j["id"]: j["spec"] for j in client.get("/jobs").json()["jobs"]}
+    assert listed[a["id"]]["name"] == "lr sweep 1" and listed[a["id"]]["tags"] == ["sweep", "lr"]
+    assert listed[c["id"]]["name"] is None and listed[c["id"]]["tags"] == []
+    assert listed[b["id"]]["tags"] == ["sweep"]
+    r = client.post("/jobs", json={**SPEC, "name": "../etc", "tags": ["two words"]})
+    assert r.status_code == 422 and sorted(e["loc"][1] for e in r.json()["detail"]) == ["name", "tags"]
+
+
 def test_stop_of_a_queued_job_is_202_then_stopped_then_409(client):
     job_id = client.post("/jobs", json=SPEC).json()["id"]
     r = client.post(f"/jobs/{job_id}/stop")

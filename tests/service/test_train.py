@@ -42,14 +42,48 @@ def test_plain_lines_show_step_of_total_return_and_sps_when_not_on_a_terminal(tm
     assert "\r" not in "".join(lines)  # no bar redraws in logs
 
 
-def test_progress_bar_shows_steps_return_and_sps_on_a_terminal(tmp_path, capsys, monkeypatch):
+def test_progress_bar_shows_steps_return_and_one_speed_on_a_terminal(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(train, "_is_terminal", lambda: True)
     sink = ConsoleSink(tmp_path, total_steps=1024)
     for row in rows(2):
         sink.metrics(row)
     sink.close()
     err = capsys.readouterr().err
-    assert "512/1.02k" in err and "return 12.0 sps 1002" in err
+    assert "512/1.02k" in err and "return 12.0" in err
+    assert "env steps/s" in err and "sps" not in err  # one speed: tqdm's, in env steps/s
+
+
+def test_terminal_prints_an_eval_line_at_each_evaluation(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(train, "_is_terminal", lambda: True)
+    sink = ConsoleSink(tmp_path, total_steps=1024)
+    sink.metrics(rows(1)[0])
+    sink.metrics({**rows(2)[-1], "eval_return_mean": 87.25})
+    sink.close()
+    lines = capsys.readouterr().err.replace("\r", "\n").splitlines()
+    assert "step 512: eval/mean_reward 87.25" in lines
+    assert sum("eval/mean_reward" in line for line in lines) == 1
+
+
+def test_bar_ends_at_100_percent_when_the_last_batch_overshoots_total_steps(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(train, "_is_terminal", lambda: True)
+    sink = ConsoleSink(tmp_path, total_steps=1000, end_step=1024)
+    for row in rows(4):
+        sink.metrics(row)
+    sink.close()
+    last = capsys.readouterr().err.replace("\r", "\n").splitlines()[-1]
+    assert last.lstrip().startswith("100%") and "1.02k/1.02k" in last
+
+
+def test_bar_clock_starts_with_the_training_loop_not_with_ray(tmp_path, capsys, monkeypatch):
+    import time
+    monkeypatch.setattr(train, "_is_terminal", lambda: True)
+    sink = ConsoleSink(tmp_path, total_steps=1024)
+    time.sleep(1.2)  # Ray starting, actors being placed
+    sink.event("started", "1 workers x 4 envs")
+    sink.metrics(rows(1)[0])
+    sink.close()
+    bar = [line for line in capsys.readouterr().err.replace("\r", "\n").splitlines() if "256/1.02k" in line]
+    assert bar and "[00:00<" in bar[-1], bar
 
 
 def test_console_sink_writes_the_rows_to_tensorboard_under_their_metric_names(tmp_path, monkeypatch):
@@ -123,3 +157,22 @@ def test_under_ray_job_submit_a_relative_run_path_is_refused_naming_the_flag(fla
     with pytest.raises(train.InvalidSpec) as err:
         train.run_location(given["out"], given["storage"], "abc", cwd=RAY_COPY)
     assert err.value.field == flag and "absolute path or a URI" in err.value.message
+
+
+def test_the_run_s_hyperparameters_are_in_tensorboard_s_hparams_tab(tmp_path):
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+    from service.run.spec import build_spec
+    spec = build_spec({"env": "CartPole-v1", "name": "lr sweep", "tags": ["a", "b"], "seed": 5})
+    log = TensorBoardLog(tmp_path, hparams=spec.model_dump(mode="json"))
+    log.write({"step": 256, "episode_return_mean": 20.0})
+    acc = EventAccumulator(str(tmp_path))
+    acc.Reload()
+    content = acc.PluginTagToContent("hparams")
+    start = HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info.hparams
+    assert start["seed"].number_value == 5 and start["env"].string_value == "CartPole-v1"
+    assert start["name"].string_value == "lr sweep" and start["tags"].string_value == "a,b"
+    assert start["a2c.learning_rate"].number_value == pytest.approx(spec.a2c.learning_rate)
+    assert start["policy.hidden_sizes"].string_value == "64,64"
+    experiment = HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    assert {m.name.tag for m in experiment.metric_infos} == {"episode_return_mean", "eval_return_mean"}
+    assert read_scalars(tmp_path)["episode_return_mean"] == {256: 20.0}
