@@ -174,7 +174,7 @@
         bands: built.bands,
         legend: {show: true, live: false},
         cursor: {
-          sync: {key: g.syncKey, setSeries: false},
+          sync: {key: g.syncKey, setSeries: false, scales: ["x", null]},
           drag: {x: true, y: false, setScale: false},
           points: {size: 7},
         },
