@@ -660,6 +660,7 @@ for (const key of ["policy_loss", "value_loss", "entropy"]) {
                                      series: [{key, label: "", color: "#7c3aed"}]});
 }
 let compareIds = null;
+window.a2cCharts = {job: jobCharts, compare: cmpCharts};  // for the browser tests and the console
 
 /** Load every row of each run (pages of 1000) and overlay them; refreshes while any runs. */
 async function openCompare(ids) {

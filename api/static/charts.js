@@ -147,9 +147,9 @@
         this.plot.setScale("x", {min: null, max: null});  // through the range function
         this.plot.redraw(true, true);
       }
-      const xScale = this.plot.scales.x;
+      this.hasData = built.x.length > 0;
+      this.noteRange(this.plot);
       this.el.dataset.points = String(built.counted);
-      this.el.dataset.xMax = built.x.length ? String(xScale.max) : "";
       this.el.classList.toggle("no-data", !built.x.length);
       this.el.dataset.empty = g.emptyText;
     }
@@ -186,6 +186,7 @@
             u.setSelect({left: 0, top: 0, width: 0, height: 0}, false);
           }],
           setCursor: [u => this.tooltip(u)],
+          setScale: [(u, key) => { if (key === "x") this.noteRange(u); }],
           ready: [u => {
             u.over.addEventListener("mouseenter", () => { this.hovered = true; });
             u.over.addEventListener("mouseleave", () => { this.hovered = false; this.tooltip(u); });
@@ -199,6 +200,11 @@
           }],
         },
       };
+    }
+
+    /** data-x-max: the right end of the x axis (uPlot sets scales after a build, in a microtask). */
+    noteRange(u) {
+      this.el.dataset.xMax = this.hasData && u.scales.x.max !== undefined ? String(u.scales.x.max) : "";
     }
 
     /** The hover tooltip: x and each drawn series' value at the cursor (in the hovered panel). */
