@@ -465,6 +465,10 @@ def test_layout_fits_the_window(page, api, width, height):
         assert all(not overlap(a, b) for i, a in enumerate(stats) for b in stats[i + 1:])
         card = page.locator("#job-stats").bounding_box()
         assert all(inside(s, card) for s in stats)
+        # Event times stay on one line (they wrapped into two at 390 px).
+        times = page.locator("#job-events li > span:first-child, #job-events summary > span:first-child").all()
+        heights = [t.bounding_box()["height"] for t in times if t.is_visible()]
+        assert heights and max(heights) < 24, heights
         # Download buttons stay inside their card; the legend inside its chart's card.
         ckpt_card = page.locator("#ckpt-table").locator("xpath=ancestor::div[contains(@class,'card')][1]").bounding_box()
         for button in page.locator("#ckpt-table button[data-ckpt]").all()[:3]:
