@@ -140,6 +140,7 @@
       const shape = JSON.stringify([g.x, g.log, g.smoothing > 0, built.cols.map(c => [c.opts.label, c.opts.stroke, c.opts.points.show])]);
       if (!this.plot || shape !== this.shape) {
         if (this.plot) this.plot.destroy();
+        this.quiet = new Set(built.cols.flatMap((c, i) => c.raw || c.band ? [i + 1] : []));
         this.plot = new uPlot(this.options(built), built.data, this.el);
         this.shape = shape;
       } else {
@@ -221,7 +222,7 @@
       }
       const lines = [`<b>${this.group.fmtX(u.data[0][idx])}</b>`];
       u.series.forEach((s, i) => {
-        if (i === 0 || !s.show || s.stroke === "transparent" || / \(raw\)$/.test(s.label)) return;
+        if (i === 0 || !s.show || this.quiet.has(i)) return;  // band edges and raw copies
         const v = nearest(u.data[i], idx);
         const color = typeof s.stroke === "function" ? s.stroke(u, i) : s.stroke;
         lines.push(`<span style="color:${color}">●</span> ${escapeHtml(s.label)}: <b>${fmt(v)}</b>`);
