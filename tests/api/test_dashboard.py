@@ -376,7 +376,7 @@ def test_job_view_shows_seed_config_with_tuned_values_average_speed_and_collapse
     assert page.inner_text("#job-config div[data-field='seed'] dd") == "0"
     # Env steps/s is the run's average, the same as the summary's, not the last row's.
     speed = page.inner_text("#job-stats div[data-stat='Env steps/s (avg)'] dd")
-    assert speed == f"{round(job['summary']['env_steps_per_s']):,}"
+    assert speed == f"{math.floor(job['summary']['env_steps_per_s'] + 0.5):,}"  # JavaScript's Math.round
     evaluation = job["evaluation"]
     assert page.inner_text("#job-stats div[data-stat='Best eval'] dd") == to_fixed(evaluation["best"], 1)
     # Checkpoint events: one line that opens to list them all.
@@ -487,5 +487,12 @@ def test_layout_fits_the_window(page, api, width, height):
         last = api.get(f"/jobs/{job_id}").json()["progress"]["step"]
         assert float(page.get_attribute("#chart-return", "data-x-max")) == last
         shot(page, f"11-job-{width}")
+
+        page.goto(page.url.split("#")[0] + f"#/compare/{JOBS['short']},{job_id}")
+        page.wait_for_function("Number(document.querySelector('#cmp-return').dataset.points) > 0")
+        assert page.evaluate("document.scrollingElement.scrollWidth") <= width
+        for entry in page.locator("#cmp-return .u-legend .u-series:not(.u-hidden)").all():
+            assert inside(entry.bounding_box(), page.locator("#cmp-return").locator("xpath=..").bounding_box())
+        shot(page, f"12-compare-{width}")
     finally:
         page.set_viewport_size({"width": 1400, "height": 900})
