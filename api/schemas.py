@@ -101,19 +101,43 @@ class JobPublic(BaseModel):
             **extra)
 
 
+class QueueState(BaseModel):
+    """Why a PENDING job waits: its place in the queue and the CPUs it needs, or that it is starting."""
+
+    starting: bool = Field(description="Admitted: its actors are starting (it turns RUNNING when they run).")
+    place: int | None = Field(None, description="1 for the head of the queue.")
+    queued: int | None = Field(None, description="Jobs in the queue.")
+    cpus_needed: int | None = None
+    cpus_free: float | None = Field(None, description="CPUs of the cluster not held by running jobs (null until Ray answered).")
+    cpus_total: float | None = None
+
+
+class EvalSummary(BaseModel):
+    """A job's deterministic evaluations so far (`eval_return_mean` of its metrics rows)."""
+
+    final: float
+    best: float
+    count: int
+
+
 class JobDetail(JobPublic):
     """One job in full: also its latest metrics row, summary when finished, and history."""
 
     latest_metrics: MetricsRow | None = None
     summary: dict[str, Any] | None = Field(None, description="The trainer's summary once the job ended.")
     events: list[EventPublic] = []
+    evaluation: EvalSummary | None = Field(None, description="Final and best evaluation return, once it has one.")
+    queue: QueueState | None = Field(None, description="Only while PENDING: why it waits.")
 
     @classmethod
-    def from_details(cls, details: JobDetails) -> "JobDetail":
-        """From the manager's view of a job."""
+    def from_details(cls, details: JobDetails, queue: dict[str, Any] | None = None) -> "JobDetail":
+        """From the manager's view of a job, with `queue` from `JobManager.wait_state`."""
+        extra: dict[str, Any] = {"evaluation": details.evaluation} if details.evaluation else {}
+        if queue is not None:
+            extra["queue"] = queue
         return cls.from_row(details.job, latest_metrics=details.latest_metrics,
                             summary=details.job.summary,
-                            events=[EventPublic.from_row(e) for e in details.events])
+                            events=[EventPublic.from_row(e) for e in details.events], **extra)
 
 
 class JobsPublic(BaseModel):

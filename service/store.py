@@ -395,6 +395,16 @@ class JobStore:
         """How many metrics rows (one per update) each job has, by job id."""
         return {r[0]: r[1] for r in self._read("SELECT job_id, COUNT(*) FROM metrics GROUP BY job_id")}
 
+    def eval_summary(self, job_id: str) -> dict[str, Any] | None:
+        """The job's evaluations: {"final", "best", "count"} of `eval_return_mean`, or None if none yet."""
+        rows = self._read(
+            "SELECT json_extract(row, '$.eval_return_mean') FROM metrics WHERE job_id = ? "
+            "AND json_extract(row, '$.eval_return_mean') IS NOT NULL ORDER BY step", (job_id,))
+        values = [r[0] for r in rows]
+        if not values:
+            return None
+        return {"final": values[-1], "best": max(values), "count": len(values)}
+
     def latest_metrics(self, job_id: str) -> dict[str, Any] | None:
         """The row with the highest step, or None."""
         rows = self._read("SELECT row FROM metrics WHERE job_id = ? ORDER BY step DESC LIMIT 1", (job_id,))

@@ -59,9 +59,12 @@ def list_jobs(queries: QueriesDep,
 
 
 @router.get("/{job_id}", response_model=JobDetail, response_model_exclude_unset=True, responses={404: {"description": "Unknown job"}})
-def get_job(job_id: JobId, queries: QueriesDep) -> JobDetail:
-    """Status, progress, latest metrics, timings, error if it failed, and recent events."""
-    return JobDetail.from_details(queries.describe(job_id))
+def get_job(job_id: JobId, queries: QueriesDep, manager: ManagerDep) -> JobDetail:
+    """Status, progress, latest metrics, final and best evaluation, timings, error if it failed,
+    recent events, and while PENDING why it waits (`queue`)."""
+    details = queries.describe(job_id)
+    queue = manager.wait_state(job_id) if details.job.status == JobStatus.PENDING else None
+    return JobDetail.from_details(details, queue)
 
 
 @router.post("/{job_id}/stop", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic,

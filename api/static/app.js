@@ -153,12 +153,64 @@ const num = (v, digits = 1) => (typeof v === "number" && isFinite(v)) ? v.toFixe
 const bytes = n => n >= 1 << 20 ? (n / (1 << 20)).toFixed(1) + " MiB" : (n / 1024).toFixed(1) + " KiB";
 const steps = n => n.toLocaleString("en-US");
 
-// ---------------------------------------------------------------- jobs view
+// ---------------------------------------------------------------- jobs view: the runs table
 
-const returns = new Map();  // job id -> latest mean return; final once the job has finished
-let jobsTimer = null, jobsPageToken = null, olderJobs = [], jobsLoading = null;
+const details = new Map();  // job id -> its GET /jobs/{id} (mean return, evaluation); final once it ended
+const selected = new Set(); // job ids ticked for comparison
+let jobsTimer = null, jobsPageToken = null, olderJobs = [], jobsLoading = null, shownJobs = [];
 
-/** Reload the jobs table (one load at a time: a slow server does not pile up requests). */
+/** A spec value by dotted path ("a2c.learning_rate"), or undefined. */
+function specValue(spec, path) {
+  return path.split(".").reduce((o, k) => (o && typeof o === "object" ? o[k] : undefined), spec);
+}
+
+function duration(job) {
+  if (!job.started) return "—";
+  const s = Math.max(0, ((job.ended ? Date.parse(job.ended) : Date.now()) - Date.parse(job.started)) / 1000);
+  if (s < 60) return `${s.toFixed(0)} s`;
+  if (s < 3600) return `${Math.floor(s / 60)} m ${String(Math.floor(s % 60)).padStart(2, "0")} s`;
+  return `${Math.floor(s / 3600)} h ${String(Math.floor(s % 3600 / 60)).padStart(2, "0")} m`;
+}
+
+const fmtValue = v => v === undefined || v === null ? "—" : Array.isArray(v) ? v.join(", ") || "—"
+  : String(v);
+
+/** The runs table's columns: fixed ones, then config columns the user picks (kept in localStorage). */
+const FIXED_COLUMNS = [
+  {id: "job", label: "Run"}, {id: "status", label: "Status"}, {id: "env", label: "Env"},
+  {id: "progress", label: "Progress", className: "w-progress"}, {id: "ret", label: "Mean return", className: "num"},
+  {id: "eval_final", label: "Eval final", className: "num"}, {id: "eval_best", label: "Eval best", className: "num"},
+  {id: "duration", label: "Duration"}, {id: "started", label: "Started"},
+];
+const CONFIG_COLUMNS = [
+  ["seed", "seed"], ["a2c.learning_rate", "lr"], ["a2c.steps_per_batch", "n_steps"], ["a2c.gamma", "gamma"],
+  ["a2c.gae_lambda", "gae λ"], ["a2c.entropy_coef", "ent coef"], ["workers", "workers"],
+  ["envs_per_worker", "envs/worker"], ["total_steps", "total steps"], ["mode", "mode"], ["tags", "tags"],
+].map(([path, label]) => ({id: "cfg:" + path, path, label, className: path === "mode" || path === "tags" ? "" : "num"}));
+const COLUMNS_KEY = "a2c-run-columns";
+let configColumns = (() => {
+  try { return JSON.parse(localStorage.getItem(COLUMNS_KEY)) || ["seed", "a2c.learning_rate"]; }
+  catch { return ["seed", "a2c.learning_rate"]; }
+})();
+
+function visibleColumns() {
+  return [{id: "select", label: ""}, ...FIXED_COLUMNS, ...CONFIG_COLUMNS.filter(c => configColumns.includes(c.path))];
+}
+
+function renderColumnPicker() {
+  $("#column-picker").replaceChildren(...CONFIG_COLUMNS.map(c => {
+    const box = el("input", {type: "checkbox", checked: configColumns.includes(c.path)});
+    box.dataset.column = c.path;
+    box.onchange = () => {
+      configColumns = CONFIG_COLUMNS.map(x => x.path).filter(p => p === c.path ? box.checked : configColumns.includes(p));
+      localStorage.setItem(COLUMNS_KEY, JSON.stringify(configColumns));
+      renderJobs(shownJobs);
+    };
+    return el("label", {}, box, ` ${c.label} `, el("span", {className: "muted small", textContent: c.path}));
+  }));
+}
+
+/** Reload the runs table (one load at a time: a slow server does not pile up requests). */
 function refreshJobs() {
   if (!jobsLoading) jobsLoading = loadJobs().finally(() => { jobsLoading = null; });
   return jobsLoading;
@@ -170,39 +222,81 @@ async function loadJobs() {
   renderJobs(shown);
   if (!olderJobs.length) jobsPageToken = page.next_page_token;
   $("#jobs-more").hidden = !jobsPageToken;
-  // Mean return is in each job's detail: fetch it for running jobs, and once for finished ones
-  // (at most 20 per refresh, so a long list fills in over a few refreshes).
-  const need = shown.filter(j => !FINISHED.has(j.status) || !returns.has(j.id));
+  // Mean return and evaluation are in each job's detail: fetched for unfinished jobs, and once
+  // for finished ones (at most 20 per refresh, so a long list fills in over a few refreshes).
+  const need = shown.filter(j => !FINISHED.has(j.status) || !(details.has(j.id) && FINISHED.has(details.get(j.id).status)));
   await Promise.all(need.slice(0, 20).map(async j => {
     const d = await apiJson(`/jobs/${j.id}`).catch(() => null);
     if (!d) return;
-    const ret = d.latest_metrics ? d.latest_metrics.episode_return_mean : null;
-    if (FINISHED.has(d.status) || ret !== null) returns.set(j.id, ret);
-    const cell = document.querySelector(`tr[data-job="${j.id}"] .ret`);
-    if (cell) cell.textContent = num(ret);
+    details.set(j.id, d);
+    fillDetailCells(d);
   }));
 }
 
+function fillDetailCells(d) {
+  const row = document.querySelector(`tr[data-job="${d.id}"]`);
+  if (!row) return;
+  const set = (cls, text) => { const c = row.querySelector("." + cls); if (c) c.textContent = text; };
+  set("ret", num(d.latest_metrics ? d.latest_metrics.episode_return_mean : null));
+  set("eval_final", num(d.evaluation ? d.evaluation.final : null));
+  set("eval_best", num(d.evaluation ? d.evaluation.best : null));
+}
+
 function renderJobs(jobs) {
+  shownJobs = jobs;
+  const cols = visibleColumns();
+  $("#jobs-table thead tr").replaceChildren(...cols.map(c => el("th", {className: c.className || "", textContent: c.label})));
   const body = $("#jobs-table tbody");
   body.replaceChildren(...jobs.map(j => {
-    const p = j.progress;
-    const tr = el("tr", {className: "clickable"},
-      el("td", {}, el("a", {href: `#/jobs/${j.id}`, className: "mono", textContent: j.id})),
-      el("td", {}, badge(j.status), j.stop_requested && !FINISHED.has(j.status)
+    const p = j.progress, name = j.spec && typeof j.spec.name === "string" ? j.spec.name : "";
+    const cell = {
+      select: () => {
+        const box = el("input", {type: "checkbox", checked: selected.has(j.id), title: "Select to compare"});
+        box.dataset.select = j.id;
+        box.onchange = () => { box.checked ? selected.add(j.id) : selected.delete(j.id); updateCompareButton(); };
+        return el("td", {className: "select"}, box);
+      },
+      job: () => el("td", {className: "run"}, el("a", {href: `#/jobs/${j.id}`, className: "mono", textContent: j.id}),
+                    name ? el("span", {className: "run-name", textContent: name}) : null),
+      status: () => el("td", {}, badge(j.status), j.stop_requested && !FINISHED.has(j.status)
         ? el("span", {className: "muted small", textContent: " stopping"}) : null),
-      el("td", {textContent: j.env}),
-      el("td", {title: `${steps(p.step)} / ${steps(p.total_steps)} steps`},
-         progressBar(p.fraction, `${Math.round(p.fraction * 100)}%`)),
-      el("td", {className: "num ret", textContent: num(returns.get(j.id))}),
-      el("td", {className: "muted", textContent: when(j.started)}));
+      env: () => el("td", {textContent: j.env}),
+      progress: () => el("td", {title: `${steps(p.step)} / ${steps(p.total_steps)} steps`},
+                         progressBar(p.fraction, `${Math.round(p.fraction * 100)}%`)),
+      ret: () => el("td", {className: "num ret", textContent: "—"}),
+      eval_final: () => el("td", {className: "num eval_final", textContent: "—"}),
+      eval_best: () => el("td", {className: "num eval_best", textContent: "—"}),
+      duration: () => el("td", {className: "duration", textContent: duration(j)}),
+      started: () => el("td", {className: "muted started", textContent: when(j.started)}),
+    };
+    const tr = el("tr", {className: "clickable"}, ...cols.map(c => {
+      const td = c.path ? el("td", {className: (c.className || "") + " cfg", textContent: fmtValue(specValue(j.spec, c.path))})
+        : cell[c.id]();
+      td.dataset.label = c.label;
+      if (c.path) td.dataset.column = c.path;
+      return td;
+    }));
     tr.dataset.job = j.id;
-    tr.onclick = ev => { if (ev.target.tagName !== "A") location.hash = `#/jobs/${j.id}`; };
+    tr.onclick = ev => {
+      if (ev.target.tagName !== "A" && ev.target.tagName !== "INPUT" && !ev.target.closest("td.select")) {
+        location.hash = `#/jobs/${j.id}`;
+      }
+    };
     return tr;
   }));
+  for (const j of jobs) if (details.has(j.id)) fillDetailCells(details.get(j.id));
   $("#jobs-empty").hidden = jobs.length > 0;
   $("#jobs-count").textContent = jobs.length ? `${jobs.length} shown` : "";
+  updateCompareButton();
 }
+
+function updateCompareButton() {
+  const button = $("#compare");
+  button.disabled = selected.size < 1;
+  button.textContent = selected.size ? `Compare selected (${selected.size})` : "Compare selected";
+}
+
+$("#compare").onclick = () => { location.hash = `#/compare/${[...selected].join(",")}`; };
 
 $("#jobs-more").onclick = async () => {
   const page = await apiJson(`/jobs?max_results=50&page_token=${encodeURIComponent(jobsPageToken)}`);
@@ -290,22 +384,22 @@ $("#job-form").onsubmit = async ev => {
 
 // ---------------------------------------------------------------- job view
 
-const charts = {
-  return: new LineChart($("#chart-return"), {title: "Return", series: [
-    {band: ["episode_return_min", "episode_return_max"], label: "episode min–max", color: "#2563eb"},
-    {key: "episode_return_mean", label: "episode mean (last 20)", color: "#2563eb"},
-    {key: "eval_return_mean", label: "eval mean (deterministic)", color: "#dc2626", points: true}]}),
-  policy_loss: new LineChart($("#chart-policy_loss"), {title: "Policy loss",
-    series: [{key: "policy_loss", label: "", color: "#7c3aed"}]}),
-  value_loss: new LineChart($("#chart-value_loss"), {title: "Value loss",
-    series: [{key: "value_loss", label: "", color: "#ea580c"}]}),
-  entropy: new LineChart($("#chart-entropy"), {title: "Entropy",
-    series: [{key: "entropy", label: "", color: "#059669"}]}),
-  env_steps_per_s: new LineChart($("#chart-env_steps_per_s"), {title: "Env steps / s",
-    series: [{key: "env_steps_per_s", label: "", color: "#0891b2"}]}),
-};
+const RETURN_SERIES = [
+  {band: ["episode_return_min", "episode_return_max"], label: "episode min–max", color: "#2563eb"},
+  {key: "episode_return_mean", label: "episode mean (last 20)", color: "#2563eb"},
+  {key: "eval_return_mean", label: "eval mean (deterministic)", color: "#dc2626", points: true}];
+const SMALL_PANELS = [
+  ["policy_loss", "Policy loss", "#7c3aed"], ["value_loss", "Value loss", "#ea580c"], ["entropy", "Entropy", "#059669"],
+  ["explained_variance", "Explained variance", "#0d9488"], ["grad_norm", "Grad norm (before clipping)", "#b45309"],
+  ["learning_rate", "Learning rate", "#4f46e5"], ["env_steps_per_s", "Env steps / s", "#0891b2"]];
 
-let view = null;  // {id, abort, timer, job, lastStep, latest}
+const jobCharts = new ChartGroup($("#job-chart-toolbar"));
+jobCharts.panel($("#chart-return"), {title: "Return", height: 320, series: RETURN_SERIES});
+for (const [key, title, color] of SMALL_PANELS) {
+  jobCharts.panel($(`#chart-${key}`), {title, height: 200, series: [{key, label: "", color}]});
+}
+
+let view = null;  // {id, abort, timer, job, lastStep, latest, lastEval, rows}
 
 function closeJobView() {
   if (!view) return;
@@ -316,12 +410,16 @@ function closeJobView() {
 
 function openJobView(id) {
   closeJobView();
-  view = {id, abort: new AbortController(), timer: null, job: null, lastStep: 0, latest: null, lastEval: null};
-  Object.values(charts).forEach(c => c.clear());
+  view = {id, abort: new AbortController(), timer: null, job: null, lastStep: 0, latest: null, lastEval: null, rows: []};
+  jobCharts.setRuns([{id, label: id, rows: view.rows}]);
+  jobCharts.setEmptyText("waiting for metrics…");
   $("#job-title").textContent = `Job ${id}`;
+  $("#job-env").textContent = "";
   $("#job-events").replaceChildren();
+  $("#job-config").replaceChildren();
   $("#ckpt-table tbody").replaceChildren();
   $("#job-error").hidden = true;
+  $("#job-wait").hidden = true;
   followMetrics(view);
   pollJob(view);
 }
@@ -345,7 +443,7 @@ async function followMetrics(v) {
           const row = JSON.parse(ev.data);
           v.lastStep = row.step; v.latest = row;
           if (typeof row.eval_return_mean === "number") v.lastEval = row.eval_return_mean;
-          Object.values(charts).forEach(c => c.add([row]));
+          jobCharts.addRows(v.id, [row]);
           scheduleStats();
         } else if (ev.event === "end") {
           ended = true;
@@ -355,7 +453,12 @@ async function followMetrics(v) {
       if (err.name === "AbortError") return;
       if (err.status === 404) { state.textContent = "no such job"; return; }
     }
-    if (ended) { state.textContent = "job ended: all rows shown"; pollJob(v); return; }
+    if (ended) {
+      state.textContent = "job ended: all rows shown";
+      jobCharts.setEmptyText("no metrics: the job ended before its first update");
+      pollJob(v);
+      return;
+    }
     state.textContent = "reconnecting…";
     await new Promise(r => setTimeout(r, 2000));
   }
@@ -378,22 +481,108 @@ async function pollJob(v) {
   v.timer = setTimeout(() => pollJob(v), POLL_MS);
 }
 
+/** Why a PENDING job waits, from the API's `queue`. */
+function waitText(job) {
+  const q = job.queue;
+  if (job.status !== "PENDING" || !q) return "";
+  if (q.starting) return "Starting: its workers and learner are being placed.";
+  const cpus = q.cpus_needed === null || q.cpus_needed === undefined ? "" : `needs ${q.cpus_needed} CPUs`;
+  const free = q.cpus_free === null || q.cpus_free === undefined ? ""
+    : `; ${fmtNumber(q.cpus_free)} of ${fmtNumber(q.cpus_total)} free`;
+  return `Queued: place ${q.place} of ${q.queued}` + (cpus ? ` — ${cpus}${free}.` : ".");
+}
+
 function renderJob(job) {
   $("#job-status").replaceWith(Object.assign(badge(job.status), {id: "job-status"}));
-  $("#job-env").textContent = `${job.env} · ${job.spec.workers} workers × ${job.spec.envs_per_worker} envs · ${job.spec.mode}`;
+  const name = typeof job.spec.name === "string" && job.spec.name ? job.spec.name : "";
+  $("#job-title").textContent = name ? `${name} (${job.id})` : `Job ${job.id}`;
+  $("#job-env").textContent = `${job.env} · seed ${job.spec.seed} · ${job.spec.workers} workers × `
+    + `${job.spec.envs_per_worker} envs · ${job.spec.mode}`;
+  jobCharts.setStart(job.id, job.started ? Date.parse(job.started) / 1000 : null);
   const stop = $("#job-stop");
   stop.disabled = FINISHED.has(job.status) || job.stop_requested;
   stop.textContent = job.stop_requested && !FINISHED.has(job.status) ? "Stopping…" : "Stop";
+  const wait = waitText(job);
+  $("#job-wait").textContent = wait;
+  $("#job-wait").hidden = !wait;
+  if (FINISHED.has(job.status)) jobCharts.setEmptyText("no metrics: the job ended before its first update");
   renderStats();
+  renderConfig(job.spec);
   const error = $("#job-error");
   error.hidden = !job.error;
   if (job.error) error.textContent = `${job.error.type}: ${job.error.message}`;
-  $("#job-events").replaceChildren(...(job.events || []).slice().reverse().map(e =>
-    el("li", {}, el("span", {className: "muted mono", textContent: when(e.time).slice(11)}),
-       el("span", {className: "ev-kind", textContent: e.kind}), el("span", {textContent: e.message}))));
+  renderEvents(job.events || []);
 }
 
-/** The figures above the curves, from the latest streamed row and the job record. */
+/** Events newest first; a run of checkpoint events is one line that opens to list them. */
+function renderEvents(events) {
+  const items = [];
+  const line = e => el("li", {}, el("span", {className: "muted mono", textContent: when(e.time).slice(11)}),
+                       el("span", {className: "ev-kind", textContent: e.kind}), el("span", {textContent: e.message}));
+  const list = events.slice().reverse();
+  for (let i = 0; i < list.length;) {
+    let j = i;
+    while (j < list.length && list[j].kind === "checkpoint") j++;
+    if (j - i > 1) {
+      const group = list.slice(i, j);
+      const summary = el("summary", {}, el("span", {className: "muted mono", textContent: when(group[0].time).slice(11)}),
+        el("span", {className: "ev-kind", textContent: "checkpoint"}),
+        el("span", {textContent: `${group.length} checkpoints, latest ${group[0].message}`}));
+      const li = el("li", {className: "ev-group"}, el("details", {}, summary, el("ol", {}, ...group.map(line))));
+      items.push(li);
+      i = j;
+    } else {
+      items.push(line(list[i]));
+      i += 1;
+    }
+  }
+  // Keep a group the user opened open across polls.
+  const open = new Set([...document.querySelectorAll("#job-events details[open] summary")].map(s => s.lastChild.textContent.split(",")[0]));
+  $("#job-events").replaceChildren(...items);
+  for (const d of document.querySelectorAll("#job-events details")) {
+    if (open.size && open.has(d.querySelector("summary").lastChild.textContent.split(",")[0])) d.open = true;
+  }
+}
+
+/** The job's effective spec, flattened; values the tuned table set are marked. */
+function renderConfig(spec) {
+  const tuned = new Set(Array.isArray(spec.tuned) ? spec.tuned : []);
+  const rows = [];
+  const walk = (obj, prefix) => {
+    for (const [k, v] of Object.entries(obj)) {
+      const path = prefix ? `${prefix}.${k}` : k;
+      if (path === "tuned" || path === "env") continue;
+      if (v && typeof v === "object" && !Array.isArray(v) && Object.keys(v).length) walk(v, path);
+      else rows.push([path, v]);
+    }
+  };
+  walk(spec, "");
+  const fmt = v => v === null ? "null" : Array.isArray(v) ? `[${v.join(", ")}]`
+    : typeof v === "object" ? JSON.stringify(v) : String(v);
+  $("#job-config").replaceChildren(...rows.map(([path, v]) => {
+    const div = el("div", {className: tuned.has(path) ? "tuned" : ""},
+      el("dt", {textContent: path}), el("dd", {className: "mono", textContent: fmt(v)},
+        tuned.has(path) ? el("span", {className: "tag", textContent: "tuned", title: "From the tuned table for this env"}) : null));
+    div.dataset.field = path;
+    return div;
+  }));
+  $("#config-note").textContent = tuned.size ? `${tuned.size} values from the tuned table for ${spec.env}` : "";
+}
+
+/** The run's average env steps/s: steps trained over training time (the summary's once it ended). */
+function averageSpeed(job, rows) {
+  if (job && job.summary && typeof job.summary.env_steps_per_s === "number") return job.summary.env_steps_per_s;
+  // Rows since the training loop last (re)started (wall_s counts from that start); the first of
+  // them trained one batch from the segment's start step.
+  let first = rows.length - 1;
+  while (first > 0 && rows[first - 1].wall_s < rows[first].wall_s) first--;
+  const a = rows[first], b = rows[rows.length - 1];
+  const batch = job && job.spec.a2c ? job.spec.a2c.steps_per_batch : null;
+  if (!a || !(b.wall_s > 0) || typeof batch !== "number") return null;
+  return (b.step - (a.step - batch)) / b.wall_s;
+}
+
+/** The figures above the curves, from the streamed rows and the job record. */
 function renderStats() {
   if (!view) return;
   const m = view.latest || (view.job && view.job.latest_metrics) || {}, job = view.job;
@@ -403,33 +592,47 @@ function renderStats() {
   const fraction = Math.min(step / total, 1);
   $("#job-progress-fill").style.width = `${(fraction * 100).toFixed(1)}%`;
   $("#job-progress-text").textContent = `${steps(step)} / ${steps(total)} steps (${Math.round(fraction * 100)}%)`;
+  const speed = averageSpeed(job, view.rows);
+  const ev = job.evaluation;
   const stats = [
-    ["Updates", steps(charts.return.rows.length)],
+    ["Updates", steps(view.rows.length)],
     ["Mean return", num(m.episode_return_mean)],
-    ["Eval return", num(view.lastEval)],
-    ["Env steps/s", typeof m.env_steps_per_s === "number" ? steps(Math.round(m.env_steps_per_s)) : "—"],
+    ["Eval return", num(view.lastEval !== null ? view.lastEval : ev && ev.final)],
+    ["Best eval", num(ev ? Math.max(ev.best, view.lastEval ?? -Infinity) : view.lastEval)],
+    ["Env steps/s (avg)", typeof speed === "number" ? steps(Math.round(speed)) : "—"],
+    ["Duration", duration(job)],
     ["Started", when(job.started)],
     ["Ended", when(job.ended)],
   ];
-  $("#job-stats").replaceChildren(...stats.flatMap(([k, v]) => [el("dt", {textContent: k}), el("dd", {textContent: v})]));
+  $("#job-stats").replaceChildren(...stats.map(([k, v]) => {
+    const div = el("div", {}, el("dt", {textContent: k}), el("dd", {textContent: v}));
+    div.dataset.stat = k;
+    return div;
+  }));
 }
 
 function renderCheckpoints(jobId, ckpts) {
   $("#ckpt-empty").hidden = ckpts.length > 0;
+  const labels = ["Checkpoint", "Step", "Mean return", "Size", "Created", ""];
   $("#ckpt-table tbody").replaceChildren(...ckpts.slice().reverse().map(c => {
     const button = el("button", {className: "ghost small", type: "button", textContent: "Download"});
     button.dataset.ckpt = c.id;
     button.onclick = () => download(c.archive_url, `${jobId}-${c.id}.tar.gz`).catch(err => alert(err.message));
-    return el("tr", {},
+    const cells = [
       el("td", {className: "mono", textContent: c.id}), el("td", {className: "num", textContent: steps(c.step)}),
       el("td", {className: "num", textContent: num(c.return_mean)}), el("td", {className: "num", textContent: bytes(c.size_bytes)}),
-      el("td", {className: "muted", textContent: when(c.created)}), el("td", {className: "num"}, button));
+      el("td", {className: "muted", textContent: when(c.created)}), el("td", {className: "num action"}, button)];
+    cells.forEach((td, i) => { td.dataset.label = labels[i]; });
+    return el("tr", {}, ...cells);
   }));
 }
 
 $("#job-stop").onclick = async () => {
   if (!view) return;
   const v = view, button = $("#job-stop");
+  const pending = v.job && v.job.status === "PENDING";
+  if (!confirm(pending ? `Stop job ${v.id}? It has not started: it ends STOPPED at once.`
+                       : `Stop job ${v.id}? It ends after its current update, with a final checkpoint.`)) return;
   button.disabled = true;
   const res = await api(`/jobs/${v.id}/stop`, {method: "POST"});
   if (res.status !== 202) {
@@ -445,26 +648,83 @@ $("#job-png").onclick = () => view && download(`/jobs/${view.id}/plot.png`, `${v
 
 $("#token-change").onclick = () => { sessionStorage.removeItem(TOKEN_KEY); askToken("").then(route); };
 
+// ---------------------------------------------------------------- compare view
+
+const cmpCharts = new ChartGroup($("#compare-toolbar"));
+cmpCharts.panel($("#cmp-return"), {title: "Episode return (mean of last 20)", height: 320,
+                                   series: [{key: "episode_return_mean", label: "", color: "#2563eb"}]});
+cmpCharts.panel($("#cmp-eval"), {title: "Eval return (deterministic)", height: 220,
+                                 series: [{key: "eval_return_mean", label: "", color: "#dc2626", points: true}]});
+for (const key of ["policy_loss", "value_loss", "entropy"]) {
+  cmpCharts.panel($(`#cmp-${key}`), {title: SMALL_PANELS.find(p => p[0] === key)[1], height: 200,
+                                     series: [{key, label: "", color: "#7c3aed"}]});
+}
+let compareIds = null;
+window.a2cCharts = {job: jobCharts, compare: cmpCharts};  // for the browser tests and the console
+
+/** Load every row of each run (pages of 1000) and overlay them; refreshes while any runs. */
+async function openCompare(ids) {
+  compareIds = ids.join(",");
+  const token = compareIds;
+  for (const id of ids) selected.add(id);
+  const jobs = await Promise.all(ids.map(id => apiJson(`/jobs/${id}`).catch(() => null)));
+  if (token !== compareIds) return;
+  const runs = jobs.filter(Boolean).map((j, i) => ({
+    id: j.id, label: (typeof j.spec.name === "string" && j.spec.name) || `${j.id} (seed ${j.spec.seed})`,
+    color: RUN_COLORS[i % RUN_COLORS.length], t0: j.started ? Date.parse(j.started) / 1000 : null, rows: [], job: j}));
+  cmpCharts.setRuns(runs);
+  $("#compare-runs").replaceChildren(...runs.map(r => el("span", {className: "run-chip"},
+    el("span", {className: "swatch", style: `background:${r.color}`}),
+    el("a", {href: `#/jobs/${r.id}`, textContent: r.label}), " ", badge(r.job.status))));
+  $("#compare-state").textContent = `${runs.length} runs`;
+  const since = new Map(runs.map(r => [r.id, 0]));
+  for (;;) {
+    let active = false;
+    for (const r of cmpCharts.runs) {
+      for (;;) {
+        const page = await apiJson(`/jobs/${r.id}/metrics?since_step=${since.get(r.id)}&limit=1000`).catch(() => null);
+        if (token !== compareIds || !page) return;
+        cmpCharts.addRows(r.id, page.rows);
+        since.set(r.id, page.next_since_step);
+        if (!FINISHED.has(page.status)) active = true;
+        if (page.rows.length < 1000) break;
+      }
+    }
+    if (!active) { cmpCharts.setEmptyText("no metrics"); return; }
+    await new Promise(res => setTimeout(res, POLL_MS));
+    if (token !== compareIds) return;
+  }
+}
+
 // ---------------------------------------------------------------- routing
 
 function route() {
   const m = /^#\/jobs\/([0-9a-f]{12})$/.exec(location.hash);
+  const cmp = /^#\/compare\/([0-9a-f]{12}(?:,[0-9a-f]{12})*)$/.exec(location.hash);
   clearInterval(jobsTimer);
-  $("#jobs-view").hidden = !!m;
+  $("#jobs-view").hidden = !!(m || cmp);
   $("#job-view").hidden = !m;
+  $("#compare-view").hidden = !cmp;
   const crumbs = $("#crumbs");
+  if (!cmp) compareIds = null;
   if (m) {
-    crumbs.replaceChildren(el("span", {textContent: "/"}), el("a", {href: "#/", textContent: "jobs"}),
+    crumbs.replaceChildren(el("span", {textContent: "/"}), el("a", {href: "#/", textContent: "runs"}),
                            el("span", {textContent: "/"}), el("span", {className: "mono", textContent: m[1]}));
     if (!view || view.id !== m[1]) openJobView(m[1]);
+  } else if (cmp) {
+    crumbs.replaceChildren(el("span", {textContent: "/"}), el("a", {href: "#/", textContent: "runs"}),
+                           el("span", {textContent: "/"}), el("span", {textContent: "compare"}));
+    closeJobView();
+    openCompare(cmp[1].split(",")).catch(() => {});
   } else {
-    crumbs.replaceChildren(el("span", {textContent: "/"}), el("span", {textContent: "jobs"}));
+    crumbs.replaceChildren(el("span", {textContent: "/"}), el("span", {textContent: "runs"}));
     closeJobView();
     refreshJobs().catch(() => {});
     jobsTimer = setInterval(() => refreshJobs().catch(() => {}), POLL_MS);
   }
 }
 
+renderColumnPicker();
 $("#token-change").hidden = !sessionStorage.getItem(TOKEN_KEY);
 window.addEventListener("hashchange", route);
 route();

@@ -411,6 +411,11 @@ class JobManager:
     def _run(self, job: JobRow, active: _Active) -> None:
         """Train one job to its end in a driver process and record the outcome (runs in the job's thread)."""
         try:
+            with self._cond:
+                stopped = active.stop
+            if stopped:  # stopped between its admission and now: no driver, no actor, no checkpoint
+                self.store.finish(job.id, JobStatus.STOPPED)
+                return
             location = self.locations.job(job.id)
             sink = StoreSink(self.store, job.id, self.locations.record, location, hparams=job.spec)
             request = DriverRequest(
@@ -456,6 +461,28 @@ class JobManager:
         with self._cond:
             if not self._closing:
                 self._enqueue(job)
+
+    def wait_state(self, job_id: str) -> dict[str, Any] | None:
+        """Why a PENDING job waits, for the API: {"place": 1-based place in the queue, "queued": queue
+        length, "cpus_needed", "cpus_free", "cpus_total"} (CPU counts None until Ray answered),
+        or {"starting": True} once admitted and starting its actors; None if it is not waiting."""
+        job = self.store.get_job(job_id)
+        if job is None or job.status != JobStatus.PENDING:
+            return None
+        with self._cond:
+            if job_id in self._active:
+                return {"starting": True}
+            ids = [q[1] for q in self._queue]
+            if job_id not in ids:
+                return None
+            used = sum(a.cpus for a in self._active.values())
+        try:
+            needed = JobSpec.model_validate(job.spec).cpus_needed if job else None
+        except (ValidationError, InvalidSpec, TypeError):
+            needed = None
+        total = self.capacity.latest
+        return {"starting": False, "place": ids.index(job_id) + 1, "queued": len(ids), "cpus_needed": needed,
+                "cpus_free": max(total - used, 0) if total is not None else None, "cpus_total": total}
 
     def stop(self, job_id: str) -> JobRow:
         """Ask a job to stop: a running one ends after its current update with a final checkpoint

@@ -28,6 +28,8 @@ class JobDetails:
     job: JobRow
     latest_metrics: dict[str, Any] | None
     events: list[EventRow]
+    evaluation: dict[str, Any] | None = None
+    """{"final", "best", "count"} of its evaluation returns (`JobStore.eval_summary`)."""
 
 
 class JobQueries:
@@ -63,9 +65,10 @@ class JobQueries:
         return job
 
     def describe(self, job_id: str, events: int = 50) -> JobDetails:
-        """The job with its latest metrics row and its last events."""
+        """The job with its latest metrics row, its evaluations and its last events."""
         job = self.get(job_id)
-        return JobDetails(job, self.store.latest_metrics(job_id), self.store.events(job_id, events))
+        return JobDetails(job, self.store.latest_metrics(job_id), self.store.events(job_id, events),
+                          self.store.eval_summary(job_id))
 
     def list(self, statuses: list[JobStatus] | None = None, max_results: int = 50,
              page_token: str | None = None) -> tuple[list[JobRow], str | None]:

@@ -154,12 +154,15 @@ class Trainer:
 
     def run(self) -> dict[str, Any]:
         """Train; returns the summary (see `service.train` for its keys) with `status`."""
-        spec, t0 = self.spec, time.monotonic()
+        spec = self.spec
+        t0 = self._t0 = time.monotonic()
         spaces = job_spaces(spec, self.resume)  # checked before any actor starts
         self.use_gpu = self._check_cluster()
+        start = self.resume.state if self.resume else None
+        if self._stop.is_set():  # stopped before it started: no actor, no checkpoint
+            return self._summary(start.step if start else 0, 0, time.monotonic() - t0, 0.0, JobStatus.STOPPED)
         self.workers = WorkerGroup(spec, spaces, self.sink, self.call_timeout_s, self.resource_timeout_s,
                                    self.max_worker_replacements)
-        start = self.resume.state if self.resume else None
         try:
             # The learner is asked for first (it may need the GPU node's CPU); the workers'
             # processes then start while it does.
@@ -204,21 +207,28 @@ class Trainer:
                     weights = self.learner.weights.remote()
                     pending = self.workers.sample(weights)
             wall_s = time.monotonic() - loop_t0
-            if self.last_checkpoint is None or self.last_checkpoint.step != step:
+            # A final checkpoint, unless this run made no update (stopped while starting): the
+            # state is then the one it started from, which needs no new archive.
+            trained_here = step != (start.step if start else 0)
+            if trained_here and (self.last_checkpoint is None or self.last_checkpoint.step != step):
                 self._checkpoint(spaces)
         finally:
             self.workers.kill()
             if self.learner is not None:
                 with contextlib.suppress(Exception):
                     ray.kill(self.learner)
-        trained = step - (start.step if start else 0)
+        return self._summary(step, step - (start.step if start else 0), startup_s, wall_s,
+                             JobStatus.STOPPED if self._stop.is_set() else JobStatus.SUCCEEDED)
+
+    def _summary(self, step: int, trained: int, startup_s: float, wall_s: float, status: JobStatus) -> dict[str, Any]:
+        """What `run` returns: see `service.train` for the keys."""
         return {
-            "job_id": self.job_id, "env": spec.env, "steps": step,
-            "wall_s": round(time.monotonic() - t0, 3), "startup_s": round(startup_s, 3),
+            "job_id": self.job_id, "env": self.spec.env, "steps": step,
+            "wall_s": round(time.monotonic() - self._t0, 3), "startup_s": round(startup_s, 3),
             "env_steps_per_s": round(trained / wall_s, 1) if wall_s > 0 else None,
             "final_return_mean": _mean(self.returns), "best_return_mean": self.best_return_mean,
             "checkpoint": self.last_checkpoint.location if self.last_checkpoint else None,
-            "status": JobStatus.STOPPED if self._stop.is_set() else JobStatus.SUCCEEDED,
+            "status": status,
         }
 
     def _restart_learner(self, spaces: SpacesSpec, exc: LearnerLost) -> tuple[int, int]:

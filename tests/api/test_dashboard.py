@@ -1,6 +1,10 @@
 """The dashboard page in a real headless Chromium (Debian's /usr/bin/chromium, driven by Playwright)
 against a real `a2c serve` with an API token and real Ray: token prompt, new-job form with its
-422s, live learning curves, checkpoint download, stop. Screenshots go to test-artifacts/dashboard/.
+422s, live learning curves, a queued job's wait reason and its stop, checkpoint download, stop;
+the charts' hover, smoothing, x axes, log scale, zoom and CSV; the runs table's columns and the
+comparison of runs; the layout at 1366 px and at 390x844. Screenshots go to test-artifacts/dashboard/.
+
+The tests run in order on one server and share its jobs (`JOBS`).
 
 Without Chromium or Playwright the tests skip, unless A2C_REQUIRE_BROWSER=1 (as .ci/run sets),
 in which case they fail.
@@ -8,9 +12,11 @@ in which case they fail.
 
 from __future__ import annotations
 
+import csv
 import math
 import os
 import shutil
+from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Iterator
@@ -28,6 +34,8 @@ TOKEN = "dashboard-test-token"
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "dashboard"
 WAIT_MS = 300_000
 """Hang guard for waits on training (the same as the API tests' job timeout)."""
+JOBS: dict[str, str] = {}
+"""Job ids the tests share: "long" (stopped by the user), "queued" (stopped while PENDING), "short"."""
 
 
 def to_fixed(value: float, digits: int) -> str:
@@ -175,17 +183,26 @@ def test_job_from_the_form_draws_live_curves_stops_and_its_checkpoint_downloads(
     page.wait_for_function(f"Number(document.querySelector('#chart-return').dataset.points) > {early}",
                            timeout=WAIT_MS)  # more points arrive while the page stays open: live
     page.wait_for_selector("#job-status.running")
+    JOBS["long"] = job_id
     # The curve is really on the canvas: pixels of the mean-return colour (#2563eb).
     blue = page.evaluate("""() => {
-        const c = document.querySelector('#chart-return'), d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        const c = document.querySelector('#chart-return canvas'), d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
         let n = 0; for (let i = 0; i < d.length; i += 4) if (d[i] === 0x25 && d[i+1] === 0x63 && d[i+2] === 0xeb) n++;
         return n; }""")
     assert blue > 50
-    for chart in ("policy_loss", "value_loss", "entropy", "env_steps_per_s"):
+    for chart in ("policy_loss", "value_loss", "entropy", "explained_variance", "grad_norm", "learning_rate",
+                  "env_steps_per_s"):
         assert points(page, chart) > 0
     page.wait_for_selector("#ckpt-table button[data-ckpt]", timeout=WAIT_MS)  # after 10 updates
     shot(page, "03-job-live")
 
+    check_queued_job_and_its_stop(page, api, job_id)
+
+    page.once("dialog", lambda d: d.dismiss())  # Stop asks first; "Cancel" leaves the job running
+    page.click("#job-stop")
+    page.wait_for_timeout(500)
+    assert api.get(f"/jobs/{job_id}").json()["stop_requested"] is False
+    page.once("dialog", lambda d: d.accept())
     page.click("#job-stop")
     page.wait_for_selector("#job-status.stopped", timeout=WAIT_MS)
     page.wait_for_selector("#stream-state:has-text('job ended')")
@@ -226,5 +243,256 @@ def test_job_from_the_form_draws_live_curves_stops_and_its_checkpoint_downloads(
     latest = api.get(f"/jobs/{job_id}").json()["latest_metrics"]["episode_return_mean"]
     assert row.locator(".ret").inner_text() == to_fixed(latest, 1)
     assert row.locator(".progress-text").inner_text() == f"{math.floor(job['progress']['fraction'] * 100 + 0.5)}%"
-    assert row.locator("td").nth(2).inner_text() == "CartPole-v1"
+    assert row.locator("td[data-label='Env']").inner_text() == "CartPole-v1"
     shot(page, "05-jobs-table")
+
+
+def check_queued_job_and_its_stop(page, api, running_id: str) -> None:
+    """With the long job holding 3 of the server's 4 CPUs, a job that needs 2 waits: its view says
+    so, and stopping it (after the confirmation) ends it without any actor, metric or checkpoint."""
+    r = api.post("/jobs", json={"env": "CartPole-v1", "total_steps": 20_000, "workers": 1, "envs_per_worker": 4})
+    assert r.status_code == 201
+    queued = JOBS["queued"] = r.json()["id"]
+    page.goto(page.url.split("#")[0] + f"#/jobs/{queued}")
+    page.wait_for_selector("#job-wait:not([hidden])")
+    wait = api.get(f"/jobs/{queued}").json()["queue"]
+    assert wait == {"starting": False, "place": 1, "queued": 1, "cpus_needed": 2, "cpus_free": 1, "cpus_total": 4}
+    assert page.inner_text("#job-wait") == "Queued: place 1 of 1 — needs 2 CPUs; 1 of 4 free."
+    shot(page, "03b-job-queued")
+    page.once("dialog", lambda d: d.accept())
+    page.click("#job-stop")
+    page.wait_for_selector("#job-status.stopped")
+    page.wait_for_selector("#stream-state:has-text('job ended')")
+    job = api.get(f"/jobs/{queued}").json()
+    assert job["progress"]["step"] == 0 and "queue" not in job
+    assert api.get(f"/jobs/{queued}/checkpoints").json()["checkpoints"] == []
+    assert api.get(f"/jobs/{queued}/metrics").json()["rows"] == []
+    assert not any(e["kind"] == "started" for e in job["events"])
+    # An ended job with no rows does not say it waits for metrics.
+    assert page.get_attribute("#chart-return", "data-empty").startswith("no metrics")
+    assert page.is_hidden("#job-wait")
+    page.goto(page.url.split("#")[0] + f"#/jobs/{running_id}")
+    page.wait_for_selector("#job-status.running")
+
+
+def tensorboard_smooth(values: list[float], weight: float) -> list[float]:
+    """TensorBoard's smoothing: an exponential moving average, debiased."""
+    out, last = [], 0.0
+    for n, v in enumerate(values, 1):
+        last = last * weight + (1 - weight) * v
+        out.append(last / (1 - weight ** n))
+    return out
+
+
+def test_charts_hover_smooth_switch_x_axis_log_zoom_and_export_csv(page, api, tmp_path):
+    job_id = JOBS["long"]
+    page.goto(page.url.split("#")[0] + f"#/jobs/{job_id}")
+    page.wait_for_selector("#stream-state:has-text('job ended')")
+    rows = api.get(f"/jobs/{job_id}/metrics", params={"limit": 10_000}).json()["rows"]
+    job = api.get(f"/jobs/{job_id}").json()
+    page.wait_for_function(f"Number(document.querySelector('#chart-entropy').dataset.points) === {len(rows)}")
+    # Every panel's x axis ends at the data's last step (not at a rounded 2x of it).
+    for chart in ("return", "entropy", "grad_norm"):
+        assert float(page.get_attribute(f"#chart-{chart}", "data-x-max")) == rows[-1]["step"]
+
+    # Hover: a tooltip with the step and the values; the crosshair shows on the other panels too.
+    page.locator("#chart-return").scroll_into_view_if_needed()
+    box = page.locator("#chart-return .u-over").bounding_box()
+    page.mouse.move(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.5)
+    tip = page.locator("#chart-return .chart-tip")
+    tip.wait_for(state="visible")
+    text = tip.inner_text()
+    assert "steps" in text and "episode mean (last 20)" in text and "eval mean" in text
+    assert "(max)" not in text and "(min)" not in text  # the band's edges are not series to read
+    idx = page.evaluate("a2cCharts.job.panels[0].plot.cursor.idx")
+    x = page.evaluate(f"a2cCharts.job.panels[0].plot.data[0][{idx}]")
+    row = next(r for r in rows if r["step"] == x)
+    assert f"{row['episode_return_mean']:.4g}" in text
+    assert page.evaluate("a2cCharts.job.panels[3].plot.cursor.idx") == idx  # synced crosshair
+    shot(page, "06-hover")
+
+    # Smoothing: the entropy curve becomes TensorBoard's EMA of the rows; the raw one stays faint.
+    page.locator("#job-chart-toolbar [data-ctl=smoothing]").fill("0.9")
+    page.wait_for_function("a2cCharts.job.panels[3].plot.series.length === 3")
+    drawn = page.evaluate("a2cCharts.job.panels[3].plot.data[2]")
+    expected = tensorboard_smooth([r["entropy"] for r in rows], 0.9)
+    assert drawn == pytest.approx(expected, rel=1e-9)
+    assert points(page, "entropy") == len(rows)  # smoothed copies are not counted twice
+    shot(page, "07-smoothed")
+    page.locator("#job-chart-toolbar [data-ctl=smoothing]").fill("0")
+
+    # x axis: seconds of training, then wall-clock time (from the job's start).
+    page.select_option("#job-chart-toolbar [data-ctl=x]", "relative")
+    page.wait_for_function(f"Number(document.querySelector('#chart-entropy').dataset.xMax) === {rows[-1]['wall_s']}")
+    page.select_option("#job-chart-toolbar [data-ctl=x]", "wall")
+    started = datetime.fromisoformat(job["started"]).timestamp()
+    page.wait_for_function("a2cCharts.job.panels[3].plot.scales.x.time === true")
+    assert float(page.get_attribute("#chart-entropy", "data-x-max")) == pytest.approx(started + rows[-1]["wall_s"], abs=2e-3)
+    page.select_option("#job-chart-toolbar [data-ctl=x]", "step")
+
+    # Log y: the value loss panel switches to a log scale.
+    page.check("#job-chart-toolbar [data-ctl=log]")
+    page.wait_for_function("a2cCharts.job.panels[2].plot.scales.y.distr === 3")
+    page.uncheck("#job-chart-toolbar [data-ctl=log]")
+    page.wait_for_function("a2cCharts.job.panels[2].plot.scales.y.distr === 1")
+
+    # Zoom: a drag across one panel narrows every panel's x range; a double-click resets it.
+    page.locator("#chart-entropy").scroll_into_view_if_needed()
+    box = page.locator("#chart-entropy .u-over").bounding_box()
+    y = box["y"] + box["height"] / 2
+    page.mouse.move(box["x"] + box["width"] * 0.25, y)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.6, y, steps=5)
+    page.mouse.up()
+    page.wait_for_function(f"a2cCharts.job.panels[0].plot.scales.x.max < {rows[-1]['step']}")
+    ranges = page.evaluate("a2cCharts.job.panels.map(p => [p.plot.scales.x.min, p.plot.scales.x.max])")
+    assert len({tuple(r) for r in ranges}) == 1
+    page.dblclick("#chart-entropy .u-over")
+    page.wait_for_function(f"a2cCharts.job.panels[0].plot.scales.x.max === {rows[-1]['step']}")
+
+    # CSV of the rows.
+    with page.expect_download() as info:
+        page.click("#job-chart-toolbar [data-ctl=csv]")
+    saved = tmp_path / info.value.suggested_filename
+    info.value.save_as(saved)
+    with saved.open(newline="") as f:
+        table = list(csv.DictReader(f))
+    assert saved.name == f"{job_id}-metrics.csv" and len(table) == len(rows)
+    assert [int(t["step"]) for t in table] == [r["step"] for r in rows]
+    assert float(table[-1]["entropy"]) == rows[-1]["entropy"] and table[0]["run"] == job_id
+
+
+def test_job_view_shows_seed_config_with_tuned_values_average_speed_and_collapsed_checkpoints(page, api):
+    job_id = JOBS["long"]
+    page.goto(page.url.split("#")[0] + f"#/jobs/{job_id}")
+    page.wait_for_selector("#job-status.stopped")
+    job = api.get(f"/jobs/{job_id}").json()
+    assert "seed 0" in page.inner_text("#job-env")
+    page.wait_for_selector("#job-config div[data-field='a2c.learning_rate']")
+    tuned = set(page.eval_on_selector_all("#job-config div.tuned", "ds => ds.map(d => d.dataset.field)"))
+    assert tuned == set(job["spec"]["tuned"]) and tuned
+    assert page.inner_text("#job-config div[data-field='a2c.steps_per_batch'] dd") == "512"  # set in the form
+    assert "a2c.steps_per_batch" not in tuned
+    assert page.inner_text("#job-config div[data-field='seed'] dd") == "0"
+    # Env steps/s is the run's average, the same as the summary's, not the last row's.
+    speed = page.inner_text("#job-stats div[data-stat='Env steps/s (avg)'] dd")
+    assert speed == f"{math.floor(job['summary']['env_steps_per_s'] + 0.5):,}"  # JavaScript's Math.round
+    evaluation = job["evaluation"]
+    assert page.inner_text("#job-stats div[data-stat='Best eval'] dd") == to_fixed(evaluation["best"], 1)
+    # Checkpoint events: one line that opens to list them all.
+    checkpoints = sum(e["kind"] == "checkpoint" for e in job["events"])
+    assert checkpoints >= 2
+    groups = page.locator("#job-events li.ev-group")
+    assert groups.count() >= 1
+    listed = sum(int(t.split()[0]) for t in groups.locator("summary > span:last-child").all_inner_texts())
+    assert listed + page.locator("#job-events > li:not(.ev-group) .ev-kind:text-is('checkpoint')").count() == checkpoints
+    assert page.locator("#job-events > li").count() < len(job["events"])
+    assert page.locator("#job-view .chart.no-data").count() == 0
+
+
+def test_runs_table_shows_config_columns_eval_and_duration_and_compares_runs(page, api):
+    short = api.post("/jobs", json={"env": "CartPole-v1", "total_steps": 4096, "seed": 5, "workers": 1,
+                                    "envs_per_worker": 4, "eval_every": 2, "a2c": {"steps_per_batch": 512}}).json()["id"]
+    JOBS["short"] = short
+    page.goto(page.url.split("#")[0] + "#/")
+    row = page.locator(f"tr[data-job='{short}']")
+    row.locator(".badge.succeeded").wait_for(timeout=WAIT_MS)
+    job = api.get(f"/jobs/{short}").json()
+    page.wait_for_function(f"document.querySelector(\"tr[data-job='{short}'] .eval_best\").textContent !== '—'")
+    assert row.locator(".eval_final").inner_text() == to_fixed(job["evaluation"]["final"], 1)
+    assert row.locator(".eval_best").inner_text() == to_fixed(job["evaluation"]["best"], 1)
+    assert row.locator("td[data-column='seed']").inner_text() == "5"
+    assert row.locator("td[data-column='a2c.learning_rate']").inner_text() == str(job["spec"]["a2c"]["learning_rate"])
+    assert row.locator(".duration").inner_text().endswith("s")
+    # A config column picked by the user appears, and stays after a reload.
+    page.click("#columns summary")
+    page.check("#column-picker input[data-column='a2c.steps_per_batch']")
+    assert row.locator("td[data-column='a2c.steps_per_batch']").inner_text() == "512"
+    page.reload()
+    page.locator(f"tr[data-job='{short}'] td[data-column='a2c.steps_per_batch']").wait_for()
+    assert "N_STEPS" in page.inner_text("#jobs-table thead").upper()
+    shot(page, "08-runs-table")
+
+    # Select two runs and overlay their curves.
+    long = JOBS["long"]
+    page.check(f"input[data-select='{short}']")
+    page.check(f"input[data-select='{long}']")
+    page.click("#compare")
+    page.wait_for_url("**/#/compare/*")
+    rows = {j: api.get(f"/jobs/{j}/metrics", params={"limit": 10_000}).json()["rows"] for j in (short, long)}
+    returns = sum(r.get("episode_return_mean") is not None for rs in rows.values() for r in rs)
+    evals = sum(r.get("eval_return_mean") is not None for rs in rows.values() for r in rs)
+    page.wait_for_function(f"Number(document.querySelector('#cmp-return').dataset.points) === {returns}",
+                           timeout=60_000)
+    assert int(page.get_attribute("#cmp-eval", "data-points")) == evals
+    legend = page.inner_text("#cmp-return .u-legend")
+    assert short in legend and long in legend and "seed 5" in legend
+    assert float(page.get_attribute("#cmp-return", "data-x-max")) == max(r["step"] for rs in rows.values() for r in rs)
+    shot(page, "09-compare")
+
+
+def inside(inner: dict, outer: dict, slack: float = 0.5) -> bool:
+    return (inner["x"] >= outer["x"] - slack and inner["y"] >= outer["y"] - slack
+            and inner["x"] + inner["width"] <= outer["x"] + outer["width"] + slack
+            and inner["y"] + inner["height"] <= outer["y"] + outer["height"] + slack)
+
+
+def overlap(a: dict, b: dict) -> bool:
+    return not (a["x"] + a["width"] <= b["x"] or b["x"] + b["width"] <= a["x"]
+                or a["y"] + a["height"] <= b["y"] or b["y"] + b["height"] <= a["y"])
+
+
+@pytest.mark.parametrize("width,height", [(1366, 900), (390, 844)])
+def test_layout_fits_the_window(page, api, width, height):
+    page.set_viewport_size({"width": width, "height": height})
+    try:
+        page.goto(page.url.split("#")[0] + "#/")
+        page.locator(f"tr[data-job='{JOBS['short']}']").wait_for()
+        page.wait_for_timeout(300)
+        assert page.evaluate("document.scrollingElement.scrollWidth") <= width  # no sideways scroll
+        table = page.locator("#jobs-table").bounding_box()
+        assert inside(table, page.locator("#jobs-view .card").first.bounding_box())
+        shot(page, f"10-runs-{width}")
+
+        job_id = JOBS["long"]
+        page.goto(page.url.split("#")[0] + f"#/jobs/{job_id}")
+        page.wait_for_selector("#stream-state:has-text('job ended')")
+        page.wait_for_selector("#ckpt-table button[data-ckpt]")
+        page.wait_for_timeout(300)
+        assert page.evaluate("document.scrollingElement.scrollWidth") <= width
+        # The figures (times included) do not overlap one another.
+        stats = [page.locator(f"#job-stats > div:nth-child({i + 1}) dd").bounding_box()
+                 for i in range(page.locator("#job-stats > div").count())]
+        assert all(not overlap(a, b) for i, a in enumerate(stats) for b in stats[i + 1:])
+        card = page.locator("#job-stats").bounding_box()
+        assert all(inside(s, card) for s in stats)
+        # Event times stay on one line (they wrapped into two at 390 px).
+        times = page.locator("#job-events li > span:first-child, #job-events summary > span:first-child").all()
+        heights = [t.bounding_box()["height"] for t in times if t.is_visible()]
+        assert heights and max(heights) < 24, heights
+        # Download buttons stay inside their card; the legend inside its chart's card.
+        ckpt_card = page.locator("#ckpt-table").locator("xpath=ancestor::div[contains(@class,'card')][1]").bounding_box()
+        for button in page.locator("#ckpt-table button[data-ckpt]").all()[:3]:
+            button.scroll_into_view_if_needed()
+            ckpt_card = page.locator("#ckpt-table").locator("xpath=ancestor::div[contains(@class,'card')][1]").bounding_box()
+            assert inside(button.bounding_box(), ckpt_card)
+        chart_card = page.locator("#chart-return").locator("xpath=..").bounding_box()
+        for entry in page.locator("#chart-return .u-legend .u-series:not(.u-hidden)").all():
+            assert inside(entry.bounding_box(), chart_card)
+        assert page.locator("#chart-return .u-legend .u-series:not(.u-hidden)").count() == 2
+        # Each chart fits its card, and its x axis ends at the data's end.
+        for chart in ("return", "entropy"):
+            assert inside(page.locator(f"#chart-{chart} canvas").bounding_box(),
+                          page.locator(f"#chart-{chart}").locator("xpath=..").bounding_box())
+        last = api.get(f"/jobs/{job_id}").json()["progress"]["step"]
+        assert float(page.get_attribute("#chart-return", "data-x-max")) == last
+        shot(page, f"11-job-{width}")
+
+        page.goto(page.url.split("#")[0] + f"#/compare/{JOBS['short']},{job_id}")
+        page.wait_for_function("Number(document.querySelector('#cmp-return').dataset.points) > 0")
+        assert page.evaluate("document.scrollingElement.scrollWidth") <= width
+        for entry in page.locator("#cmp-return .u-legend .u-series:not(.u-hidden)").all():
+            assert inside(entry.bounding_box(), page.locator("#cmp-return").locator("xpath=..").bounding_box())
+        shot(page, f"12-compare-{width}")
+    finally:
+        page.set_viewport_size({"width": 1400, "height": 900})

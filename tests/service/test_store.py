@@ -89,6 +89,14 @@ def test_metrics_come_back_in_step_order_after_since_step_and_advance_progress(s
     assert store.get_job("a" * 12).step == 2048
 
 
+def test_eval_summary_gives_the_final_and_best_evaluation_in_step_order(store):
+    store.create_job("a" * 12, SPEC)
+    assert store.eval_summary("a" * 12) is None
+    for step, value in ((512, None), (1024, 40.0), (1536, None), (2048, 95.5), (2560, 70.25)):
+        store.append_metrics("a" * 12, {"step": step, "loss": 0.1, **({"eval_return_mean": value} if value else {})})
+    assert store.eval_summary("a" * 12) == {"final": 70.25, "best": 95.5, "count": 3}
+
+
 def test_metrics_rows_stay_valid_json_with_nan_inf_and_numpy_values(store):
     store.create_job("a" * 12, SPEC)
     store.append_metrics("a" * 12, {"step": np.int64(512), "explained_variance": math.nan,

@@ -183,3 +183,35 @@ def test_a_queued_job_bigger_than_the_cluster_fails_with_the_reason(store, make_
     assert store.get_job(big.id).error == ("it needs 6 CPUs (one per rollout worker and one for the learner) "
                                            "and the whole cluster has 4")
     assert manager.submit({**JOB, "workers": 1})[0].status == "PENDING"
+
+
+def test_a_job_stopped_between_admission_and_its_driver_starts_no_driver(store, make_manager):
+    # Issue 23, item 8: a stop while the job was admitted but still PENDING started its actors
+    # and wrote a step-0 checkpoint. The condition is re-entrant: holding it, the test admits the
+    # job (its thread then waits for the lock) and stops it before the thread can go on.
+    manager = make_manager()
+    with manager._cond:
+        job_id = manager.submit({**JOB, "workers": 1})[0].id
+        manager._admit()
+        assert job_id in manager._active and status(store, job_id) == "PENDING"
+        assert manager.wait_state(job_id) == {"starting": True}
+        manager.stop(job_id)
+    wait_until(lambda: status(store, job_id) == "STOPPED", "the job to end STOPPED")
+    assert job_id not in manager.drivers  # no driver process, so no actor
+    assert store.checkpoints(job_id) == [] and events(store, job_id, "started") == []
+    wait_until(lambda: job_id not in manager._active, "its CPUs to be released")
+
+
+def test_wait_state_gives_a_queued_jobs_place_and_the_cpus_it_waits_for(store, make_manager):
+    manager = make_manager(cpus=lambda: 2.0)
+    first = manager.submit({**JOB, "workers": 1})[0].id  # 2 CPUs: the whole cluster
+    wait_until(lambda: status(store, first) == "RUNNING", "the first job to run")
+    second = manager.submit({**JOB, "workers": 1})[0].id
+    third = manager.submit({**JOB, "workers": 1})[0].id
+    assert manager.wait_state(second) == {"starting": False, "place": 1, "queued": 2, "cpus_needed": 2,
+                                          "cpus_free": 0, "cpus_total": 2.0}
+    assert manager.wait_state(third)["place"] == 2
+    assert manager.wait_state(first) is None
+    manager.stop(third)
+    assert manager.wait_state(third) is None and manager.wait_state(second)["queued"] == 1
+    manager.drivers[first].finish.set()

@@ -107,6 +107,40 @@ def test_stop_request_ends_with_a_final_checkpoint(ray_session, tmp_path):
     assert read_archive(summary["checkpoint"]).state.step == 3 * 256
 
 
+def test_stop_before_the_run_starts_no_actor_and_writes_no_checkpoint(ray_session, tmp_path):
+    # Issue 23, item 8: stopping a PENDING job started its actors and wrote a step-0 checkpoint.
+    sink = Recorder()
+    trainer = Trainer(build_spec({**SMALL, "total_steps": 10_000}), tmp_path, sink)
+    trainer.request_stop()
+    summary = trainer.run()
+    assert summary["status"] == "STOPPED" and summary["steps"] == 0 and summary["checkpoint"] is None
+    assert trainer.learner is None and trainer.workers is None
+    assert sink.checkpoints == [] and sink.rows == [] and sink.events == []
+
+
+class StopOnEvent(Recorder):
+    """Requests a stop at the first event of a kind (e.g. "device": the learner is placed, the
+    workers still starting), as a stop of a job still PENDING would arrive."""
+
+    def __init__(self, kind):
+        super().__init__()
+        self.kind, self.trainer = kind, None
+
+    def event(self, kind, message):
+        super().event(kind, message)
+        if kind == self.kind:
+            self.trainer.request_stop()
+
+
+def test_stop_while_starting_makes_no_update_and_no_checkpoint(ray_session, tmp_path):
+    sink = StopOnEvent("device")
+    sink.trainer = Trainer(build_spec({**SMALL, "total_steps": 10_000}), tmp_path, sink)
+    summary = sink.trainer.run()
+    assert summary["status"] == "STOPPED" and summary["steps"] == 0 and summary["checkpoint"] is None
+    assert sink.checkpoints == [] and sink.rows == []
+    assert not list(tmp_path.rglob("*.tar.gz"))
+
+
 def test_resume_continues_step_count_weights_and_schedule(ray_session, tmp_path):
     spec = build_spec({**SMALL, "total_steps": 1024, "checkpoint_every": 2,
                        "a2c": {"steps_per_batch": 256, "learning_rate_schedule": "linear"}})
