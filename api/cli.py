@@ -1,4 +1,4 @@
-"""The `a2c` command: train, evaluate, serve, envs.
+"""The `a2c` command: train, evaluate, checkpoints, serve, envs.
 
 The command line is the second front end beside HTTP: `train` is the train command of
 `service.train` (also `python -m service.train`), `serve` runs the HTTP API of this package.
@@ -12,7 +12,6 @@ import logging
 import sys
 from pathlib import Path
 
-from service import storage
 from service import train
 
 
@@ -20,16 +19,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     """`a2c evaluate`: play deterministic episodes with a checkpoint's policy, without Ray."""
     import numpy as np
 
-    from service.run.checkpoints import read_checkpoint
+    from service.run.checkpoints import find_archive, read_checkpoint
     from workers.evaluate import evaluate_policy
 
-    path = args.archive
-    if not path.endswith(".tar.gz") or (storage.is_local(path) and storage.local_path(path).is_dir()):
-        # A run directory (or a storage prefix): its newest archive; names sort by step.
-        found = [loc for loc in storage.list_files(path) if loc.endswith(".tar.gz")]
-        if not found:
-            raise FileNotFoundError(f"no checkpoint archive under {path}")
-        path = max(found, key=lambda loc: loc.rsplit("/", 1)[-1])
+    path = find_archive(args.archive, args.checkpoint)
     ckpt = read_checkpoint(path)
     env = args.env or ckpt.env_id
     returns = evaluate_policy(ckpt.policy(), env, ckpt.config.get("env_kwargs", {}), args.episodes, args.seed)
@@ -37,6 +30,25 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(f"{env}: return {mean:.2f} ± {std:.2f} over {args.episodes} episodes", file=sys.stderr)
     print(json.dumps({"checkpoint": str(path), "env": env, "episodes": args.episodes,
                       "return_mean": mean, "return_std": std}), flush=True)
+    return 0
+
+
+def cmd_checkpoints(args: argparse.Namespace) -> int:
+    """`a2c checkpoints`: a run directory's archives with their evaluation returns; `*` marks
+    the best (what `--checkpoint best` loads)."""
+    from service.run.checkpoints import best_of, run_archives
+
+    entries = run_archives(args.run)
+    if not entries:
+        raise FileNotFoundError(f"no checkpoint archive under {args.run}")
+    best = best_of(entries)
+
+    def cell(value: float | None) -> str:
+        return "-" if value is None else f"{value:.1f}"
+    print(f"{'checkpoint':<18}{'step':>12}{'eval return':>13}{'train return':>14}  best")
+    for e in entries:
+        mark = "*" if best is not None and e.id == best.id else ""
+        print(f"{e.id:<18}{e.step:>12}{cell(e.eval_return_mean):>13}{cell(e.return_mean):>14}  {mark}")
     return 0
 
 
@@ -66,12 +78,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="a2c", description="A2C training as a service, on Ray.")
     sub = parser.add_subparsers(dest="command", required=True)
     train.add_arguments(sub.add_parser("train", help="train one job on Ray (embedded local Ray by default)"))
-    ev = sub.add_parser("evaluate", help="evaluate a checkpoint archive (or the newest under a dir)")
+    ev = sub.add_parser("evaluate", help="evaluate a checkpoint archive (or one of a run directory's)")
     ev.add_argument("archive", metavar="ARCHIVE_OR_DIR",
                     help="an archive or a run directory: a path or a storage URI (s3://..., file://...)")
     ev.add_argument("--episodes", type=int, default=10)
     ev.add_argument("--env", help="env id (default: the checkpoint's)")
     ev.add_argument("--seed", type=int, default=12345)
+    ev.add_argument("--checkpoint", default="latest", metavar="WHICH",
+                    help="for a run directory: latest (default), best (the highest evaluation return) or an id")
+    ck = sub.add_parser("checkpoints", help="list a run directory's checkpoints with their evaluation returns")
+    ck.add_argument("run", metavar="RUN_DIR", help="a run directory: a path or a storage URI")
     sv = sub.add_parser("serve", help="run the HTTP API (uvicorn) with an embedded or existing Ray")
     sv.add_argument("--host", default=None)
     sv.add_argument("--port", type=int, default=None)
@@ -87,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `a2c` console script."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    handlers = {"train": train.run, "evaluate": cmd_evaluate, "serve": cmd_serve, "envs": cmd_envs}
+    handlers = {"train": train.run, "evaluate": cmd_evaluate, "checkpoints": cmd_checkpoints,
+                "serve": cmd_serve, "envs": cmd_envs}
     return train.report_errors(lambda: handlers[args.command](args))
 
 

@@ -20,19 +20,23 @@ router = APIRouter(prefix="/jobs/{job_id}/checkpoints", tags=["checkpoints"], de
 
 JobId = Annotated[str, Path(pattern=JOB_ID_PATTERN, description="A job id (12 hex digits).")]
 CheckpointId = Annotated[str, Path(pattern=CHECKPOINT_ID_PATTERN,
-                                   description="A checkpoint id (`step-0000051200`) or `latest`.")]
+                                   description=("A checkpoint id (`step-0000051200`), `latest` (the highest step) "
+                                                "or `best` (the highest evaluation return)."))]
 
 
 @router.get("", response_model=CheckpointsPublic, responses={404: {"description": "Unknown job"}})
 def list_checkpoints(job_id: JobId, queries: QueriesDep) -> CheckpointsPublic:
-    """The job's checkpoints in step order: id, step, mean return, size, creation time."""
+    """The job's checkpoints in step order: id, step, evaluation return (and whether it is the
+    best), mean training return, size, creation time."""
+    rows = queries.checkpoints(job_id)
+    best = queries.best_checkpoint_id(job_id)
     return CheckpointsPublic(job_id=job_id, checkpoints=[
-        CheckpointPublic.from_row(job_id, c) for c in queries.checkpoints(job_id)])
+        CheckpointPublic.from_row(job_id, c, best=c.id == best) for c in rows])
 
 
 @router.get("/{ckpt_id}/archive", response_class=FileResponse, responses={
     200: {"content": {"application/gzip": {}}, "description": "The .tar.gz; `a2c evaluate` loads it."},
-    404: {"description": "Unknown job or checkpoint"}})
+    404: {"description": "Unknown job or checkpoint (for `best`: no checkpoint evaluated yet)"}})
 def download_archive(job_id: JobId, ckpt_id: CheckpointId, queries: QueriesDep) -> Response:
     """The checkpoint archive as a download, named `<job>-<checkpoint>.tar.gz`.
 

@@ -95,8 +95,13 @@ class JobQueries:
         self.get(job_id)
         return self.store.checkpoints(job_id)
 
+    def best_checkpoint_id(self, job_id: str) -> str | None:
+        """The id `best` stands for (the highest evaluation return), None while none was evaluated."""
+        best = self.store.checkpoint(job_id, "best")
+        return best.id if best else None
+
     def archive(self, job_id: str, ckpt_id: str) -> tuple[str, str]:
-        """(location of the checkpoint archive, download file name); `latest` works.
+        """(location of the checkpoint archive, download file name); `latest` and `best` work.
 
         The file name is made from the stored ids, never from request text.
         """

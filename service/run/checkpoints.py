@@ -6,12 +6,77 @@ module puts it where the run's storage says, atomically (see `service.storage`).
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from typing import Any
 
-from learner.checkpoint import Checkpoint, archive_bytes, read_archive
+from learner.checkpoint import Checkpoint, archive_bytes, read_archive, read_manifest
 from learner.learner import LearnerState
 from learner.policy import SpacesSpec
 from service import storage
+from service.records import CHECKPOINT_ID_PATTERN
+
+ARCHIVE_NAME = re.compile(r"(step-[0-9]{10,19})\.tar\.gz")
+"""The file name of an archive the trainer wrote: `<checkpoint id>.tar.gz`."""
+
+
+@dataclass(frozen=True)
+class ArchiveEntry:
+    """One archive of a run directory, as its manifest describes it."""
+
+    id: str
+    location: str
+    step: int
+    eval_return_mean: float | None
+    return_mean: float | None
+
+
+def run_archives(location: str) -> list[ArchiveEntry]:
+    """The archives of a run directory or storage prefix (its checkpoints/ included), in step
+    order, each described by its manifest (only the manifest is read)."""
+    found = []
+    for loc in storage.list_files(location):
+        match = ARCHIVE_NAME.fullmatch(loc.rsplit("/", 1)[-1])
+        if match:
+            manifest = read_manifest(storage.read_bytes(loc))
+            found.append(ArchiveEntry(match.group(1), loc, int(manifest["step"]),
+                                      manifest.get("eval_return_mean"), manifest.get("return_mean")))
+    return sorted(found, key=lambda e: e.step)
+
+
+def best_of(entries: list[ArchiveEntry]) -> ArchiveEntry | None:
+    """The entry with the highest evaluation return (of equals, the later), as the job store's
+    `best`; None when none was evaluated."""
+    evaluated = [e for e in entries if e.eval_return_mean is not None]
+    return max(evaluated, key=lambda e: (e.eval_return_mean, e.step)) if evaluated else None
+
+
+def find_archive(location: str, which: str = "latest") -> str:
+    """The archive to load: `location` itself when it names an archive file, else the one
+    `which` names among a run directory's archives: `latest` (the highest step), `best` (the
+    highest evaluation return) or a checkpoint id. FileNotFoundError says what is missing."""
+    if not re.fullmatch(CHECKPOINT_ID_PATTERN, which):
+        raise FileNotFoundError(f"checkpoint {which!r}: give latest, best or an id such as step-0000051200")
+    if location.endswith(".tar.gz") and not (storage.is_local(location) and storage.local_path(location).is_dir()):
+        if which != "latest":
+            raise FileNotFoundError(f"{location} is one archive; checkpoint {which!r} names one of a run "
+                                    "directory's archives: give the run directory")
+        return location
+    entries = run_archives(location)
+    if not entries:
+        raise FileNotFoundError(f"no checkpoint archive under {location}")
+    if which == "latest":
+        return entries[-1].location
+    if which == "best":
+        best = best_of(entries)
+        if best is None:
+            raise FileNotFoundError(f"no evaluated checkpoint under {location}: `best` is the archive with the "
+                                    "highest evaluation return, and none of its manifests has one")
+        return best.location
+    chosen = next((e for e in entries if e.id == which), None)
+    if chosen is None:
+        raise FileNotFoundError(f"no checkpoint {which} under {location}")
+    return chosen.location
 
 
 def read_checkpoint(location: str) -> Checkpoint:
