@@ -1,4 +1,4 @@
-"""The `a2c` command: train, evaluate, checkpoints, serve, envs.
+"""The `a2c` command: train, evaluate, export, checkpoints, serve, envs.
 
 The command line is the second front end beside HTTP: `train` is the train command of
 `service.train` (also `python -m service.train`), `serve` runs the HTTP API of this package.
@@ -30,6 +30,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(f"{env}: return {mean:.2f} ± {std:.2f} over {args.episodes} episodes", file=sys.stderr)
     print(json.dumps({"checkpoint": str(path), "env": env, "episodes": args.episodes,
                       "return_mean": mean, "return_std": std}), flush=True)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """`a2c export`: a checkpoint's policy as a model file (ONNX), written atomically."""
+    from learner.export import OPSET
+    from service import storage
+    from service.run.checkpoints import export_policy, find_archive
+
+    path = find_archive(args.archive, args.checkpoint)
+    data = export_policy(path, args.format)
+    storage.write_bytes_atomic(args.output, data)
+    print(f"wrote {args.output} ({len(data)} bytes, {args.format} opset {OPSET})", file=sys.stderr)
+    print(json.dumps({"checkpoint": str(path), "output": args.output, "format": args.format,
+                      "opset": OPSET, "size_bytes": len(data)}), flush=True)
     return 0
 
 
@@ -86,6 +101,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=12345)
     ev.add_argument("--checkpoint", default="latest", metavar="WHICH",
                     help="for a run directory: latest (default), best (the highest evaluation return) or an id")
+    ex = sub.add_parser("export", help="export a checkpoint's policy as an ONNX model (raw observations -> action)")
+    ex.add_argument("archive", metavar="CHECKPOINT",
+                    help="an archive or a run directory: a path or a storage URI")
+    ex.add_argument("--checkpoint", default="latest", metavar="WHICH",
+                    help="for a run directory: latest (default), best or an id")
+    ex.add_argument("--format", default="onnx", choices=["onnx"])
+    ex.add_argument("-o", "--output", required=True, metavar="FILE_OR_URI", help="where to write the model")
     ck = sub.add_parser("checkpoints", help="list a run directory's checkpoints with their evaluation returns")
     ck.add_argument("run", metavar="RUN_DIR", help="a run directory: a path or a storage URI")
     sv = sub.add_parser("serve", help="run the HTTP API (uvicorn) with an embedded or existing Ray")
@@ -103,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `a2c` console script."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    handlers = {"train": train.run, "evaluate": cmd_evaluate, "checkpoints": cmd_checkpoints,
+    handlers = {"train": train.run, "evaluate": cmd_evaluate, "export": cmd_export, "checkpoints": cmd_checkpoints,
                 "serve": cmd_serve, "envs": cmd_envs}
     return train.report_errors(lambda: handlers[args.command](args))
 

@@ -1,10 +1,11 @@
-"""Routes of /jobs/{id}/checkpoints: the list, and each archive as a download."""
+"""Routes of /jobs/{id}/checkpoints: the list, each archive as a download, and each policy
+exported as an ONNX model."""
 
 from __future__ import annotations
 
-from typing import Annotated, Iterator
+from typing import Annotated, Iterator, Literal
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Path, Query
 from fastapi.responses import FileResponse, Response, StreamingResponse
 
 from api.deps import Authenticated, QueriesDep
@@ -47,6 +48,20 @@ def download_archive(job_id: JobId, ckpt_id: CheckpointId, queries: QueriesDep) 
         return FileResponse(storage.local_path(location), media_type="application/gzip", filename=filename)
     return StreamingResponse(_chunks(location), media_type="application/gzip",
                              headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+
+
+@router.get("/{ckpt_id}/export", response_class=Response, responses={
+    200: {"content": {"application/octet-stream": {}},
+          "description": "The policy as an ONNX model: input `obs`, outputs `action` first (docs/api.md)."},
+    404: {"description": "Unknown job or checkpoint (for `best`: no checkpoint evaluated yet)"},
+    422: {"description": "An unknown format, or an archive that does not load"}})
+def export_policy(job_id: JobId, ckpt_id: CheckpointId, queries: QueriesDep,
+                  format: Annotated[Literal["onnx"], Query(description="The model format.")] = "onnx") -> Response:
+    """The checkpoint's policy as a model file, named `<job>-<checkpoint>.onnx`: raw observations
+    in (normalisation and image scaling inside), the deterministic action out."""
+    data, filename = queries.export(job_id, ckpt_id, format)
+    return Response(data, media_type="application/octet-stream",
+                    headers={"Content-Disposition": f'attachment; filename="{filename}"'})
 
 
 def _chunks(location: str) -> Iterator[bytes]:

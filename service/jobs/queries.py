@@ -110,6 +110,14 @@ class JobQueries:
         return location, f"{job.id}-{ckpt.id}.tar.gz"
 
 
+    def export(self, job_id: str, ckpt_id: str, fmt: str) -> tuple[bytes, str]:
+        """(the checkpoint's policy exported as `fmt`, download file name); `latest` and `best` work."""
+        from service.run.checkpoints import export_policy
+        job = self.get(job_id)
+        ckpt, location = self.locations.archive(self.store, job.id, ckpt_id)
+        return export_policy(location, fmt), f"{job.id}-{ckpt.id}.{fmt}"
+
+
 def _encode_token(created: float, job_id: str) -> str:
     return base64.urlsafe_b64encode(json.dumps([created, job_id]).encode()).decode().rstrip("=")
 

@@ -84,6 +84,20 @@ def read_checkpoint(location: str) -> Checkpoint:
     return read_archive(storage.read_bytes(location))
 
 
+EXPORT_FORMATS = ("onnx",)
+"""What a checkpoint's policy can be exported as (see `learner.export`)."""
+
+
+def export_policy(location: str, fmt: str = "onnx") -> bytes:
+    """The policy of the checkpoint archive at `location` as a model file of format `fmt`:
+    for onnx, the graph of `learner.export` (raw observations in, the deterministic action out).
+    The archive is verified as every read is; nothing of it is unpickled or run."""
+    if fmt not in EXPORT_FORMATS:
+        raise ValueError(f"unknown export format {fmt!r}; one of: {', '.join(EXPORT_FORMATS)}")
+    from learner.export import onnx_bytes
+    return onnx_bytes(read_checkpoint(location).policy())
+
+
 def write_checkpoint(location: str, state: LearnerState, spaces: SpacesSpec, env_id: str,
                      config: dict[str, Any], extra: dict[str, Any] | None = None) -> int:
     """Write a checkpoint archive so that readers see the old file or the whole new one, never

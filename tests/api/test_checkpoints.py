@@ -84,6 +84,27 @@ def test_best_before_any_evaluation_is_404_and_resume_from_it_422_then_both_work
     assert client.wait_finished(resumed.json()["id"])["progress"]["step"] == best["step"] + 512
 
 
+def test_export_gives_an_onnx_model_whose_actions_are_the_checkpoints(client, finished_job):
+    import numpy as np
+    import onnxruntime as ort
+
+    from learner.policy import obs_tensor
+    job_id = finished_job["id"]
+    archive = read_archive(client.get(f"/jobs/{job_id}/checkpoints/best/archive").content)
+    policy = archive.policy()
+    obs = (np.random.default_rng(0).normal(size=(1000, 4)) * [1.0, 1.5, 0.15, 1.5]).astype(np.float32)
+    expected = policy.act(obs_tensor(obs, policy.spaces), deterministic=True)[0].numpy()
+    for ckpt in ("best", "latest", "step-0000020480"):
+        r = client.get(f"/jobs/{job_id}/checkpoints/{ckpt}/export", params={"format": "onnx"})
+        assert r.status_code == 200 and r.headers["content-type"] == "application/octet-stream", r.text
+        assert r.headers["content-disposition"] == f'attachment; filename="{job_id}-step-0000020480.onnx"'
+        session = ort.InferenceSession(r.content, providers=["CPUExecutionProvider"])
+        assert np.array_equal(session.run(["action"], {"obs": obs})[0], expected)
+    r = client.get(f"/jobs/{job_id}/checkpoints/best/export", params={"format": "pickle"})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", "format"]
+    assert client.get(f"/jobs/{job_id}/checkpoints/step-0000000001/export").status_code == 404
+
+
 def test_unknown_checkpoint_is_404(client, finished_job):
     r = client.get(f"/jobs/{finished_job['id']}/checkpoints/step-0000000001/archive")
     assert r.status_code == 404 and "no checkpoint" in r.json()["detail"]

@@ -90,3 +90,24 @@ def test_a2c_evaluate_takes_best_and_refuses_a_bad_choice_in_one_line(run_dir):
     bad = a2c("evaluate", str(run_dir / "checkpoints" / "step-0000000512.tar.gz"), "--checkpoint", "best")
     assert bad.returncode == 1 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
     assert "names one of a run directory's archives" in bad.stderr
+
+
+def test_a2c_export_writes_an_onnx_model_of_the_chosen_checkpoint(run_dir, tmp_path):
+    import numpy as np
+    import onnxruntime as ort
+
+    from learner.policy import obs_tensor
+    out = tmp_path / "models" / "policy.onnx"
+    result = a2c("export", str(run_dir), "--checkpoint", "best", "--format", "onnx", "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["checkpoint"].endswith("step-0000002048.tar.gz") and summary["opset"] == 17
+    assert [p.name for p in out.parent.iterdir()] == ["policy.onnx"]  # no temporary file left behind
+    policy = read_checkpoint(summary["checkpoint"]).policy()
+    obs = np.random.default_rng(0).normal(size=(1000, 4)).astype(np.float32)
+    session = ort.InferenceSession(out.read_bytes(), providers=["CPUExecutionProvider"])
+    expected = policy.act(obs_tensor(obs, policy.spaces), deterministic=True)[0].numpy()
+    assert np.array_equal(session.run(["action"], {"obs": obs})[0], expected)
+    bad = a2c("export", str(tmp_path / "nothing-here"), "-o", str(tmp_path / "x.onnx"))
+    assert bad.returncode == 1 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+    assert not (tmp_path / "x.onnx").exists()
