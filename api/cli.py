@@ -25,11 +25,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     path = find_archive(args.archive, args.checkpoint)
     ckpt = read_checkpoint(path)
     env = args.env or ckpt.env_id
-    returns = evaluate_policy(ckpt.policy(), env, ckpt.config.get("env_kwargs", {}), args.episodes, args.seed)
+    env_kwargs = ckpt.config.get("env_kwargs", {})
+    returns = evaluate_policy(ckpt.policy(), env, env_kwargs, args.episodes, args.seed)
     mean, std = float(np.mean(returns)), float(np.std(returns))
     print(f"{env}: return {mean:.2f} ± {std:.2f} over {args.episodes} episodes", file=sys.stderr)
-    print(json.dumps({"checkpoint": str(path), "env": env, "episodes": args.episodes,
-                      "return_mean": mean, "return_std": std}), flush=True)
+    result = {"checkpoint": str(path), "env": env, "episodes": args.episodes, "return_mean": mean, "return_std": std}
+    if args.video is not None:
+        from workers.video import record_episodes
+        videos = record_episodes(ckpt.policy(), env, env_kwargs, args.episodes, args.seed, args.video)
+        print(f"wrote {len(videos)} video(s) to {args.video}", file=sys.stderr)
+        result["videos"] = [{"path": v.path, "return": v.episode_return, "frames": v.frames} for v in videos]
+    print(json.dumps(result), flush=True)
     return 0
 
 
@@ -101,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=12345)
     ev.add_argument("--checkpoint", default="latest", metavar="WHICH",
                     help="for a run directory: latest (default), best (the highest evaluation return) or an id")
+    ev.add_argument("--video", type=Path, metavar="DIR",
+                    help="also record each episode as DIR/episode-<i>.mp4 (the env's rgb_array render; "
+                         "Atari: the raw screen)")
     ex = sub.add_parser("export", help="export a checkpoint's policy as an ONNX model (raw observations -> action)")
     ex.add_argument("archive", metavar="CHECKPOINT",
                     help="an archive or a run directory: a path or a storage URI")

@@ -111,3 +111,13 @@ def test_a2c_export_writes_an_onnx_model_of_the_chosen_checkpoint(run_dir, tmp_p
     bad = a2c("export", str(tmp_path / "nothing-here"), "-o", str(tmp_path / "x.onnx"))
     assert bad.returncode == 1 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_a2c_evaluate_with_video_writes_one_mp4_per_episode(run_dir, tmp_path):
+    import imageio.v3 as iio
+    result = a2c("evaluate", str(run_dir), "--checkpoint", "best", "--episodes", "2", "--video", str(tmp_path / "v"))
+    assert result.returncode == 0, result.stderr
+    videos = json.loads(result.stdout.strip().splitlines()[-1])["videos"]
+    assert [v["path"] for v in videos] == [str(tmp_path / "v" / f"episode-{i}.mp4") for i in range(2)]
+    assert sorted(p.name for p in (tmp_path / "v").iterdir()) == ["episode-0.mp4", "episode-1.mp4"]
+    assert all(iio.imread(v["path"]).shape[0] == v["frames"] for v in videos)
