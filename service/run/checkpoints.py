@@ -16,8 +16,9 @@ from learner.policy import SpacesSpec
 from service import storage
 from service.records import CHECKPOINT_ID_PATTERN
 
-ARCHIVE_NAME = re.compile(r"(step-[0-9]{10,19})\.tar\.gz")
-"""The file name of an archive the trainer wrote: `<checkpoint id>.tar.gz`."""
+ARCHIVE_NAME = re.compile(r"(?:[0-9a-f]{12}-)?(step-([0-9]{10,19}))\.tar\.gz")
+"""The file name of an archive: `<checkpoint id>.tar.gz` as the trainer writes it, or
+`<job id>-<checkpoint id>.tar.gz` as the API's download names it."""
 
 
 @dataclass(frozen=True)
@@ -31,17 +32,26 @@ class ArchiveEntry:
     return_mean: float | None
 
 
-def run_archives(location: str) -> list[ArchiveEntry]:
-    """The archives of a run directory or storage prefix (its checkpoints/ included), in step
-    order, each described by its manifest (only the manifest is read)."""
+def _named_archives(location: str) -> list[tuple[int, str, str]]:
+    """(step, checkpoint id, location) of each archive under a run directory or storage prefix
+    (its checkpoints/ included), by file name alone, in step order."""
     found = []
     for loc in storage.list_files(location):
         match = ARCHIVE_NAME.fullmatch(loc.rsplit("/", 1)[-1])
         if match:
-            manifest = read_manifest(storage.read_bytes(loc))
-            found.append(ArchiveEntry(match.group(1), loc, int(manifest["step"]),
-                                      manifest.get("eval_return_mean"), manifest.get("return_mean")))
-    return sorted(found, key=lambda e: e.step)
+            found.append((int(match.group(2)), match.group(1), loc))
+    return sorted(found)
+
+
+def run_archives(location: str) -> list[ArchiveEntry]:
+    """The archives of a run directory or storage prefix, in step order, each described by
+    its manifest (only the manifest is read)."""
+    entries = []
+    for _, ckpt_id, loc in _named_archives(location):
+        manifest = read_manifest(storage.read_bytes(loc))
+        entries.append(ArchiveEntry(ckpt_id, loc, int(manifest["step"]), manifest.get("eval_return_mean"),
+                                    manifest.get("return_mean")))
+    return entries
 
 
 def best_of(entries: list[ArchiveEntry]) -> ArchiveEntry | None:
@@ -54,7 +64,8 @@ def best_of(entries: list[ArchiveEntry]) -> ArchiveEntry | None:
 def find_archive(location: str, which: str = "latest") -> str:
     """The archive to load: `location` itself when it names an archive file, else the one
     `which` names among a run directory's archives: `latest` (the highest step), `best` (the
-    highest evaluation return) or a checkpoint id. FileNotFoundError says what is missing."""
+    highest evaluation return: only then are manifests read) or a checkpoint id.
+    FileNotFoundError says what is missing."""
     if not re.fullmatch(CHECKPOINT_ID_PATTERN, which):
         raise FileNotFoundError(f"checkpoint {which!r}: give latest, best or an id such as step-0000051200")
     if location.endswith(".tar.gz") and not (storage.is_local(location) and storage.local_path(location).is_dir()):
@@ -62,21 +73,21 @@ def find_archive(location: str, which: str = "latest") -> str:
             raise FileNotFoundError(f"{location} is one archive; checkpoint {which!r} names one of a run "
                                     "directory's archives: give the run directory")
         return location
-    entries = run_archives(location)
-    if not entries:
+    named = _named_archives(location)
+    if not named:
         raise FileNotFoundError(f"no checkpoint archive under {location}")
     if which == "latest":
-        return entries[-1].location
+        return named[-1][2]
     if which == "best":
-        best = best_of(entries)
+        best = best_of(run_archives(location))
         if best is None:
             raise FileNotFoundError(f"no evaluated checkpoint under {location}: `best` is the archive with the "
                                     "highest evaluation return, and none of its manifests has one")
         return best.location
-    chosen = next((e for e in entries if e.id == which), None)
+    chosen = next((loc for _, ckpt_id, loc in named if ckpt_id == which), None)
     if chosen is None:
         raise FileNotFoundError(f"no checkpoint {which} under {location}")
-    return chosen.location
+    return chosen
 
 
 def read_checkpoint(location: str) -> Checkpoint:

@@ -121,3 +121,12 @@ def test_a2c_evaluate_with_video_writes_one_mp4_per_episode(run_dir, tmp_path):
     assert [v["path"] for v in videos] == [str(tmp_path / "v" / f"episode-{i}.mp4") for i in range(2)]
     assert sorted(p.name for p in (tmp_path / "v").iterdir()) == ["episode-0.mp4", "episode-1.mp4"]
     assert all(iio.imread(v["path"]).shape[0] == v["frames"] for v in videos)
+
+
+def test_downloaded_archives_named_by_job_and_checkpoint_are_found_too(run_dir, tmp_path):
+    for step in (512, 1024):
+        source = run_dir / "checkpoints" / f"step-{step:010d}.tar.gz"
+        (tmp_path / f"0123456789ab-{source.name}").write_bytes(source.read_bytes())
+    (tmp_path / "notes.tar.gz").write_bytes(b"not an archive")  # other names are not archives
+    assert find_archive(str(tmp_path)).endswith("0123456789ab-step-0000001024.tar.gz")
+    assert find_archive(str(tmp_path), "best").endswith("0123456789ab-step-0000001024.tar.gz")
