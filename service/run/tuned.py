@@ -45,7 +45,7 @@ TUNED: dict[str, dict[str, Any]] = {
     "CartPole-v1": {
         "envs_per_worker": 16,
         "a2c": {"steps_per_batch": 512, "mini_batch_size": None, "learning_rate": 3e-3,
-                "learning_rate_schedule": "linear", "learning_rate_final": 0.0,
+                "learning_rate_schedule": "linear", "learning_rate_final": 0.0, "optimizer_eps": 1e-3,
                 "gae_lambda": 1.0, "normalize_rewards": True},
         "policy": {"share_torso": False, "normalize_observations": True},
     },
