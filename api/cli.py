@@ -1,4 +1,4 @@
-"""The `a2c` command: train, evaluate, serve, envs.
+"""The `a2c` command: train, evaluate, export, checkpoints, serve, envs.
 
 The command line is the second front end beside HTTP: `train` is the train command of
 `service.train` (also `python -m service.train`), `serve` runs the HTTP API of this package.
@@ -24,7 +24,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from workers.env import UnknownEnvironment, describe_spaces
     from workers.evaluate import evaluate_policy
 
-    path, ckpt = open_checkpoint(args.archive)
+    path, ckpt = open_checkpoint(args.archive, args.checkpoint)
     env = args.env or ckpt.env_id
     env_kwargs = ckpt.config.get("env_kwargs", {})
     if env != ckpt.env_id:  # the policy's layers are sized for the checkpoint's spaces
@@ -40,8 +40,47 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     returns = evaluate_policy(ckpt.policy(), env, env_kwargs, args.episodes, args.seed)
     mean, std = float(np.mean(returns)), float(np.std(returns))
     print(f"{env}: return {mean:.2f} ± {std:.2f} over {args.episodes} episodes", file=sys.stderr)
-    print(json.dumps({"checkpoint": str(path), "env": env, "episodes": args.episodes,
-                      "return_mean": mean, "return_std": std}), flush=True)
+    result = {"checkpoint": str(path), "env": env, "episodes": args.episodes, "return_mean": mean, "return_std": std}
+    if args.video is not None:
+        from workers.video import record_episodes
+        videos = record_episodes(ckpt.policy(), env, env_kwargs, args.episodes, args.seed, args.video)
+        print(f"wrote {len(videos)} video(s) to {args.video}", file=sys.stderr)
+        result["videos"] = [{"path": v.path, "return": v.episode_return, "frames": v.frames} for v in videos]
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """`a2c export`: a checkpoint's policy as a model file (ONNX), written atomically."""
+    from learner.export import OPSET
+    from service import storage
+    from service.run.checkpoints import export_policy, find_archive
+
+    path = find_archive(args.archive, args.checkpoint)
+    data = export_policy(path, args.format)
+    storage.write_bytes_atomic(args.output, data)
+    print(f"wrote {args.output} ({len(data)} bytes, {args.format} opset {OPSET})", file=sys.stderr)
+    print(json.dumps({"checkpoint": str(path), "output": args.output, "format": args.format,
+                      "opset": OPSET, "size_bytes": len(data)}), flush=True)
+    return 0
+
+
+def cmd_checkpoints(args: argparse.Namespace) -> int:
+    """`a2c checkpoints`: a run directory's archives with their evaluation returns; `*` marks
+    the best (what `--checkpoint best` loads)."""
+    from service.run.checkpoints import best_of, run_archives
+
+    entries = run_archives(args.run)
+    if not entries:
+        raise FileNotFoundError(f"no checkpoint archive under {args.run}")
+    best = best_of(entries)
+
+    def cell(value: float | None) -> str:
+        return "-" if value is None else f"{value:.1f}"
+    print(f"{'checkpoint':<18}{'step':>12}{'eval return':>13}{'train return':>14}  best")
+    for e in entries:
+        mark = "*" if best is not None and e.id == best.id else ""
+        print(f"{e.id:<18}{e.step:>12}{cell(e.eval_return_mean):>13}{cell(e.return_mean):>14}  {mark}")
     return 0
 
 
@@ -100,17 +139,33 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train one A2C job: on an embedded local Ray, or on a cluster with --address. "
                     "Writes runs/<job id>/ (config, metrics, events, TensorBoard file, checkpoints); "
                     "the last line of stdout is the summary JSON."))
-    ev = sub.add_parser("evaluate", help="evaluate a checkpoint archive (or the newest under a dir)",
+    ev = sub.add_parser("evaluate", help="evaluate a checkpoint archive (or one of a run directory's)",
                         description="Play deterministic episodes with a checkpoint's policy, without Ray; "
                                     "prints the mean return, then one JSON line on stdout.")
     ev.add_argument("archive", metavar="ARCHIVE_OR_DIR",
-                    help="an archive or a run directory (its newest archive): a path or a storage URI "
-                         "(s3://..., file://...)")
+                    help="an archive or a run directory: a path or a storage URI (s3://..., file://...)")
     ev.add_argument("--episodes", type=int, default=10, metavar="N", help="episodes to play (default: 10)")
     ev.add_argument("--env", metavar="ID", help="env id to play in; its spaces must match the checkpoint's "
                                                 "(default: the checkpoint's env)")
     ev.add_argument("--seed", type=int, default=12345, metavar="N",
                     help="seed of the first episode's env; each next episode takes the next seed (default: 12345)")
+    ev.add_argument("--checkpoint", default="latest", metavar="WHICH",
+                    help="for a run directory: latest (default), best (the highest evaluation return) or an id")
+    ev.add_argument("--video", type=Path, metavar="DIR",
+                    help="also record each episode as DIR/episode-<i>.mp4 (the env's rgb_array render; "
+                         "Atari: the raw screen)")
+    ex = sub.add_parser("export", help="export a checkpoint's policy as an ONNX model (raw observations -> action)",
+                        description="Write a checkpoint's policy as an ONNX model: raw observations in, the "
+                                    "deterministic action out (docs/api.md#onnx-export).")
+    ex.add_argument("archive", metavar="CHECKPOINT",
+                    help="an archive or a run directory: a path or a storage URI")
+    ex.add_argument("--checkpoint", default="latest", metavar="WHICH",
+                    help="for a run directory: latest (default), best or an id")
+    ex.add_argument("--format", default="onnx", choices=["onnx"])
+    ex.add_argument("-o", "--output", required=True, metavar="FILE_OR_URI", help="where to write the model")
+    ck = sub.add_parser("checkpoints", help="list a run directory's checkpoints with their evaluation returns",
+                        description="A run's archives: step, eval return, training return; * marks the best.")
+    ck.add_argument("run", metavar="RUN_DIR", help="a run directory: a path or a storage URI")
     sv = sub.add_parser("serve", help="run the HTTP API and dashboard (uvicorn) with an embedded or existing Ray",
                         description="Run the job service: the HTTP API, its docs at /docs and the dashboard "
                                     "at /. Flags override the A2C_* environment settings (docs/api.md).")
@@ -137,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    handlers = {"train": train.run, "evaluate": cmd_evaluate, "serve": cmd_serve, "envs": cmd_envs}
+    handlers = {"train": train.run, "evaluate": cmd_evaluate, "export": cmd_export, "checkpoints": cmd_checkpoints,
+                "serve": cmd_serve, "envs": cmd_envs}
     return train.report_errors(lambda: handlers[args.command](args))
 
 

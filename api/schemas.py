@@ -161,15 +161,19 @@ class CheckpointPublic(BaseModel):
 
     id: str
     step: int
-    return_mean: float | None
+    eval_return_mean: float | None = Field(description=(
+        "Mean return of the deterministic evaluation at this step; null when none ran at it."))
+    best: bool = Field(description="Whether this is the job's `best` checkpoint (highest eval_return_mean).")
+    return_mean: float | None = Field(description="Mean return of the last 20 training episodes.")
     size_bytes: int
     created: datetime
     archive_url: str
 
     @classmethod
-    def from_row(cls, job_id: str, row: CheckpointRow) -> "CheckpointPublic":
+    def from_row(cls, job_id: str, row: CheckpointRow, best: bool = False) -> "CheckpointPublic":
         """From the store's record."""
-        return cls(id=row.id, step=row.step, return_mean=row.return_mean, size_bytes=row.size_bytes,
+        return cls(id=row.id, step=row.step, eval_return_mean=row.eval_return_mean, best=best,
+                   return_mean=row.return_mean, size_bytes=row.size_bytes,
                    created=_time(row.created), archive_url=f"/jobs/{job_id}/checkpoints/{row.id}/archive")
 
 

@@ -125,12 +125,12 @@ class _CappedReader(io.RawIOBase):
         return len(data)
 
 
-def _read_members(data: bytes) -> dict[str, bytes]:
+def _read_members(data: bytes, wanted: tuple[str, ...] = MEMBERS) -> dict[str, bytes]:
     """The archive's members by name, refusing anything but the expected regular files.
 
     Streams through the tar once: each header is checked (regular file, known name, no
     duplicate, size under its cap) before its bytes are read, so a member that declares
-    gigabytes is refused without decompressing it.
+    gigabytes is refused without decompressing it. Stops once every `wanted` member is read.
     """
     stream = _CappedReader(gzip.GzipFile(fileobj=io.BytesIO(data), mode="rb"), MAX_ARCHIVE_BYTES)
     out: dict[str, bytes] = {}
@@ -142,11 +142,13 @@ def _read_members(data: bytes) -> dict[str, bytes]:
                 out[m.name] = f.read() if f is not None else b""
                 if len(out[m.name]) != m.size:
                     raise CheckpointRejected(f"member {m.name!r} is truncated")
+                if all(name in out for name in wanted) and wanted != MEMBERS:
+                    break
     except CheckpointRejected:
         raise
     except (tarfile.TarError, OSError, EOFError, zlib.error, ValueError) as exc:
         raise CheckpointRejected(f"not a readable .tar.gz archive: {type(exc).__name__}: {exc}") from None
-    missing = [name for name in MEMBERS if name not in out]
+    missing = [name for name in wanted if name not in out]
     if missing:
         raise CheckpointRejected(f"missing member(s): {', '.join(missing)}")
     return out
@@ -182,6 +184,20 @@ def _read_file(path: Path) -> bytes:
         if info.st_size > MAX_ARCHIVE_BYTES:
             raise CheckpointRejected(f"{path} is {info.st_size} bytes, over the cap of {MAX_ARCHIVE_BYTES}")
         return f.read(MAX_ARCHIVE_BYTES + 1)
+
+
+def read_manifest(source: Path | str | bytes) -> dict[str, Any]:
+    """Only the manifest of an archive (a path or its bytes), for choosing among archives: the
+    members before it are checked as `read_archive` checks them, nothing after it is read,
+    and nothing is verified against it (load the chosen archive with `read_archive`)."""
+    data = source if isinstance(source, bytes) else _read_file(Path(source))
+    try:
+        manifest = json.loads(_read_members(data, ("manifest.json",))["manifest.json"])
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointRejected(f"manifest is not valid JSON: {exc}") from None
+    if not isinstance(manifest, dict) or manifest.get("algo") != ALGO:
+        raise CheckpointRejected(f"not an {ALGO} checkpoint manifest")
+    return manifest
 
 
 def read_archive(source: Path | str | bytes) -> Checkpoint:

@@ -13,8 +13,9 @@ from pydantic import BaseModel, ConfigDict
 
 JOB_ID_PATTERN = r"^[0-9a-f]{12}$"
 """Job ids are 12 lowercase hex digits; nothing else ever reaches a path or a query."""
-CHECKPOINT_ID_PATTERN = r"^(latest|step-[0-9]{10,19})$"
-"""Checkpoint ids as the trainer writes them (`step-<10+ digits>`), or `latest`."""
+CHECKPOINT_ID_PATTERN = r"^(latest|best|step-[0-9]{10,19})$"
+"""Checkpoint ids as the trainer writes them (`step-<10+ digits>`), or `latest` (the highest
+step) or `best` (the highest evaluation return)."""
 
 
 class JobStatus(str, Enum):

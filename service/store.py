@@ -23,7 +23,7 @@ from typing import Any, Iterator
 
 from service.records import TERMINAL, JobStatus
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _UNFINISHED = f"('{JobStatus.PENDING.value}', '{JobStatus.RUNNING.value}')"
 """The states a job can still leave, as an SQL list (the store keeps JobStatus values)."""
 
@@ -74,10 +74,18 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     size_bytes INTEGER NOT NULL,
     created REAL NOT NULL,
     path TEXT NOT NULL,
+    eval_return_mean REAL,
     PRIMARY KEY (job_id, id)
 );
 CREATE INDEX IF NOT EXISTS checkpoints_by_job_step ON checkpoints (job_id, step);
 """
+
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: ("ALTER TABLE checkpoints ADD COLUMN eval_return_mean REAL",),
+}
+"""user_version -> the statements that bring a database of that version to the next one."""
+
+_CHECKPOINT_COLUMNS = "id, step, return_mean, size_bytes, created, path, eval_return_mean"
 
 
 class StoreError(RuntimeError):
@@ -137,6 +145,9 @@ class CheckpointRow:
     size_bytes: int
     created: float
     path: str
+    eval_return_mean: float | None = None
+    """The deterministic evaluation's mean return at this checkpoint's step; None when no
+    evaluation ran at that step."""
 
 
 def _json_safe(value: Any) -> Any:
@@ -183,6 +194,11 @@ class JobStore:
             raise StoreError(f"{self.path} has schema version {version}; this service reads "
                              f"{SCHEMA_VERSION} (was it written by a newer a2c-service?)")
         with self._write() as conn:
+            # A database of an older version first gets its missing columns, then the schema.
+            fresh = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'jobs'").fetchone() is None
+            for old in range(SCHEMA_VERSION if fresh else max(version, 1), SCHEMA_VERSION):
+                for statement in _MIGRATIONS[old]:
+                    conn.execute(statement)
             # One statement at a time: executescript() would commit outside this transaction.
             for statement in filter(str.strip, _SCHEMA.split(";")):
                 conn.execute(statement)
@@ -415,24 +431,25 @@ class JobStore:
     def add_checkpoint(self, job_id: str, ckpt: CheckpointRow) -> None:
         """Record a written archive (a rewrite of the same id replaces the record)."""
         with self._write() as conn:
-            conn.execute("INSERT OR REPLACE INTO checkpoints (job_id, id, step, return_mean, size_bytes,"
-                         " created, path) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            conn.execute(f"INSERT OR REPLACE INTO checkpoints (job_id, {_CHECKPOINT_COLUMNS})"
+                         " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                          (job_id, ckpt.id, ckpt.step, _json_safe(ckpt.return_mean), ckpt.size_bytes,
-                          ckpt.created, ckpt.path))
-            self._event(conn, job_id, "checkpoint", f"{ckpt.id} ({ckpt.size_bytes} bytes)")
+                          ckpt.created, ckpt.path, _json_safe(ckpt.eval_return_mean)))
+            evaluated = f", eval {ckpt.eval_return_mean:.1f}" if ckpt.eval_return_mean is not None else ""
+            self._event(conn, job_id, "checkpoint", f"{ckpt.id} ({ckpt.size_bytes} bytes{evaluated})")
 
     def checkpoints(self, job_id: str) -> list[CheckpointRow]:
         """The job's checkpoints in step order."""
-        rows = self._read("SELECT id, step, return_mean, size_bytes, created, path FROM checkpoints"
-                          " WHERE job_id = ? ORDER BY step", (job_id,))
+        rows = self._read(f"SELECT {_CHECKPOINT_COLUMNS} FROM checkpoints WHERE job_id = ? ORDER BY step",
+                          (job_id,))
         return [CheckpointRow(*r) for r in rows]
 
     def checkpoint(self, job_id: str, ckpt_id: str) -> CheckpointRow | None:
-        """One checkpoint by id; "latest" is the one with the highest step. None if missing."""
-        if ckpt_id == "latest":
-            rows = self._read("SELECT id, step, return_mean, size_bytes, created, path FROM checkpoints"
-                              " WHERE job_id = ? ORDER BY step DESC LIMIT 1", (job_id,))
-        else:
-            rows = self._read("SELECT id, step, return_mean, size_bytes, created, path FROM checkpoints"
-                              " WHERE job_id = ? AND id = ?", (job_id, ckpt_id))
+        """One checkpoint by id. "latest" is the one with the highest step; "best" the one with
+        the highest evaluation return (of equals, the later), None while none was evaluated.
+        None if missing."""
+        where = {"latest": "ORDER BY step DESC LIMIT 1",
+                 "best": "AND eval_return_mean IS NOT NULL ORDER BY eval_return_mean DESC, step DESC LIMIT 1"}
+        rows = self._read(f"SELECT {_CHECKPOINT_COLUMNS} FROM checkpoints WHERE job_id = ? "
+                          + where.get(ckpt_id, "AND id = ?"), (job_id,) if ckpt_id in where else (job_id, ckpt_id))
         return CheckpointRow(*rows[0]) if rows else None

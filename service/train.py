@@ -3,8 +3,12 @@
 `a2c train ...` (api/cli.py) and `python -m service.train ...` run it; the second is what
 `ray job submit` runs as a cluster's driver. Its stdout ends with one JSON line, the summary:
 `{"job_id", "env", "steps", "wall_s", "startup_s", "env_steps_per_s", "final_return_mean",
-"best_return_mean", "checkpoint", "status"}`. Exit codes: 0 trained the budget, 1 failed, 2 bad
-input, 3 stopped early (EXIT_* below; docs/configuration.md).
+"best_return_mean", "checkpoint", "final_eval_return_mean", "best_checkpoint",
+"best_eval_return_mean", "status"}`: `checkpoint` is the final archive and
+`final_eval_return_mean` its deterministic evaluation; `best_checkpoint` is the archive with the
+highest evaluation return and `best_eval_return_mean` that return (`*_return_mean` without
+`eval` are means of the last 20 training episodes). Exit codes: 0 trained the budget, 1 failed,
+2 bad input, 3 stopped early (EXIT_* below; docs/configuration.md).
 """
 
 from __future__ import annotations
@@ -284,7 +288,8 @@ class ConsoleSink:
 
     def checkpoint(self, info) -> None:
         """Note a written checkpoint; the metrics and events so far go to storage with it."""
-        self.event("checkpoint", f"{info.location} (step {info.step})")
+        evaluated = f", eval {info.eval_return_mean:.1f}" if info.eval_return_mean is not None else ""
+        self.event("checkpoint", f"{info.location} (step {info.step}{evaluated})")
         self.metrics_file.flush()
         self.events_file.flush()
         self.tensorboard.flush()

@@ -11,10 +11,14 @@ class JobNotFound(LookupError):
 
 
 class CheckpointNotFound(LookupError):
-    """The job has no checkpoint with this id (or none at all, for `latest`)."""
+    """The job has no checkpoint with this id (or none at all, for `latest`; none with an
+    evaluation return, for `best`)."""
 
     def __init__(self, job_id: str, ckpt_id: str) -> None:
-        what = "no checkpoint yet" if ckpt_id == "latest" else f"no checkpoint {ckpt_id!r}"
+        what = {"latest": "no checkpoint yet",
+                "best": ("no evaluated checkpoint yet: `best` is the checkpoint with the highest "
+                         "evaluation return, and none has been evaluated (the first evaluation comes "
+                         "after eval_every updates, and always at the end)")}.get(ckpt_id, f"no checkpoint {ckpt_id!r}")
         super().__init__(f"job {job_id} has {what}")
 
 

@@ -53,8 +53,8 @@ class ResumeFrom(BaseModel):
 
     job_id: str = Field(pattern=JOB_ID_PATTERN, examples=["3f2a9c0b1d4e"])
     """The earlier job."""
-    checkpoint: str = Field("latest", pattern=CHECKPOINT_ID_PATTERN, examples=["latest", "step-0000051200"])
-    """One of its checkpoint ids, or `latest`."""
+    checkpoint: str = Field("latest", pattern=CHECKPOINT_ID_PATTERN, examples=["latest", "best", "step-0000051200"])
+    """One of its checkpoint ids, `latest` or `best` (the highest evaluation return)."""
 
 
 @dataclass(frozen=True)
@@ -430,6 +430,10 @@ class JobManager:
                     driver.request_stop()
             summary, ckpt = driver.run(sink)
             summary["checkpoint"] = ckpt.id if ckpt else None  # an id, not a server path
+            # The best of the whole job (runs before a resume included), as `best` resolves it.
+            best = self.store.checkpoint(job.id, "best")
+            summary["best_checkpoint"] = best.id if best else None
+            summary["best_eval_return_mean"] = best.eval_return_mean if best else None
             if summary["status"] == JobStatus.STOPPED and not active.stop and (active.preempted or self._closing):
                 why = ("the admission policy paused it for the job at the head of the queue" if active.preempted
                        else "the server shut down")

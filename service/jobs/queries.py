@@ -98,14 +98,27 @@ class JobQueries:
         self.get(job_id)
         return self.store.checkpoints(job_id)
 
+    def best_checkpoint_id(self, job_id: str) -> str | None:
+        """The id `best` stands for (the highest evaluation return), None while none was evaluated."""
+        best = self.store.checkpoint(job_id, "best")
+        return best.id if best else None
+
     def archive(self, job_id: str, ckpt_id: str) -> tuple[str, str]:
-        """(location of the checkpoint archive, download file name); `latest` works.
+        """(location of the checkpoint archive, download file name); `latest` and `best` work.
 
         The file name is made from the stored ids, never from request text.
         """
         job = self.get(job_id)
         ckpt, location = self.locations.archive(self.store, job.id, ckpt_id)
         return location, f"{job.id}-{ckpt.id}.tar.gz"
+
+
+    def export(self, job_id: str, ckpt_id: str, fmt: str) -> tuple[bytes, str]:
+        """(the checkpoint's policy exported as `fmt`, download file name); `latest` and `best` work."""
+        from service.run.checkpoints import export_policy
+        job = self.get(job_id)
+        ckpt, location = self.locations.archive(self.store, job.id, ckpt_id)
+        return export_policy(location, fmt), f"{job.id}-{ckpt.id}.{fmt}"
 
 
 def _encode_token(created: float, job_id: str) -> str:

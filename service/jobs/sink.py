@@ -33,7 +33,8 @@ class StoreSink:
         """Record a written archive (by its location as `record` writes it down); the TensorBoard
         log so far goes to storage with it."""
         self.store.add_checkpoint(self.job_id, CheckpointRow(
-            info.id, info.step, info.return_mean, info.size_bytes, info.created, self.record(info.location)))
+            info.id, info.step, info.return_mean, info.size_bytes, info.created, self.record(info.location),
+            info.eval_return_mean))
         self.tensorboard.flush()
 
     def rewind(self, step: int) -> None:

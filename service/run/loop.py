@@ -81,6 +81,10 @@ class Trainer:
         self.best_return_mean: float | None = None
         self._returns_at_checkpoint: tuple[list[float], float | None] = ([], None)
         self.last_checkpoint: CheckpointInfo | None = None
+        self.best_checkpoint: CheckpointInfo | None = None
+        """The checkpoint with the highest evaluation return so far (of equals, the later): a new
+        best evaluation is always checkpointed, so the best policy seen is never lost."""
+        self.last_eval: float | None = None
         self.use_gpu = False
         self.learner: Any = None
         self.learner_node = ""
@@ -193,12 +197,13 @@ class Trainer:
                     weights, step, updates = next_weights, stats["step"], updates + 1
                     last = step >= spec.total_steps or self._stop.is_set()
                     row = self._row(stats, episodes, loop_t0)
+                    evaluated = None
                     if last or (spec.eval_every and updates % spec.eval_every == 0):
-                        row.eval_return_mean = self._evaluate(weights, updates)
+                        evaluated = row.eval_return_mean = self.last_eval = self._evaluate(weights, updates)
                     self.sink.metrics(row.model_dump(exclude_unset=True))
                     self._count_nonfinite(stats)  # after the row: the failing update is recorded too
-                    if updates % spec.checkpoint_every == 0 or last:
-                        self._checkpoint(spaces)
+                    if updates % spec.checkpoint_every == 0 or last or self._is_new_best(evaluated):
+                        self._checkpoint(spaces, evaluated)
                 except RolloutsLost as exc:  # the learner did not update: sample this batch again
                     self.sink.event("rollouts_lost", f"{exc}; every worker samples its share again")
                     pending = self.workers.sample(weights)
@@ -228,6 +233,9 @@ class Trainer:
             "env_steps_per_s": round(trained / wall_s, 1) if wall_s > 0 else None,
             "final_return_mean": _mean(self.returns), "best_return_mean": self.best_return_mean,
             "checkpoint": self.last_checkpoint.location if self.last_checkpoint else None,
+            "final_eval_return_mean": self.last_eval,
+            "best_checkpoint": self.best_checkpoint.location if self.best_checkpoint else None,
+            "best_eval_return_mean": self.best_checkpoint.eval_return_mean if self.best_checkpoint else None,
             "status": status,
         }
 
@@ -306,8 +314,14 @@ class Trainer:
         seed = self.spec.seed + 1_000_003 * (updates + 1)
         return float(np.mean(self.workers.evaluate(weights, self.spec.eval_episodes, seed)))
 
-    def _checkpoint(self, spaces: SpacesSpec) -> CheckpointInfo:
-        """Write the learner's state as an archive (by the driver, wherever the learner runs)."""
+    def _is_new_best(self, evaluated: float | None) -> bool:
+        """Whether an evaluation return beats every checkpointed one (so it must be checkpointed)."""
+        best = self.best_checkpoint
+        return evaluated is not None and (best is None or evaluated > best.eval_return_mean)
+
+    def _checkpoint(self, spaces: SpacesSpec, evaluated: float | None = None) -> CheckpointInfo:
+        """Write the learner's state as an archive (by the driver, wherever the learner runs);
+        `evaluated` is the evaluation return at this step, if one ran."""
         state = self._learner_get(self.learner.state.remote(), "the learner's checkpoint")
         if not all(np.isfinite(t).all() for t in state.weights.tensors.values()):
             raise TrainingFailed(f"weights at step {state.step} are not finite; not checkpointed")
@@ -315,9 +329,12 @@ class Trainer:
         location = storage.join(self.location, "checkpoints", f"{ckpt_id}.tar.gz")
         mean = _mean(self.returns)
         size = write_checkpoint(location, state, spaces, self.spec.env, self.spec.model_dump(mode="json"),
-                                extra={"job_id": self.job_id, "return_mean": mean})
-        info = CheckpointInfo(ckpt_id, location, state.step, mean, size, time.time())
+                                extra={"job_id": self.job_id, "return_mean": mean, "eval_return_mean": evaluated})
+        info = CheckpointInfo(ckpt_id, location, state.step, mean, size, time.time(), evaluated)
         self.last_checkpoint = info
+        if evaluated is not None and (self.best_checkpoint is None
+                                      or evaluated >= self.best_checkpoint.eval_return_mean):
+            self.best_checkpoint = info
         self._returns_at_checkpoint = (list(self.returns), self.best_return_mean)
         self.sink.checkpoint(info)
         return info

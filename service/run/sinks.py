@@ -15,8 +15,11 @@ class CheckpointInfo:
     """Where the archive is: a path or a storage URI (see `service.storage`)."""
     step: int
     return_mean: float | None
+    """The mean training return of the last episodes (a window of 20) when it was written."""
     size_bytes: int
     created: float
+    eval_return_mean: float | None = None
+    """The deterministic evaluation's mean return at its step; None when none ran at that step."""
 
 
 class TrainingSink(Protocol):

@@ -45,6 +45,66 @@ def test_downloaded_archive_loads_with_a2c_evaluate(client, finished_job, tmp_pa
     assert result["env"] == "CartPole-v1" and result["episodes"] == 2 and result["return_mean"] > 0
 
 
+def test_the_list_shows_eval_returns_and_marks_the_best_which_downloads_as_best(client, finished_job):
+    job_id = finished_job["id"]
+    listed = client.get(f"/jobs/{job_id}/checkpoints").json()["checkpoints"]
+    # eval_every 0: only the end is evaluated, so the final checkpoint is the only (and best) evaluated one.
+    assert [c["eval_return_mean"] is not None for c in listed] == [False, False, False, True]
+    assert [c["best"] for c in listed] == [False, False, False, True]
+    final_eval = finished_job["job"]["summary"]["final_eval_return_mean"]
+    assert listed[-1]["eval_return_mean"] == final_eval == finished_job["job"]["summary"]["best_eval_return_mean"]
+    assert finished_job["job"]["summary"]["best_checkpoint"] == finished_job["job"]["summary"]["checkpoint"] \
+        == "step-0000020480"
+    r = client.get(f"/jobs/{job_id}/checkpoints/best/archive")
+    assert r.status_code == 200
+    assert r.headers["content-disposition"] == f'attachment; filename="{job_id}-step-0000020480.tar.gz"'
+    assert read_archive(r.content).manifest["eval_return_mean"] == final_eval
+
+
+def test_best_before_any_evaluation_is_404_and_resume_from_it_422_then_both_work(client, long_job):
+    job_id = client.post("/jobs", json={**long_job, "eval_every": 0}).raise_for_status().json()["id"]
+    try:
+        client.wait_for(job_id, lambda j: j["status"] == "RUNNING" and j["progress"]["step"] >= 6 * 512)
+        assert client.get(f"/jobs/{job_id}/checkpoints").json()["checkpoints"]  # checkpointed, not evaluated
+        r = client.get(f"/jobs/{job_id}/checkpoints/best/archive")
+        assert r.status_code == 404 and "no evaluated checkpoint yet" in r.json()["detail"], r.text
+        r = client.post("/jobs", json={"resume_from": {"job_id": job_id, "checkpoint": "best"}})
+        assert r.status_code == 422, r.text
+        error = r.json()["detail"][0]
+        assert error["loc"][:3] == ["body", "resume_from", "checkpoint"] and "no evaluated checkpoint" in error["msg"]
+    finally:
+        client.post(f"/jobs/{job_id}/stop")
+    job = client.wait_finished(job_id)  # a stop evaluates the final policy: now there is a best
+    best = next(c for c in client.get(f"/jobs/{job_id}/checkpoints").json()["checkpoints"] if c["best"])
+    assert best["id"] == job["summary"]["best_checkpoint"]
+    resumed = client.post("/jobs", json={"resume_from": {"job_id": job_id, "checkpoint": "best"},
+                                         "total_steps": best["step"] + 512})
+    assert resumed.status_code == 201, resumed.text
+    assert resumed.json()["resumed_from"] == {"job_id": job_id, "checkpoint": best["id"]}
+    assert client.wait_finished(resumed.json()["id"])["progress"]["step"] == best["step"] + 512
+
+
+def test_export_gives_an_onnx_model_whose_actions_are_the_checkpoints(client, finished_job):
+    import numpy as np
+    import onnxruntime as ort
+
+    from learner.policy import obs_tensor
+    job_id = finished_job["id"]
+    archive = read_archive(client.get(f"/jobs/{job_id}/checkpoints/best/archive").content)
+    policy = archive.policy()
+    obs = (np.random.default_rng(0).normal(size=(1000, 4)) * [1.0, 1.5, 0.15, 1.5]).astype(np.float32)
+    expected = policy.act(obs_tensor(obs, policy.spaces), deterministic=True)[0].numpy()
+    for ckpt in ("best", "latest", "step-0000020480"):
+        r = client.get(f"/jobs/{job_id}/checkpoints/{ckpt}/export", params={"format": "onnx"})
+        assert r.status_code == 200 and r.headers["content-type"] == "application/octet-stream", r.text
+        assert r.headers["content-disposition"] == f'attachment; filename="{job_id}-step-0000020480.onnx"'
+        session = ort.InferenceSession(r.content, providers=["CPUExecutionProvider"])
+        assert np.array_equal(session.run(["action"], {"obs": obs})[0], expected)
+    r = client.get(f"/jobs/{job_id}/checkpoints/best/export", params={"format": "pickle"})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", "format"]
+    assert client.get(f"/jobs/{job_id}/checkpoints/step-0000000001/export").status_code == 404
+
+
 def test_unknown_checkpoint_is_404(client, finished_job):
     r = client.get(f"/jobs/{finished_job['id']}/checkpoints/step-0000000001/archive")
     assert r.status_code == 404 and "no checkpoint" in r.json()["detail"]

@@ -117,6 +117,42 @@ def test_latest_checkpoint_is_the_highest_step(store):
     assert store.checkpoint("a" * 12, "step-0000000512") is None
 
 
+def test_best_checkpoint_is_the_highest_evaluation_return_of_equals_the_later(store):
+    store.create_job("a" * 12, SPEC)
+    path = "jobs/{0}/checkpoints/step-{1:010d}.tar.gz"
+    store.add_checkpoint("a" * 12, CheckpointRow("step-0000000512", 512, 9.0, 100, 1.0, path.format("a" * 12, 512)))
+    assert store.checkpoint("a" * 12, "best") is None  # checkpointed, but never evaluated
+    for step, evaluated in ((1024, 480.0), (1536, 500.0), (2048, 500.0), (2560, 310.0), (3072, None)):
+        store.add_checkpoint("a" * 12, CheckpointRow(f"step-{step:010d}", step, 400.0, 100, 1.0,
+                                                     path.format("a" * 12, step), evaluated))
+    assert store.checkpoint("a" * 12, "best").id == "step-0000002048"
+    assert store.checkpoint("a" * 12, "best").eval_return_mean == 500.0
+    assert store.checkpoint("a" * 12, "latest").id == "step-0000003072"
+    assert [c.eval_return_mean for c in store.checkpoints("a" * 12)] == [None, 480.0, 500.0, 500.0, 310.0, None]
+
+
+def test_a_version_1_database_gains_the_eval_column_and_keeps_its_rows(tmp_path):
+    import sqlite3
+    path = tmp_path / "jobs.sqlite3"
+    first = JobStore(path)
+    first.create_job("a" * 12, SPEC)
+    first.close()
+    conn = sqlite3.connect(path)  # back to the version-1 checkpoints table, as an older service left it
+    conn.executescript("""
+        ALTER TABLE checkpoints DROP COLUMN eval_return_mean;
+        INSERT INTO checkpoints VALUES ('aaaaaaaaaaaa', 'step-0000000512', 512, 20.0, 10, 1.0, 'p');
+        PRAGMA user_version=1;""")
+    conn.close()
+    store = JobStore(path)
+    try:
+        old = store.checkpoint("a" * 12, "latest")
+        assert (old.step, old.return_mean, old.eval_return_mean) == (512, 20.0, None)
+        store.add_checkpoint("a" * 12, CheckpointRow("step-0000001024", 1024, 30.0, 10, 2.0, "q", 450.0))
+        assert store.checkpoint("a" * 12, "best").id == "step-0000001024"
+    finally:
+        store.close()
+
+
 def test_requeue_drops_metrics_past_the_resume_point_and_counts_recoveries(store):
     store.create_job("a" * 12, SPEC)
     store.mark_running("a" * 12)

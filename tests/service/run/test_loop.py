@@ -141,6 +141,28 @@ def test_stop_while_starting_makes_no_update_and_no_checkpoint(ray_session, tmp_
     assert not list(tmp_path.rglob("*.tar.gz"))
 
 
+def test_every_new_best_evaluation_is_checkpointed_and_the_summary_names_final_and_best(ray_session, tmp_path):
+    spec = build_spec({**SMALL, "total_steps": 12 * 256, "eval_every": 1, "eval_episodes": 2,
+                       "checkpoint_every": 1000, "a2c": {"steps_per_batch": 256, "learning_rate": 3e-3}})
+    sink = Recorder()
+    summary = Trainer(spec, tmp_path, sink).run()
+    evals = [(r["step"], r["eval_return_mean"]) for r in sink.rows]
+    records = [(c.step, c.eval_return_mean) for c in sink.checkpoints]
+    # Checkpoints: where an evaluation beat every earlier one, and the final one (which always is).
+    expected, best = [], float("-inf")
+    for step, value in evals:
+        if value > best or step == evals[-1][0]:
+            expected.append((step, value))
+        best = max(best, value)
+    assert records == expected
+    top = max(evals, key=lambda e: (e[1], e[0]))  # of equal returns, the later
+    best_ckpt = read_archive(summary["best_checkpoint"])
+    assert (best_ckpt.state.step, best_ckpt.manifest["eval_return_mean"]) == top
+    assert summary["best_eval_return_mean"] == top[1]
+    assert summary["final_eval_return_mean"] == evals[-1][1]
+    assert read_archive(summary["checkpoint"]).state.step == evals[-1][0]
+
+
 def test_resume_continues_step_count_weights_and_schedule(ray_session, tmp_path):
     spec = build_spec({**SMALL, "total_steps": 1024, "checkpoint_every": 2,
                        "a2c": {"steps_per_batch": 256, "learning_rate_schedule": "linear"}})

@@ -1,0 +1,116 @@
+"""Videos of a policy's deterministic episodes: one MP4 per episode, written atomically.
+
+The frames are what a person would watch, not what the policy sees: the env's `rgb_array`
+render, and for Atari the raw 210x160 colour screen (the policy still gets the preprocessed
+84x84 frame stack). MP4s are encoded by imageio with imageio-ffmpeg's ffmpeg (its wheel carries
+the binary).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from learner.policy import ActorCritic, obs_tensor
+
+ATARI_FPS = 15
+"""An Atari agent step is 4 emulator frames of the console's 60 per second."""
+
+
+@dataclass(frozen=True)
+class Video:
+    """One recorded episode."""
+
+    path: str
+    episode_return: float
+    frames: int
+
+
+class FireReset(gym.Wrapper):
+    """Press FIRE after each reset in games that need it to start (as the training envs do)."""
+
+    def reset(self, **kwargs):
+        """Reset, then FIRE once (a reset again if that ended the game)."""
+        obs, info = self.env.reset(**kwargs)
+        obs, _, terminated, truncated, info = self.env.step(1)
+        if terminated or truncated:
+            obs, info = self.env.reset(**kwargs)
+        return obs, info
+
+
+def render_env(env_id: str, env_kwargs: dict[str, Any]) -> tuple[gym.Env, float]:
+    """(one env of `env_id` that renders `rgb_array` frames, the video's frames per second).
+
+    Atari ids get the DeepMind preprocessing of `workers.atari` as gymnasium wrappers (no-op
+    starts, 4-frame skip with max-pooling, 84x84 grayscale, a stack of 4, FIRE at reset) over
+    an emulator that renders the raw screen; full games, sticky actions as the id sets them.
+    """
+    from workers.atari import PREPROCESSING, atari_settings, is_atari
+    from workers.env import check_env_id, prepare_mujoco
+
+    check_env_id(env_id)
+    if not is_atari(env_id):
+        prepare_mujoco(env_id)
+        env = gym.make(env_id, render_mode="rgb_array", **env_kwargs)
+        return env, float(env.metadata.get("render_fps") or 30)
+    settings = atari_settings(env_id, env_kwargs)
+    settings.pop("game")
+    env = gym.make(env_id, render_mode="rgb_array", frameskip=1, **settings)
+    env = gym.wrappers.AtariPreprocessing(env, noop_max=PREPROCESSING["noop_max"], frame_skip=PREPROCESSING["frameskip"],
+                                          screen_size=PREPROCESSING["img_height"], grayscale_obs=True,
+                                          terminal_on_life_loss=False, scale_obs=False)
+    if "FIRE" in env.unwrapped.get_action_meanings():
+        env = FireReset(env)
+    env = gym.wrappers.FrameStackObservation(env, PREPROCESSING["stack_num"])
+    return env, float(ATARI_FPS)
+
+
+def write_mp4(path: Path, frames: list[np.ndarray], fps: float) -> None:
+    """Encode (H, W, 3) uint8 frames as an H.264 MP4 at `path`: written to a temporary file in
+    the same directory and renamed, so a reader never sees part of one."""
+    import imageio
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")  # ffmpeg picks the container by suffix
+    try:
+        with imageio.get_writer(tmp, format="FFMPEG", mode="I", fps=fps, codec="libx264",
+                                macro_block_size=2, ffmpeg_log_level="error") as writer:
+            for frame in frames:
+                writer.append_data(frame)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def record_episodes(policy: ActorCritic, env_id: str, env_kwargs: dict[str, Any], episodes: int,
+                    seed: int, out_dir: Path, max_steps: int = 100_000) -> list[Video]:
+    """Play `episodes` deterministic episodes (env seeds seed, seed+1, ...) and write each as
+    `<out_dir>/episode-<i>.mp4`; `max_steps` bounds envs without a time limit."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    videos = []
+    env, fps = render_env(env_id, env_kwargs)
+    try:
+        for i in range(episodes):
+            obs, _ = env.reset(seed=seed + i)
+            frames, total = [env.render()], 0.0
+            with torch.inference_mode():
+                for _ in range(max_steps):
+                    action, _, _ = policy.act(obs_tensor(np.asarray(obs)[None], policy.spaces), deterministic=True)
+                    obs, reward, terminated, truncated, _ = env.step(policy.clip_action(action.numpy())[0])
+                    frames.append(env.render())
+                    total += float(reward)
+                    if terminated or truncated:
+                        break
+            path = out_dir / f"episode-{i}.mp4"
+            write_mp4(path, frames, fps)
+            videos.append(Video(str(path), total, len(frames)))
+    finally:
+        env.close()
+    return videos
