@@ -24,10 +24,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import queue
 import re
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -281,8 +281,10 @@ class SweepManager:
             concurrent, why = self._concurrency(spec)
             note = f"{spec.num_samples} trials, {concurrent} at a time" + (f" ({why})" if why else "")
             self.store.mark_sweep_running(sweep.id, note)
+            _LIVE[sweep.id] = (self, spec, run)
             grid = self._fit(sweep.id, spec, concurrent, run)
             errors = [r for r in grid if r.error is not None]
+            self._await_jobs(sweep.id)
             current = self.get(sweep.id)
             if run.stop.is_set():
                 self.store.finish_sweep(sweep.id, JobStatus.STOPPED, f"{run.reason}; {self._tally(current)}")
@@ -296,12 +298,19 @@ class SweepManager:
             self._stop_jobs(sweep.id, "the sweep failed")
             self.store.finish_sweep(sweep.id, JobStatus.FAILED, f"{type(exc).__name__}: {exc}")
         finally:
+            _LIVE.pop(sweep.id, None)
             with self._lock:
                 self._running.pop(sweep.id, None)
 
+    def _await_jobs(self, sweep_id: str, timeout_s: float = 120.0) -> None:
+        """Wait until the sweep's trial jobs have ended (those Tune ended early were asked to
+        stop, which takes an update and a checkpoint), so that an ended sweep has ended jobs."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and any(not j.finished for j in self.store.sweep_jobs(sweep_id)):
+            time.sleep(0.5)
+
     def _fit(self, sweep_id: str, spec: SweepSpec, concurrent: int, run: _Running):
         """Ray Tune's Tuner for the sweep, run to its end; returns its ResultGrid."""
-        os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # results live in the job store
         import ray
         from ray import tune
         from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -309,9 +318,9 @@ class SweepManager:
 
         if spec.search == "optuna":
             from ray.tune.search.optuna import OptunaSearch
-            search = OptunaSearch(seed=spec.seed)
-        else:
-            search = BasicVariantGenerator(random_state=spec.seed, max_concurrent=concurrent)
+            search, limit = OptunaSearch(seed=spec.seed), concurrent  # Tune wraps it in a ConcurrencyLimiter
+        else:  # random: the generator limits its own concurrency
+            search, limit = BasicVariantGenerator(random_state=spec.seed, max_concurrent=concurrent), None
         total = self.jobs.check_spec(spec.base).total_steps
         scheduler = (ASHAScheduler(time_attr="step", max_t=total, grace_period=spec.grace_steps,
                                    reduction_factor=spec.asha.reduction_factor)
@@ -322,12 +331,12 @@ class SweepManager:
         here = {"CPU": 0, f"node:{ray.util.get_node_ip_address()}": 0.001}
         trainable = tune.with_resources(tune.with_parameters(follow_trial_job, api=api),
                                         tune.PlacementGroupFactory([here]))
-        stopper, callback = _tune_hooks(self, sweep_id, spec, run)
+        stopper, callback = _tune_hooks(sweep_id)
         tuner = tune.Tuner(
             trainable, param_space=tune_space(spec),
             tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode, num_samples=spec.num_samples,
-                                        max_concurrent_trials=concurrent, search_alg=search,
-                                        scheduler=scheduler, reuse_actors=False),
+                                        max_concurrent_trials=limit, search_alg=search,
+                                        scheduler=scheduler, reuse_actors=True),
             run_config=tune.RunConfig(name=sweep_id, storage_path=str(self.results_dir), verbose=0,
                                       stop=stopper, callbacks=[callback],
                                       failure_config=tune.FailureConfig(max_failures=0)))
@@ -407,7 +416,18 @@ def _value_at(spec: dict[str, Any], path: str) -> Any:
     return value
 
 
-def _tune_hooks(manager: SweepManager, sweep_id: str, spec: SweepSpec, run: _Running):
+_LIVE: dict[str, tuple[SweepManager, SweepSpec, _Running]] = {}
+"""The sweeps whose Tuner runs in this process, by id: what their Tune hooks act on. Tune
+pickles its stopper and callbacks into the experiment's state, so they hold only the id."""
+
+
+def _live(sweep_id: str) -> tuple[SweepManager, SweepSpec, _Running] | None:
+    from service.sweeps import manager  # not a global of the hooks: cloudpickle would copy it
+
+    return manager._LIVE.get(sweep_id)
+
+
+def _tune_hooks(sweep_id: str):
     """The sweep's Tune stopper and callback (made here: `ray.tune` is imported when a sweep runs)."""
     from ray import tune
 
@@ -418,18 +438,21 @@ def _tune_hooks(manager: SweepManager, sweep_id: str, spec: SweepSpec, run: _Run
             return False
 
         def stop_all(self) -> bool:
-            return run.stop.is_set()
+            live = _live(sweep_id)
+            return live is None or live[2].stop.is_set()
 
     class TrialJobs(tune.Callback):
         """When Tune ends a trial, its job follows (see `SweepManager.trial_ended`)."""
 
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             """The trial ended: its job finished, ASHA stopped it, or the sweep was stopped."""
-            manager.trial_ended(sweep_id, spec, run, trial, None)
+            if (live := _live(sweep_id)) is not None:
+                live[0].trial_ended(sweep_id, live[1], live[2], trial, None)
 
         def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             """The trial raised: its job failed, or it got none."""
-            manager.trial_ended(sweep_id, spec, run, trial, _error_of(trial))
+            if (live := _live(sweep_id)) is not None:
+                live[0].trial_ended(sweep_id, live[1], live[2], trial, _error_of(trial))
 
     return SweepStopper(), TrialJobs()
 
