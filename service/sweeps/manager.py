@@ -458,11 +458,11 @@ def _tune_hooks(sweep_id: str):
 
 
 def _error_of(trial: Any) -> str:
-    """The last line of a trial's error (Tune keeps the traceback in a file)."""
+    """The last line of a trial's error: Tune writes the traceback to the trial's error file
+    (in this process's staging dir) before it calls the callbacks."""
     try:
-        error = trial.get_pickled_error() or trial.get_error()
-    except Exception:  # noqa: BLE001 - the record is best effort
-        error = None
-    text = str(error) if error else "the trial errored"
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1][:500] if lines else text[:500]
+        text = Path(trial.error_file).read_text(errors="replace") if trial.error_file else ""
+    except OSError:
+        text = ""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1][:500] if lines else "the trial errored (Tune kept no error text)"

@@ -110,3 +110,54 @@ def test_bad_search_spaces_get_422_naming_the_path(client, change, loc, words):
     detail = response.json()["detail"][0]
     assert ".".join(map(str, detail["loc"])) == f"body.{loc}", detail
     assert words in detail["msg"], detail
+
+
+def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(client):
+    # Each value passes alone, but envs_per_worker 8 with steps_per_batch 4 is not a job (4 < 8):
+    # those trials get no job, and error; the others run.
+    sweep = {**SWEEP, "base": {**SWEEP_BASE, "total_steps": 2048}, "scheduler": "none", "seed": 1,
+             "space": {"envs_per_worker": {"choice": [4, 8]}, "a2c.steps_per_batch": {"choice": [256, 4]}}}
+    sweep_id = client.post("/sweeps", json=sweep).raise_for_status().json()["id"]
+    done = wait_sweep(client, sweep_id)
+    bad = [t for t in done["trial_errors"].values()]
+    assert bad and all("steps_per_batch" in message for message in bad), done
+    assert done["trials"] and len(done["trials"]) + len(bad) == 4, done
+    assert done["status"] == "SUCCEEDED" and f"{len(bad)} trials errored" in done["message"], done
+    assert all(t["status"] == "SUCCEEDED" for t in done["trials"]), done["trials"]
+
+
+def test_a_sweep_never_outlives_its_server(spawn_server, tmp_path):
+    token = "sweep-token"
+    server = spawn_server(tmp_path / "data", token=token)
+    long = {**SWEEP, "base": {**SWEEP_BASE, "total_steps": 2_000_000}, "scheduler": "none", "num_samples": 2}
+    with server.client() as client:  # the trials call the API with the server's token
+        sweep_id = client.post("/sweeps", json=long).raise_for_status().json()["id"]
+        deadline = time.monotonic() + SWEEP_TIMEOUT_S
+        while not any(t["step"] > 0 for t in client.get(f"/sweeps/{sweep_id}").json()["trials"]):
+            assert time.monotonic() < deadline, "no trial job trained"
+            time.sleep(0.5)
+    server.kill()  # a crash: the sweep's thread and its Ray die with the server
+
+    server = spawn_server(tmp_path / "data", token=token)
+    with server.client() as client:
+        sweep = client.get(f"/sweeps/{sweep_id}").raise_for_status().json()
+        assert sweep["status"] == "STOPPED" and "the server restarted" in sweep["message"], sweep
+        for trial in sweep["trials"]:  # stopped, not resumed without their sweep
+            job = client.wait_finished(trial["job_id"], timeout=60)
+            assert job["status"] == "STOPPED", job
+            assert any("ended when the server restarted" in e["message"] for e in job["events"]), job["events"]
+
+        second = client.post("/sweeps", json=long).raise_for_status().json()["id"]
+        deadline = time.monotonic() + SWEEP_TIMEOUT_S
+        while not any(t["step"] > 0 for t in client.get(f"/sweeps/{second}").json()["trials"]):
+            assert time.monotonic() < deadline, "no trial job trained"
+            time.sleep(0.5)
+    server.stop()  # graceful: the sweep ends STOPPED, its jobs with a final checkpoint
+
+    server = spawn_server(tmp_path / "data", token=token)
+    with server.client() as client:
+        sweep = client.get(f"/sweeps/{second}").raise_for_status().json()
+        assert sweep["status"] == "STOPPED" and "the server shut down" in sweep["message"], sweep
+        for trial in sweep["trials"]:
+            job = client.get(f"/jobs/{trial['job_id']}").json()
+            assert job["status"] == "STOPPED", job
