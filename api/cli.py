@@ -1,4 +1,4 @@
-"""The `a2c` command: train, evaluate, serve, envs.
+"""The `a2c` command: train, sweep, evaluate, serve, envs.
 
 The command line is the second front end beside HTTP: `train` is the train command of
 `service.train` (also `python -m service.train`), `serve` runs the HTTP API of this package.
@@ -55,6 +55,12 @@ def cmd_envs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """`a2c sweep`: a hyperparameter sweep on Ray Tune, each trial a job (api/sweep_command.py)."""
+    from api import sweep_command
+    return sweep_command.run(args)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """`a2c serve`: the HTTP API (see api/)."""
     from api.server import serve
@@ -66,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="a2c", description="A2C training as a service, on Ray.")
     sub = parser.add_subparsers(dest="command", required=True)
     train.add_arguments(sub.add_parser("train", help="train one job on Ray (embedded local Ray by default)"))
+    from api import sweep_command
+    sweep_command.add_arguments(sub.add_parser(
+        "sweep", help="a hyperparameter sweep on Ray Tune (each trial a job), on --server or an embedded server"))
     ev = sub.add_parser("evaluate", help="evaluate a checkpoint archive (or the newest under a dir)")
     ev.add_argument("archive", metavar="ARCHIVE_OR_DIR",
                     help="an archive or a run directory: a path or a storage URI (s3://..., file://...)")
@@ -87,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `a2c` console script."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    handlers = {"train": train.run, "evaluate": cmd_evaluate, "serve": cmd_serve, "envs": cmd_envs}
+    handlers = {"train": train.run, "sweep": cmd_sweep, "evaluate": cmd_evaluate, "serve": cmd_serve,
+                "envs": cmd_envs}
     return train.report_errors(lambda: handlers[args.command](args))
 
 

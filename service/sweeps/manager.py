@@ -325,7 +325,7 @@ class SweepManager:
         scheduler = (ASHAScheduler(time_attr="step", max_t=total, grace_period=spec.grace_steps,
                                    reduction_factor=spec.asha.reduction_factor)
                      if spec.scheduler == "asha" else FIFOScheduler())
-        api = TrialApi(self.api_url, self.api_token, sweep_id, spec.metric, poll_s=self.poll_s)
+        api = TrialApi(self.api_url, self.api_token, sweep_id=sweep_id, metric=spec.metric, poll_s=self.poll_s)
         # No CPU: the trial's job reserves its CPUs through the job service. On this node: the
         # trial calls the API on loopback.
         here = {"CPU": 0, f"node:{ray.util.get_node_ip_address()}": 0.001}

@@ -27,20 +27,18 @@ TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
 
 class TrialFailed(RuntimeError):
-    """The trial's job could not be made, failed, or the server could not be reached."""
+    """The trial's job could not be made, failed, or the server could not be reached (also a
+    refused request of `ServiceClient`)."""
 
 
 @dataclass(frozen=True)
-class TrialApi:
-    """How a trial reaches its server: base URL (loopback), bearer token, its sweep and metric."""
+class ServiceClient:
+    """A small JSON client of the job service's HTTP API (standard library only)."""
 
     url: str
-    token: str | None
-    sweep_id: str
-    metric: str
-    poll_s: float = 1.0
+    token: str | None = None
     retry_s: float = 60.0
-    """How long a call keeps retrying while the server does not answer (e.g. busy)."""
+    """How long a call keeps retrying while the server does not answer (or answers 503)."""
 
     def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         """One JSON request; raises TrialFailed with the server's detail on an HTTP error."""
@@ -50,7 +48,7 @@ class TrialApi:
         data = json.dumps(body).encode() if body is not None else None
         deadline = time.monotonic() + self.retry_s
         while True:
-            request = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
+            request = urllib.request.Request(self.url.rstrip("/") + path, data=data, method=method, headers=headers)
             try:
                 with urllib.request.urlopen(request, timeout=30) as response:
                     return json.loads(response.read())
@@ -63,6 +61,15 @@ class TrialApi:
                 if time.monotonic() >= deadline:
                     raise TrialFailed(f"{method} {path}: the server at {self.url} did not answer: {exc}") from None
                 time.sleep(1.0)
+
+
+@dataclass(frozen=True)
+class TrialApi(ServiceClient):
+    """How a trial reaches its server (loopback), and its sweep and metric."""
+
+    sweep_id: str = ""
+    metric: str = "eval_return_mean"
+    poll_s: float = 1.0
 
 
 def _detail(exc: urllib.error.HTTPError) -> str:
