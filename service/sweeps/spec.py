@@ -9,12 +9,13 @@ turns the space into Ray Tune's search space. See docs/sweeps.md.
 from __future__ import annotations
 
 import importlib.util
+import json
 from typing import Any, Callable, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, model_validator
 
 from service.records import METRIC_KEYS
-from service.run.spec import InvalidSpec, JobSpec
+from service.run.spec import InvalidSpec, JobSpec, check_json_values
 
 Number = Union[int, float]
 
@@ -164,8 +165,9 @@ def build_sweep(raw: Any, check_job: Callable[[dict[str, Any]], JobSpec]) -> Swe
     """
     if not isinstance(raw, dict):
         raise InvalidSpec("body", "must be a JSON object: {base, space, num_samples, ...}")
-    try:
-        sweep = SweepSpec.model_validate(raw)
+    check_json_values(raw, "body")
+    try:  # JSON types must match, as for POST /jobs: `false` is not a seed, "2" not a count
+        sweep = SweepSpec.model_validate_json(json.dumps(raw), strict=True)
     except ValidationError as exc:
         raise _first_error(exc) from None
     if "resume_from" in sweep.base:
