@@ -175,6 +175,8 @@ class SweepManager:
     def submit(self, raw: Any, idempotency_key: str | None = None) -> tuple[SweepRow, bool]:
         """Validate a raw sweep and start it; returns (sweep, replayed), like `JobManager.submit`.
         Raises InvalidSpec naming the path at fault."""
+        if not isinstance(raw, dict):
+            raise InvalidSpec("body", "must be a JSON object: {base, space, num_samples, ...}")
         request_hash = _request_hash(raw)
         if idempotency_key is not None:
             earlier = self.store.sweep_by_idempotency_key(idempotency_key)
@@ -188,7 +190,7 @@ class SweepManager:
             raise InvalidSpec("body", "Ray Tune is not installed on the server: "
                               "pip install 'a2c-service[tune]'") from None
         spec = build_sweep(raw, self.jobs.check_spec)
-        sweep, created = self.store.create_sweep(new_job_id(), spec.model_dump(mode="json"),
+        sweep, created = self.store.create_sweep(new_job_id(), spec.stored(),
                                                  idempotency_key=idempotency_key, request_hash=request_hash)
         if not created:
             if sweep.request_hash != request_hash:

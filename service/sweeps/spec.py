@@ -101,6 +101,12 @@ class SweepSpec(BaseModel):
     seed: int | None = Field(None, ge=0, lt=2**31)
     """Seeds the search algorithm's sampling (the trials' own seed is base.seed or a space entry)."""
 
+    def stored(self) -> dict[str, Any]:
+        """The sweep as JSON, each space entry with its one kind only (as written)."""
+        data = self.model_dump(mode="json")
+        data["space"] = {path: {p.kind: data["space"][path][p.kind]} for path, p in self.space.items()}
+        return data
+
     @property
     def grace_steps(self) -> int:
         """ASHA's first rung, in env steps."""

@@ -161,3 +161,30 @@ def test_a_sweep_never_outlives_its_server(spawn_server, tmp_path):
         for trial in sweep["trials"]:
             job = client.get(f"/jobs/{trial['job_id']}").json()
             assert job["status"] == "STOPPED", job
+
+
+def test_a2c_sweep_command_follows_a_sweep_on_a_server(server, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    import yaml
+
+    config = tmp_path / "sweep.yaml"
+    tiny = {**SWEEP, "base": {**SWEEP_BASE, "total_steps": 2048}, "num_samples": 2, "scheduler": "none",
+            "space": {"a2c.learning_rate": {"loguniform": [1e-3, 1e-2]}}}
+    config.write_text(yaml.safe_dump(tiny))
+    done = subprocess.run([sys.executable, "-m", "api.cli", "sweep", "--config", str(config), "--server", server.url,
+                           "--poll", "0.5"], capture_output=True, text=True, timeout=SWEEP_TIMEOUT_S)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["status"] == "SUCCEEDED" and summary["trials"] == 2, summary
+    assert summary["best_job_id"] and 1e-3 <= summary["best_config"]["a2c.learning_rate"] <= 1e-2
+    assert f"sweep {summary['sweep_id']} SUCCEEDED" in done.stderr
+
+    config.write_text(yaml.safe_dump({**tiny, "space": {"a2c.learning_rate": {"uniform": [0.01, 0.001]}}}))
+    bad = subprocess.run([sys.executable, "-m", "api.cli", "sweep", "--config", str(config), "--server", server.url],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and bad.stdout == "", bad
+    assert "body.space.a2c.learning_rate.uniform" in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1, bad.stderr
