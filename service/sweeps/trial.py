@@ -4,8 +4,8 @@ Each Tune trial is one job of the job service. The trainable runs in a Ray actor
 CPU (the job's own actors reserve the CPUs, through the job service's scheduler), on the API
 server's node, and is a client of the server's HTTP API on loopback: it asks for its trial's
 job (`POST /sweeps/{id}/trials`, idempotent by trial id, so the job exists once), then reads
-the job's new metrics rows every `poll_s` and reports the rows that carry the sweep's metric
-to Tune, with `step` (env steps) as the time attribute ASHA counts in. It returns when the job
+the job's new metrics rows every `poll_s` and reports the newest row that carries the sweep's
+metric to Tune, with `step` (env steps) as the time attribute ASHA counts in. It returns when the job
 ends, and raises when the job FAILED, so Tune records the trial as errored (and the search
 algorithm hears of the failure) without ending the sweep.
 
@@ -97,10 +97,12 @@ def follow_trial_job(config: dict[str, Any], api: TrialApi) -> None:
     job_id, since = job["id"], 0
     while True:
         page = api.call("GET", f"/jobs/{job_id}/metrics?since_step={since}&limit=1000")
-        for row in page["rows"]:
-            value = row.get(api.metric)
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                tune.report({"step": row["step"], api.metric: value, "job_id": job_id})
+        # The newest row with the metric only: ASHA judges a trial by its first result past each
+        # rung, and every report is a round trip to the Tune controller in the API server.
+        scored = [r for r in page["rows"] if isinstance(r.get(api.metric), (int, float))
+                  and not isinstance(r.get(api.metric), bool)]
+        if scored:
+            tune.report({"step": scored[-1]["step"], api.metric: scored[-1][api.metric], "job_id": job_id})
         since = page["next_since_step"]
         if page["status"] in TERMINAL and not page["rows"]:  # read after the end: nothing more comes
             break
