@@ -188,3 +188,14 @@ def test_a2c_sweep_command_follows_a_sweep_on_a_server(server, tmp_path):
     assert bad.returncode == 2 and bad.stdout == "", bad
     assert "body.space.a2c.learning_rate.uniform" in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+
+
+def test_optuna_search_runs_a_sweep(client):
+    pytest.importorskip("optuna")
+    sweep = {**SWEEP, "base": {**SWEEP_BASE, "total_steps": 2048}, "num_samples": 2, "search": "optuna", "asha": {"grace_steps": 512, "reduction_factor": 2},
+             "space": {"a2c.learning_rate": {"loguniform": [1e-3, 1e-2]}, "envs_per_worker": {"choice": [2, 4]}}}
+    sweep_id = client.post("/sweeps", json=sweep).raise_for_status().json()["id"]
+    done = wait_sweep(client, sweep_id)
+    assert done["status"] == "SUCCEEDED" and len(done["trials"]) == 2, done
+    for trial in done["trials"]:
+        assert trial["config"]["envs_per_worker"] in (2, 4) and trial["best_metric"] is not None, trial
