@@ -357,10 +357,13 @@ class SweepManager:
         elif error is not None:
             reason = f"its trial {trial.trial_id} of sweep {sweep_id} failed: {error}"
         elif spec.scheduler == "asha":
-            value = result.get(spec.metric)
-            reason = (f"stopped by sweep {sweep_id}'s ASHA scheduler at step {result.get('step')}: its "
-                      f"{spec.metric} ({value:.4g}) was not in the best 1/{spec.asha.reduction_factor} "
-                      "of the trials at that rung" if isinstance(value, (int, float)) else
+            value, step = result.get(spec.metric), result.get("step")
+            rung = spec.grace_steps
+            while isinstance(step, int) and rung * spec.asha.reduction_factor <= step:
+                rung *= spec.asha.reduction_factor
+            reason = (f"stopped by sweep {sweep_id}'s ASHA scheduler at its {rung}-step rung: {spec.metric} "
+                      f"{value:.4g} at step {step} was not in the best 1/{spec.asha.reduction_factor} of "
+                      "the trials there" if isinstance(value, (int, float)) else
                       f"stopped by sweep {sweep_id}'s ASHA scheduler")
         else:
             reason = f"its Tune trial {trial.trial_id} of sweep {sweep_id} ended"

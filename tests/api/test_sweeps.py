@@ -58,7 +58,7 @@ def test_tiny_asha_sweep_runs_every_trial_as_a_job(client):
         assert client.get(f"/jobs/{job['id']}/checkpoints").json()["checkpoints"], "and its checkpoints"
         if job["status"] == "STOPPED":  # ASHA stopped it: the reason is in its events
             stops = [e["message"] for e in job["events"] if e["kind"] == "stop"]
-            assert stops and "ASHA scheduler at step" in stops[0], job["events"]
+            assert stops and "ASHA scheduler at its" in stops[0] and "-step rung" in stops[0], job["events"]
             assert job["progress"]["step"] < SWEEP_BASE["total_steps"]
     hopeless = [t for t in trials if t["config"]["a2c.learning_rate"] == 1e-6]
     assert hopeless and all(t["status"] == "STOPPED" for t in hopeless), f"ASHA did not stop lr 1e-6: {trials}"
