@@ -427,9 +427,9 @@ pickles its stopper and callbacks into the experiment's state, so they hold only
 
 
 def _live(sweep_id: str) -> tuple[SweepManager, SweepSpec, _Running] | None:
-    from service.sweeps import manager  # not a global of the hooks: cloudpickle would copy it
-
-    return manager._LIVE.get(sweep_id)
+    """What the hooks of sweep `sweep_id` act on, if it runs here (an importable function:
+    cloudpickle keeps a reference to it, not a copy of `_LIVE`)."""
+    return _LIVE.get(sweep_id)
 
 
 def _tune_hooks(sweep_id: str):
