@@ -22,7 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api.config import Settings, get_settings
 from api.deps import Authenticated
 from api.errors import install_error_handlers
-from api.routes import checkpoints, dashboard, envs, health, jobs, metrics, plots, prometheus
+from api.routes import checkpoints, dashboard, envs, health, jobs, metrics, plots, prometheus, sweeps
 from api.routing import StrictQueryRoute
 
 log = logging.getLogger(__name__)
@@ -114,6 +114,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     from service.jobs.manager import JobLimits, JobManager
     from service.jobs.queries import JobQueries
     from service.store import JobStore
+    from service.sweeps.manager import SweepManager
 
     settings: Settings = app.state.settings
     if settings.storage:  # an unusable URI stops the server now, not a job at its first checkpoint
@@ -134,20 +135,41 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         max_concurrent_jobs=settings.max_concurrent_jobs, resource_timeout_s=settings.resource_timeout_s,
         max_recoveries=settings.max_recoveries), ray_address=driver_address(settings.address),
         warm_jobs=embedded() if settings.warm_jobs is None else settings.warm_jobs)
+    token = settings.api_token.get_secret_value() if settings.api_token else None
+    sweep_manager = SweepManager(store, manager, settings.data_dir / "sweeps", api_url(settings), token)
+    sweep_manager.recover()  # first: its trial jobs are stopped, not resumed without their sweep
+
+    def start() -> None:
+        manager.start()
+        sweep_manager.start()
+
     # Not asyncio.to_thread: the default executor's threads serve requests, and one made now
-    # would keep the normal priority. The scheduler thread manager.start makes must keep it.
+    # would keep the normal priority. The threads manager.start and sweep_manager.start make
+    # (scheduler, sweep launcher) must keep it.
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="job-manager-start") as pool:
-        await asyncio.get_running_loop().run_in_executor(pool, manager.start)
+        await asyncio.get_running_loop().run_in_executor(pool, start)
     lower_request_priority(settings.request_nice)
-    app.state.store, app.state.manager = store, manager
+    app.state.store, app.state.manager, app.state.sweeps = store, manager, sweep_manager
     app.state.queries = JobQueries(store, locations, cluster_cpus)
     try:
         yield
     finally:
-        app.state.manager = app.state.queries = None
+        app.state.manager = app.state.queries = app.state.sweeps = None
+        await asyncio.to_thread(sweep_manager.shutdown, settings.shutdown_grace_s)
         await asyncio.to_thread(manager.shutdown, settings.shutdown_grace_s)
         app.state.store = None
         store.close()
+
+
+def api_url(settings: Settings) -> str:
+    """Where processes on this machine reach the API (a sweep's trials): loopback when the
+    server listens on every interface."""
+    host = settings.host
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{settings.port}"
 
 
 _MESSAGE = {"application/json": {"schema": {
@@ -190,7 +212,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.request_latency = prometheus.request_latency_histogram()
     app.add_middleware(prometheus.RequestLatency, histogram=app.state.request_latency)
     for router in (health.router, jobs.router, envs.router, metrics.router, checkpoints.router, plots.router,
-                   prometheus.router, dashboard.router, docs):
+                   prometheus.router, dashboard.router, sweeps.router, docs):
         app.include_router(router)
     app.mount("/static", dashboard.static_files, name="static")
     app.mount(DOCS_STATIC, StaticFiles(directory=DOCS_STATIC_DIR), name="docs-static")

@@ -1,4 +1,4 @@
-"""The `a2c` command: train, evaluate, export, checkpoints, serve, envs.
+"""The `a2c` command: train, sweep, evaluate, export, checkpoints, serve, envs.
 
 The command line is the second front end beside HTTP: `train` is the train command of
 `service.train` (also `python -m service.train`), `serve` runs the HTTP API of this package.
@@ -99,6 +99,12 @@ def cmd_envs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """`a2c sweep`: a hyperparameter sweep on Ray Tune, each trial a job (api/sweep_command.py)."""
+    from api import sweep_command
+    return sweep_command.run(args)
+
+
 EXIT_SERVE_FAILED = 3
 """uvicorn's exit code when the server cannot start (uvicorn.main.STARTUP_FAILURE)."""
 
@@ -139,6 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train one A2C job: on an embedded local Ray, or on a cluster with --address. "
                     "Writes runs/<job id>/ (config, metrics, events, TensorBoard file, checkpoints); "
                     "the last line of stdout is the summary JSON."))
+    from api import sweep_command
+    sweep_command.add_arguments(sub.add_parser(
+        "sweep", help="a hyperparameter sweep on Ray Tune (each trial a job), on --server or an embedded server",
+        description="Run a hyperparameter sweep from a YAML file on Ray Tune, each trial a job, on a running "
+                    "`a2c serve` (--server) or on an embedded one (docs/sweeps.md)."))
     ev = sub.add_parser("evaluate", help="evaluate a checkpoint archive (or one of a run directory's)",
                         description="Play deterministic episodes with a checkpoint's policy, without Ray; "
                                     "prints the mean return, then one JSON line on stdout.")
@@ -192,8 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    handlers = {"train": train.run, "evaluate": cmd_evaluate, "export": cmd_export, "checkpoints": cmd_checkpoints,
-                "serve": cmd_serve, "envs": cmd_envs}
+    handlers = {"train": train.run, "sweep": cmd_sweep, "evaluate": cmd_evaluate, "export": cmd_export,
+                "checkpoints": cmd_checkpoints, "serve": cmd_serve, "envs": cmd_envs}
     return train.report_errors(lambda: handlers[args.command](args))
 
 

@@ -17,6 +17,7 @@ from api.errors import ServiceNotReady
 from service.jobs.manager import JobManager
 from service.jobs.queries import JobQueries
 from service.store import JobStore
+from service.sweeps.manager import SweepManager
 
 
 async def get_app_settings(request: Request) -> Settings:
@@ -48,10 +49,19 @@ async def get_queries(request: Request) -> JobQueries:
     return queries
 
 
+async def get_sweeps(request: Request) -> SweepManager:
+    """The sweep manager started by the app's lifespan."""
+    sweeps = getattr(request.app.state, "sweeps", None)
+    if sweeps is None:
+        raise ServiceNotReady("the sweep service is not running")
+    return sweeps
+
+
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 StoreDep = Annotated[JobStore, Depends(get_store)]
 ManagerDep = Annotated[JobManager, Depends(get_manager)]
 QueriesDep = Annotated[JobQueries, Depends(get_queries)]
+SweepsDep = Annotated[SweepManager, Depends(get_sweeps)]
 
 _bearer = HTTPBearer(auto_error=False, description="The server's A2C_API_TOKEN, when it has one.")
 

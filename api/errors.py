@@ -18,6 +18,7 @@ from learner.checkpoint import CheckpointRejected
 from service.jobs.errors import CheckpointNotFound, IdempotencyKeyReused, InvalidPageToken, JobFinished, JobNotFound
 from service.run.spec import InvalidSpec
 from service.store import StoreError
+from service.sweeps.manager import SweepFinished, SweepNotFound
 
 
 class ServiceNotReady(RuntimeError):
@@ -28,6 +29,8 @@ STATUS_CODES: dict[type[Exception], int] = {
     JobNotFound: 404,
     CheckpointNotFound: 404,
     JobFinished: 409,
+    SweepNotFound: 404,
+    SweepFinished: 409,
     InvalidSpec: 422,
     IdempotencyKeyReused: 422,
     InvalidPageToken: 422,

@@ -11,7 +11,9 @@ from service.jobs.manager import ResumeFrom
 from service.jobs.queries import JobDetails
 from service.records import JobStatus, MetricsRow
 from service.run.spec import JobSpec
-from service.store import CheckpointRow, EventRow, JobRow
+from service.store import CheckpointRow, EventRow, JobRow, SweepRow
+from service.sweeps.manager import SweepDetails, TrialView
+from service.sweeps.spec import SweepSpec
 
 
 def _time(ts: float | None) -> datetime | None:
@@ -85,6 +87,7 @@ class JobPublic(BaseModel):
     error: ErrorInfo | None = None
     stop_requested: bool = False
     resumed_from: ResumeFrom | None = None
+    sweep_id: str | None = Field(None, description="The sweep this job is a trial of, if any.")
 
     @classmethod
     def from_row(cls, job: JobRow, **extra: Any) -> "JobPublic":
@@ -98,7 +101,7 @@ class JobPublic(BaseModel):
             stop_requested=job.stop_requested,
             resumed_from=(ResumeFrom(job_id=job.resumed_from_job, checkpoint=job.resumed_from_checkpoint)
                           if job.resumed_from_job else None),
-            **extra)
+            sweep_id=job.sweep_id, **extra)
 
 
 class QueueState(BaseModel):
@@ -189,3 +192,90 @@ class Health(BaseModel):
 
     status: Literal["ok", "unavailable"]
     checks: dict[str, str] = {}
+
+
+# Sweeps (service/sweeps)
+
+SweepCreate = SweepSpec
+"""The POST /sweeps body (docs/sweeps.md); validated by the sweep service, which names the path at fault."""
+
+
+class TrialCreate(BaseModel):
+    """The POST /sweeps/{id}/trials body: what Ray Tune sampled for one trial."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    trial_id: str = Field(max_length=64, examples=["4c003_00001"])
+    config: dict[str, Any] = Field(description="Tune's sample: a value per space path (a choice's index).")
+
+
+class SweepPublic(BaseModel):
+    """A sweep as listed: id, state, spec, timings, and why it is in its state."""
+
+    id: str
+    status: JobStatus
+    spec: dict[str, Any]
+    created: datetime
+    started: datetime | None
+    ended: datetime | None
+    message: str | None = Field(None, description="Why it ended as it did (or how it runs).")
+    stop_requested: bool = False
+
+    @classmethod
+    def from_row(cls, sweep: SweepRow, **extra: Any) -> "SweepPublic":
+        """From the store's record."""
+        return cls(id=sweep.id, status=sweep.status, spec=sweep.spec, created=_time(sweep.created),
+                   started=_time(sweep.started), ended=_time(sweep.ended), message=sweep.reason,
+                   stop_requested=sweep.stop_requested, **extra)
+
+
+class TrialPublic(BaseModel):
+    """One trial of a sweep: its job, its values, and the best value of the sweep's metric so far."""
+
+    trial_id: str | None
+    job_id: str
+    status: JobStatus
+    config: dict[str, Any] = Field(description="The trial's value at each space path.")
+    best_metric: float | None = Field(description="The best value of the sweep's metric in the job's rows.")
+    best_step: int | None = Field(description="The step of the row that has it.")
+    step: int
+    error: ErrorInfo | None = None
+
+    @classmethod
+    def from_view(cls, trial: TrialView) -> "TrialPublic":
+        """From the sweep service's view."""
+        job = trial.job
+        return cls(trial_id=trial.trial_id, job_id=job.id, status=job.status, config=trial.config,
+                   best_metric=trial.best, best_step=trial.best_step, step=job.step,
+                   error=ErrorInfo(type=job.error_type or "Error", message=job.error) if job.error else None)
+
+
+class BestTrial(TrialPublic):
+    """The sweep's best trial so far, with its best checkpoint (highest mean return)."""
+
+    checkpoint: CheckpointPublic | None = None
+
+
+class SweepDetail(SweepPublic):
+    """One sweep in full: its trials, the best one, and trials that errored."""
+
+    trials: list[TrialPublic]
+    best_trial: BestTrial | None
+    trial_errors: dict[str, str] = Field(description="Tune trial id -> why it errored.")
+
+    @classmethod
+    def from_details(cls, details: SweepDetails) -> "SweepDetail":
+        """From the sweep service's view."""
+        best = None
+        if details.best is not None:
+            ckpt = details.best_checkpoint
+            best = BestTrial(**TrialPublic.from_view(details.best).model_dump(),
+                             checkpoint=CheckpointPublic.from_row(details.best.job.id, ckpt) if ckpt else None)
+        return cls.from_row(details.sweep, trials=[TrialPublic.from_view(t) for t in details.trials],
+                            best_trial=best, trial_errors=details.sweep.trial_errors)
+
+
+class SweepsPublic(BaseModel):
+    """Sweeps, newest first."""
+
+    sweeps: list[SweepPublic]

@@ -23,7 +23,9 @@ from typing import Any, Iterator
 
 from service.records import TERMINAL, JobStatus
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+"""2: checkpoints.eval_return_mean (the best checkpoint); 3: the sweeps table and jobs.sweep_id.
+An older file is migrated on open (`_ADDED_COLUMNS`)."""
 _UNFINISHED = f"('{JobStatus.PENDING.value}', '{JobStatus.RUNNING.value}')"
 """The states a job can still leave, as an SQL list (the store keeps JobStatus values)."""
 
@@ -48,7 +50,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     resume_path TEXT,
     resume_step INTEGER NOT NULL DEFAULT 0,
     stop_requested INTEGER NOT NULL DEFAULT 0,
-    recoveries INTEGER NOT NULL DEFAULT 0
+    recoveries INTEGER NOT NULL DEFAULT 0,
+    sweep_id TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_by_created ON jobs (created DESC, id DESC);
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, created DESC);
@@ -78,12 +81,28 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     PRIMARY KEY (job_id, id)
 );
 CREATE INDEX IF NOT EXISTS checkpoints_by_job_step ON checkpoints (job_id, step);
+CREATE TABLE IF NOT EXISTS sweeps (
+    id TEXT PRIMARY KEY,
+    created REAL NOT NULL,
+    status TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    started REAL,
+    ended REAL,
+    reason TEXT,
+    idempotency_key TEXT UNIQUE,
+    request_hash TEXT,
+    stop_requested INTEGER NOT NULL DEFAULT 0,
+    trial_errors TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS sweeps_by_created ON sweeps (created DESC, id DESC);
 """
 
-_MIGRATIONS: dict[int, tuple[str, ...]] = {
-    1: ("ALTER TABLE checkpoints ADD COLUMN eval_return_mean REAL",),
-}
-"""user_version -> the statements that bring a database of that version to the next one."""
+_ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("checkpoints", "eval_return_mean", "REAL"),  # version 2
+    ("jobs", "sweep_id", "TEXT"),  # version 3
+)
+"""(table, column, type) of each column added since version 1: an older file gets the ones its
+tables lack, then the schema creates what is missing altogether (tables, indexes)."""
 
 _CHECKPOINT_COLUMNS = "id, step, return_mean, size_bytes, created, path, eval_return_mean"
 
@@ -119,10 +138,36 @@ class JobRow:
     stop_requested: bool
     recoveries: int
     """How many server restarts this job has been resumed after."""
+    sweep_id: str | None = None
+    """The sweep this job is a trial of (service/sweeps), if any."""
 
     @property
     def finished(self) -> bool:
         """Whether the job is in a terminal state."""
+        return self.status in TERMINAL
+
+
+@dataclass(frozen=True)
+class SweepRow:
+    """One sweep as stored: its validated spec (service/sweeps/spec.py), state and timings."""
+
+    id: str
+    created: float
+    status: JobStatus
+    spec: dict[str, Any]
+    started: float | None
+    ended: float | None
+    reason: str | None
+    """Why it ended as it did (or the note of its last change), for people."""
+    idempotency_key: str | None
+    request_hash: str | None
+    stop_requested: bool
+    trial_errors: dict[str, str]
+    """Tune trial id -> why that trial errored (its job failed, or it never got one)."""
+
+    @property
+    def finished(self) -> bool:
+        """Whether the sweep is in a terminal state."""
         return self.status in TERMINAL
 
 
@@ -176,6 +221,15 @@ def _job(row: sqlite3.Row) -> JobRow:
     return JobRow(**data)
 
 
+def _sweep(row: sqlite3.Row) -> SweepRow:
+    data = dict(row)
+    data["spec"] = json.loads(data["spec"])
+    data["status"] = JobStatus(data["status"])
+    data["stop_requested"] = bool(data["stop_requested"])
+    data["trial_errors"] = json.loads(data["trial_errors"])
+    return SweepRow(**data)
+
+
 class JobStore:
     """Jobs, events, metrics rows and checkpoint records in one SQLite file (WAL mode)."""
 
@@ -194,14 +248,15 @@ class JobStore:
             raise StoreError(f"{self.path} has schema version {version}; this service reads "
                              f"{SCHEMA_VERSION} (was it written by a newer a2c-service?)")
         with self._write() as conn:
-            # A database of an older version first gets its missing columns, then the schema.
-            fresh = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'jobs'").fetchone() is None
-            for old in range(SCHEMA_VERSION if fresh else max(version, 1), SCHEMA_VERSION):
-                for statement in _MIGRATIONS[old]:
-                    conn.execute(statement)
+            if version < SCHEMA_VERSION:  # an older file first gets its missing columns, then the schema
+                for table, column, kind in _ADDED_COLUMNS:
+                    have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+                    if have and column not in have:
+                        conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
             # One statement at a time: executescript() would commit outside this transaction.
             for statement in filter(str.strip, _SCHEMA.split(";")):
                 conn.execute(statement)
+            conn.execute("CREATE INDEX IF NOT EXISTS jobs_by_sweep ON jobs (sweep_id, created)")
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         self._read_lock = threading.Lock()
         self._reader = self._connect()  # after the schema exists; autocommit: each read sees the latest commit
@@ -248,7 +303,8 @@ class JobStore:
     def create_job(self, job_id: str, spec: dict[str, Any], *, idempotency_key: str | None = None,
                    request_hash: str | None = None, resumed_from_job: str | None = None,
                    resumed_from_checkpoint: str | None = None, resume_path: str | None = None,
-                   resume_step: int = 0, created: float | None = None) -> tuple[JobRow, bool]:
+                   resume_step: int = 0, created: float | None = None,
+                   sweep_id: str | None = None) -> tuple[JobRow, bool]:
         """Insert a PENDING job; returns (job, created).
 
         With an idempotency key already in use, nothing is inserted and the job that holds the
@@ -259,11 +315,11 @@ class JobStore:
                 conn.execute(
                     "INSERT INTO jobs (id, created, status, env, spec, total_steps, step,"
                     " idempotency_key, request_hash, resumed_from_job, resumed_from_checkpoint,"
-                    " resume_path, resume_step) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " resume_path, resume_step, sweep_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (job_id, time.time() if created is None else created, JobStatus.PENDING.value, spec["env"],
                      _dumps(spec), spec["total_steps"],
                      resume_step, idempotency_key, request_hash, resumed_from_job,
-                     resumed_from_checkpoint, resume_path, resume_step))
+                     resumed_from_checkpoint, resume_path, resume_step, sweep_id))
                 conn.execute("INSERT INTO events (job_id, time, kind, message) VALUES (?, ?, ?, ?)",
                              (job_id, time.time(), "submitted", f"{spec['env']}, {spec['total_steps']} steps"))
         except sqlite3.IntegrityError:
@@ -284,12 +340,16 @@ class JobStore:
         return _job(rows[0]) if rows else None
 
     def list_jobs(self, statuses: list[str] | None = None, limit: int = 50,
-                  before: tuple[float, str] | None = None) -> list[JobRow]:
-        """Jobs newest first, optionally only those in `statuses`, after the keyset `before`.
+                  before: tuple[float, str] | None = None, sweep_id: str | None = None) -> list[JobRow]:
+        """Jobs newest first, optionally only those in `statuses` (and of sweep `sweep_id`),
+        after the keyset `before`.
 
         `before` is (created, id) of the last job of the previous page.
         """
         where, args = [], []
+        if sweep_id is not None:
+            where.append("sweep_id = ?")
+            args.append(sweep_id)
         if statuses:
             where.append(f"status IN ({','.join('?' * len(statuses))})")
             args += statuses
@@ -361,13 +421,14 @@ class JobStore:
         conn.execute("UPDATE jobs SET step = ? WHERE id = ?", (step, job_id))
         return dropped
 
-    def request_stop(self, job_id: str) -> bool:
-        """Record that a stop was asked for (it survives a restart); False if already terminal."""
+    def request_stop(self, job_id: str, reason: str = "stop requested") -> bool:
+        """Record that a stop was asked for (it survives a restart), with `reason` as the event;
+        False if already terminal."""
         with self._write() as conn:
             cur = conn.execute("UPDATE jobs SET stop_requested = 1 WHERE id = ?"
                                f" AND status IN {_UNFINISHED}", (job_id,))
             if cur.rowcount:
-                self._event(conn, job_id, "stop", "stop requested")
+                self._event(conn, job_id, "stop", reason)
         return cur.rowcount == 1
 
     # Events
@@ -453,3 +514,89 @@ class JobStore:
         rows = self._read(f"SELECT {_CHECKPOINT_COLUMNS} FROM checkpoints WHERE job_id = ? "
                           + where.get(ckpt_id, "AND id = ?"), (job_id,) if ckpt_id in where else (job_id, ckpt_id))
         return CheckpointRow(*rows[0]) if rows else None
+
+    # Sweeps
+
+    def create_sweep(self, sweep_id: str, spec: dict[str, Any], *, idempotency_key: str | None = None,
+                     request_hash: str | None = None) -> tuple[SweepRow, bool]:
+        """Insert a PENDING sweep; returns (sweep, created). With an Idempotency-Key already in
+        use, nothing is inserted and the sweep that holds the key comes back with created=False."""
+        try:
+            with self._write() as conn:
+                conn.execute("INSERT INTO sweeps (id, created, status, spec, idempotency_key, request_hash)"
+                             " VALUES (?, ?, ?, ?, ?, ?)", (sweep_id, time.time(), JobStatus.PENDING.value,
+                                                            _dumps(spec), idempotency_key, request_hash))
+        except sqlite3.IntegrityError:
+            existing = self.sweep_by_idempotency_key(idempotency_key) if idempotency_key else None
+            if existing is None:
+                raise
+            return existing, False
+        return self.get_sweep(sweep_id), True
+
+    def get_sweep(self, sweep_id: str) -> SweepRow | None:
+        """The sweep, or None."""
+        rows = self._read("SELECT * FROM sweeps WHERE id = ?", (sweep_id,))
+        return _sweep(rows[0]) if rows else None
+
+    def sweep_by_idempotency_key(self, key: str) -> SweepRow | None:
+        """The sweep submitted with this Idempotency-Key, or None."""
+        rows = self._read("SELECT * FROM sweeps WHERE idempotency_key = ?", (key,))
+        return _sweep(rows[0]) if rows else None
+
+    def list_sweeps(self, limit: int = 50) -> list[SweepRow]:
+        """Sweeps, newest first."""
+        return [_sweep(r) for r in self._read("SELECT * FROM sweeps ORDER BY created DESC, id DESC LIMIT ?",
+                                              (limit,))]
+
+    def unfinished_sweeps(self) -> list[SweepRow]:
+        """PENDING and RUNNING sweeps, oldest first."""
+        return [_sweep(r) for r in self._read(f"SELECT * FROM sweeps WHERE status IN {_UNFINISHED}"
+                                              " ORDER BY created, id")]
+
+    def mark_sweep_running(self, sweep_id: str, note: str | None = None) -> bool:
+        """PENDING -> RUNNING; False if it is not PENDING."""
+        with self._write() as conn:
+            cur = conn.execute("UPDATE sweeps SET status = 'RUNNING', started = ?, reason = ?"
+                               " WHERE id = ? AND status = 'PENDING'", (time.time(), note, sweep_id))
+        return cur.rowcount == 1
+
+    def finish_sweep(self, sweep_id: str, status: str, reason: str) -> bool:
+        """Move an unfinished sweep to a terminal state with its reason; False if already terminal."""
+        if status not in TERMINAL:
+            raise ValueError(f"{status} is not a terminal state")
+        with self._write() as conn:
+            cur = conn.execute(f"UPDATE sweeps SET status = ?, ended = ?, reason = ? WHERE id = ?"
+                               f" AND status IN {_UNFINISHED}", (status, time.time(), reason, sweep_id))
+        return cur.rowcount == 1
+
+    def request_sweep_stop(self, sweep_id: str) -> bool:
+        """Record that a stop of the sweep was asked for; False if it already ended."""
+        with self._write() as conn:
+            cur = conn.execute(f"UPDATE sweeps SET stop_requested = 1 WHERE id = ? AND status IN {_UNFINISHED}",
+                               (sweep_id,))
+        return cur.rowcount == 1
+
+    def add_trial_error(self, sweep_id: str, trial_id: str, message: str) -> None:
+        """Record why one of the sweep's trials errored."""
+        with self._write() as conn:
+            row = conn.execute("SELECT trial_errors FROM sweeps WHERE id = ?", (sweep_id,)).fetchone()
+            if row is not None:
+                errors = {**json.loads(row[0]), trial_id: message}
+                conn.execute("UPDATE sweeps SET trial_errors = ? WHERE id = ?", (_dumps(errors), sweep_id))
+
+    def sweep_jobs(self, sweep_id: str) -> list[JobRow]:
+        """The sweep's trial jobs, oldest first."""
+        return [_job(r) for r in self._read("SELECT * FROM jobs WHERE sweep_id = ? ORDER BY created, id",
+                                            (sweep_id,))]
+
+    def best_metrics(self, sweep_id: str, metric: str, mode: str) -> dict[str, tuple[float, int]]:
+        """For each trial job of the sweep that has recorded `metric`: (its best value, the step
+        of the row that has it; the first such row), by job id. `mode` is "max" or "min"."""
+        order = "DESC" if mode == "max" else "ASC"
+        rows = self._read(
+            "SELECT job_id, value, step FROM (SELECT m.job_id, json_extract(m.row, ?) AS value, m.step,"
+            f" ROW_NUMBER() OVER (PARTITION BY m.job_id ORDER BY json_extract(m.row, ?) {order}, m.step)"
+            " AS rank FROM metrics m JOIN jobs j ON j.id = m.job_id"
+            " WHERE j.sweep_id = ? AND json_type(m.row, ?) IN ('integer', 'real')) WHERE rank = 1",
+            (f"$.{metric}", f"$.{metric}", sweep_id, f"$.{metric}"))
+        return {r[0]: (float(r[1]), int(r[2])) for r in rows}

@@ -52,9 +52,12 @@ def create_job(body: Annotated[JobCreate, SkipValidation, Body(title="JobCreate"
 def list_jobs(queries: QueriesDep,
               status_: Annotated[list[JobStatus] | None, Query(alias="status", description="Only these states (repeatable).")] = None,
               max_results: Annotated[int, Query(ge=1, le=500)] = 50,
-              page_token: Annotated[str | None, Query(max_length=200)] = None) -> JobsPublic:
-    """Jobs, newest first, a page at a time; each with its spec (`name`, `tags`, seed, config)."""
-    jobs, token = queries.list(status_, max_results, page_token)
+              page_token: Annotated[str | None, Query(max_length=200)] = None,
+              sweep_id: Annotated[str | None, Query(pattern=JOB_ID_PATTERN, description="Only this sweep's trials.")] = None,
+              ) -> JobsPublic:
+    """Jobs, newest first, a page at a time; each with its spec (`name`, `tags`, seed, config)
+    and its sweep (`sweep_id`, null for a single job)."""
+    jobs, token = queries.list(status_, max_results, page_token, sweep_id)
     return JobsPublic(jobs=[JobPublic.from_row(j) for j in jobs], next_page_token=token)
 
 

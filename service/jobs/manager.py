@@ -276,11 +276,13 @@ class JobManager:
 
     # Submitting
 
-    def submit(self, raw: Any, idempotency_key: str | None = None) -> tuple[JobRow, bool]:
+    def submit(self, raw: Any, idempotency_key: str | None = None,
+               sweep_id: str | None = None) -> tuple[JobRow, bool]:
         """Validate a raw job spec and queue the job; returns (job, replayed).
 
         `replayed` is True when the Idempotency-Key was seen before with the same body: the
         earlier job comes back and nothing new is queued. Raises InvalidSpec naming the field.
+        `sweep_id`: the job is a trial of that sweep (service/sweeps).
         """
         if not isinstance(raw, dict):
             raise InvalidSpec("body", "must be a JSON object of job spec fields")
@@ -304,7 +306,7 @@ class JobManager:
             resumed_from_job=resume_from.job_id if resume_from else None,
             resumed_from_checkpoint=resume_ckpt.id if resume_ckpt else None,
             resume_path=resume_ckpt.path if resume_ckpt else None,
-            resume_step=resume_ckpt.step if resume_ckpt else 0)
+            resume_step=resume_ckpt.step if resume_ckpt else 0, sweep_id=sweep_id)
         if not created:  # a concurrent request with the same key won the race
             if job.request_hash != request_hash:
                 raise IdempotencyKeyReused()
@@ -316,6 +318,13 @@ class JobManager:
             self._enqueue(job)
             self._cond.notify_all()
         return job, False
+
+    def check_spec(self, raw: dict[str, Any]) -> JobSpec:
+        """The job spec `submit` would queue for `raw` (no resume_from), without queueing it:
+        raises InvalidSpec naming the field, as `submit` does."""
+        spec = build_spec(raw, strict=True)
+        self._check_limits(spec, None)
+        return spec
 
     def _resume_source(self, value: Any):
         """The (ResumeFrom, checkpoint record, read archive) a resumed job starts from."""
@@ -488,12 +497,13 @@ class JobManager:
         return {"starting": False, "place": ids.index(job_id) + 1, "queued": len(ids), "cpus_needed": needed,
                 "cpus_free": max(total - used, 0) if total is not None else None, "cpus_total": total}
 
-    def stop(self, job_id: str) -> JobRow:
+    def stop(self, job_id: str, reason: str = "stop requested") -> JobRow:
         """Ask a job to stop: a running one ends after its current update with a final checkpoint
-        (then STOPPED); a queued one is STOPPED at once. Raises JobFinished if it already ended."""
+        (then STOPPED); a queued one is STOPPED at once. `reason` goes into its events. Raises
+        JobFinished if it already ended."""
         self._get(job_id)
         with self._cond:
-            if not self.store.request_stop(job_id):
+            if not self.store.request_stop(job_id, reason):
                 raise JobFinished(job_id, self._get(job_id).status)
             active = self._active.get(job_id)
             if active is not None:

@@ -71,10 +71,11 @@ class JobQueries:
                           self.store.eval_summary(job_id))
 
     def list(self, statuses: list[JobStatus] | None = None, max_results: int = 50,
-             page_token: str | None = None) -> tuple[list[JobRow], str | None]:
-        """A page of jobs, newest first; returns (jobs, next_page_token or None at the end)."""
+             page_token: str | None = None, sweep_id: str | None = None) -> tuple[list[JobRow], str | None]:
+        """A page of jobs (of sweep `sweep_id`, if given), newest first; returns (jobs,
+        next_page_token or None at the end)."""
         before = _decode_token(page_token) if page_token else None
-        jobs = self.store.list_jobs(statuses, max_results + 1, before)
+        jobs = self.store.list_jobs(statuses, max_results + 1, before, sweep_id)
         if len(jobs) <= max_results:
             return jobs, None
         jobs = jobs[:max_results]

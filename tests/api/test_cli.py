@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -187,7 +188,7 @@ def test_storage_scheme_nothing_can_open_fails_before_ray_starts(tmp_path):
     assert "[ray]" not in result.stderr
 
 
-def _cartpole_run_dir(root) -> "Path":
+def _cartpole_run_dir(root) -> Path:
     """A run directory as `a2c train` leaves it, with two CartPole checkpoints (made without Ray)."""
     from learner.checkpoint import archive_bytes
     from learner.config import A2CConfig, PolicyConfig

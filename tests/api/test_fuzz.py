@@ -5,7 +5,7 @@ extra fields, odd headers, no token); no response may be a 5xx, and every respon
 its documented status codes, headers and schema. The app, its schema, validation, store and
 job manager are the real ones, in-process over ASGI; only the cluster is stubbed (the manager
 is never started and reports 4 CPUs), so the jobs the fuzzer submits stay PENDING and no
-training runs.
+training runs; nor do the sweeps it submits (their manager is never started).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from service.jobs.locations import JobLocations
 from service.jobs.manager import JobLimits, JobManager
 from service.jobs.queries import JobQueries
 from service.store import JobStore
+from service.sweeps.manager import SweepManager
 
 TOKEN = "fuzz-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -42,6 +43,8 @@ def api_schema(tmp_path):
         app.state.manager = JobManager(store, JobLocations(tmp_path), JobLimits(max_total_steps=1_000_000),
                                        cluster_cpus=lambda: 4.0)
         app.state.queries = JobQueries(store, app.state.manager.locations, app.state.manager.cluster_cpus)
+        # Sweeps are validated and recorded; never started (no launcher thread: no Ray Tune run).
+        app.state.sweeps = SweepManager(store, app.state.manager, tmp_path / "sweeps", "http://127.0.0.1:9")
         try:
             yield
         finally:

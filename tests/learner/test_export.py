@@ -11,7 +11,8 @@ from learner.checkpoint import archive_bytes, read_archive
 from learner.config import A2CConfig, PolicyConfig
 from learner.export import OPSET, onnx_bytes
 from learner.learner import Learner
-from learner.policy import SpacesSpec, obs_tensor
+from learner.policy import obs_tensor
+from learner.spaces import SpacesSpec
 
 ort = pytest.importorskip("onnxruntime")
 N = 1000

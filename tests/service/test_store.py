@@ -267,3 +267,42 @@ def test_reads_do_not_wait_for_a_write_in_progress_and_see_each_commit(store):
         release.set()
         writer.join()
     assert store.get_job(job.id).step == 1024
+
+
+def test_a_version_1_file_gains_sweeps_and_keeps_its_jobs(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "jobs.sqlite3"
+    conn = sqlite3.connect(path)  # the jobs table as version 1 had it (no sweep_id)
+    conn.execute("CREATE TABLE jobs (id TEXT PRIMARY KEY, created REAL NOT NULL, status TEXT NOT NULL,"
+                 " env TEXT NOT NULL, spec TEXT NOT NULL, total_steps INTEGER NOT NULL, step INTEGER NOT NULL"
+                 " DEFAULT 0, started REAL, ended REAL, error TEXT, error_type TEXT, summary TEXT,"
+                 " idempotency_key TEXT UNIQUE, request_hash TEXT, resumed_from_job TEXT,"
+                 " resumed_from_checkpoint TEXT, resume_path TEXT, resume_step INTEGER NOT NULL DEFAULT 0,"
+                 " stop_requested INTEGER NOT NULL DEFAULT 0, recoveries INTEGER NOT NULL DEFAULT 0)")
+    conn.execute("INSERT INTO jobs (id, created, status, env, spec, total_steps) VALUES"
+                 " ('0123456789ab', 1.0, 'SUCCEEDED', 'CartPole-v1', '{}', 2048)")
+    conn.execute("PRAGMA user_version=1")
+    conn.commit()
+    conn.close()
+    store = JobStore(path)
+    old = store.get_job("0123456789ab")
+    assert old.status == "SUCCEEDED" and old.sweep_id is None
+    sweep, created = store.create_sweep("fedcba987654", {"base": {}})
+    assert created and store.get_sweep(sweep.id).status == "PENDING"
+    job, _ = store.create_job("00000000000a", SPEC, sweep_id=sweep.id)
+    assert [j.id for j in store.sweep_jobs(sweep.id)] == [job.id] == [j.id for j in store.list_jobs(sweep_id=sweep.id)]
+    store.close()
+
+
+def test_best_metrics_rank_each_trial_job_by_its_best_row(store):
+    for job_id, values in (("00000000000a", [1.0, 5.0, None]), ("00000000000b", [2.0, 3.0, 4.0])):
+        store.create_job(job_id, SPEC, sweep_id="fedcba987654")
+        for step, value in enumerate(values, start=1):
+            store.append_metrics(job_id, {"step": step * 10, "eval_return_mean": value})
+    store.create_job("00000000000c", SPEC)  # not a trial
+    store.append_metrics("00000000000c", {"step": 10, "eval_return_mean": 99.0})
+    assert store.best_metrics("fedcba987654", "eval_return_mean", "max") == {
+        "00000000000a": (5.0, 20), "00000000000b": (4.0, 30)}
+    assert store.best_metrics("fedcba987654", "eval_return_mean", "min") == {
+        "00000000000a": (1.0, 10), "00000000000b": (2.0, 10)}

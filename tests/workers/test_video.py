@@ -6,7 +6,8 @@ import imageio.v3 as iio
 import pytest
 
 from learner.config import PolicyConfig
-from learner.policy import ActorCritic, SpacesSpec
+from learner.policy import ActorCritic
+from learner.spaces import SpacesSpec
 from workers.video import record_episodes
 
 

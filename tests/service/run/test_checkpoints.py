@@ -11,8 +11,13 @@ import pytest
 
 from learner.config import A2CConfig, PolicyConfig
 from learner.learner import Learner
-from learner.policy import SpacesSpec
-from service.run.checkpoints import find_archive, read_checkpoint, run_archives, write_checkpoint
+from learner.spaces import SpacesSpec
+from service.run.checkpoints import (
+    find_archive,
+    read_checkpoint,
+    run_archives,
+    write_checkpoint,
+)
 
 EVALS = {512: 120.0, 1024: 500.0, 1536: None, 2048: 500.0, 2560: 310.0, 3072: None}
 """step -> the evaluation return recorded with that checkpoint (None: not evaluated)."""
