@@ -1,5 +1,5 @@
-// The a2c-service dashboard: jobs table, new-job form, and a job view whose learning curves
-// follow GET /jobs/{id}/metrics/stream live.
+// The a2c-service dashboard: jobs table, new-job form, a job view whose learning curves
+// follow GET /jobs/{id}/metrics/stream live, a compare view and a sweep view.
 //
 // Auth: when the API answers 401, the page asks for the token once, keeps it in sessionStorage
 // (this tab only) and sends it as "Authorization: Bearer ..." on every call. EventSource cannot
@@ -696,17 +696,165 @@ async function openCompare(ids) {
   }
 }
 
+// ---------------------------------------------------------------- sweeps
+
+/** The sweeps card of the runs page (hidden while there are none). */
+async function loadSweeps() {
+  const page = await apiJson("/sweeps?max_results=20");
+  $("#sweeps-card").hidden = page.sweeps.length === 0;
+  $("#sweeps-count").textContent = page.sweeps.length ? `${page.sweeps.length} shown` : "";
+  $("#sweeps-table tbody").replaceChildren(...page.sweeps.map(s => {
+    const spec = s.spec, labels = ["Sweep", "Status", "Env", "Trials", "Metric", "Started"];
+    const cells = [
+      el("td", {}, el("a", {href: `#/sweeps/${s.id}`, className: "mono", textContent: s.id})),
+      el("td", {}, badge(s.status)),
+      el("td", {textContent: spec.base && spec.base.env || "—"}),
+      el("td", {className: "num", textContent: String(spec.num_samples)}),
+      el("td", {textContent: `${spec.metric} (${spec.mode})`}),
+      el("td", {className: "muted", textContent: when(s.started || s.created)}),
+    ];
+    cells.forEach((td, i) => { td.dataset.label = labels[i]; });
+    const tr = el("tr", {className: "clickable"}, ...cells);
+    tr.dataset.sweep = s.id;
+    tr.onclick = ev => { if (ev.target.tagName !== "A") location.hash = `#/sweeps/${s.id}`; };
+    return tr;
+  }));
+}
+
+const BEST_COLOR = "#dc2626", TRIAL_COLOR = "#94a3b8";
+const sweepCharts = new ChartGroup($("#sweep-toolbar"));
+window.a2cCharts.sweep = sweepCharts;
+let sweepPanel = null, sweepId = null;
+
+/** The sweep's metric panel: one curve per trial (grey), the best trial's drawn over them in red. */
+function sweepPanelFor(metric) {
+  const series = [{key: metric, label: "", color: BEST_COLOR, points: metric === "eval_return_mean"}];
+  const title = `${metric} per trial (best in red)`;
+  if (!sweepPanel) sweepPanel = sweepCharts.panel($("#sweep-chart"), {title, height: 340, series});
+  sweepPanel.series = series;
+  sweepPanel.title = title;
+  return sweepPanel;
+}
+
+/** A trial's label: its values at the space's paths, short. */
+function trialLabel(t) {
+  const values = Object.entries(t.config).map(([k, v]) =>
+    `${k.split(".").pop()}=${typeof v === "number" && !Number.isInteger(v) ? +v.toPrecision(3) : fmtValue(v)}`);
+  return `${t.job_id} ${values.join(" ")}`;
+}
+
+function renderSweep(s) {
+  const spec = s.spec, best = s.best_trial;
+  $("#sweep-id").textContent = s.id;
+  $("#sweep-status").replaceChildren(badge(s.status));
+  $("#sweep-state").textContent = s.message || "";
+  $("#sweep-summary").textContent = `${spec.base.env} · ${spec.num_samples} trials, ${spec.max_concurrent_trials} at a ` +
+    `time · ${spec.metric} (${spec.mode}) · scheduler ${spec.scheduler} · search ${spec.search}`;
+  const stop = $("#sweep-stop");
+  stop.hidden = FINISHED.has(s.status) || s.stop_requested;
+  const bestLine = $("#sweep-best");
+  bestLine.hidden = !best;
+  if (best) {
+    const ckpt = best.checkpoint;
+    bestLine.replaceChildren(el("span", {className: "swatch", style: `background:${BEST_COLOR}`}), " Best: ",
+      el("a", {href: `#/jobs/${best.job_id}`, className: "mono", textContent: best.job_id}),
+      ` ${spec.metric} ${num(best.best_metric, 2)} at step ${steps(best.best_step)}`,
+      ckpt ? el("span", {className: "muted", textContent: ` · checkpoint ${ckpt.id}`}) : null);
+  }
+  const paths = Object.keys(spec.space);
+  const head = ["Trial", "Status", ...paths, "Step", `Best ${spec.metric}`];
+  $("#trials-table thead tr").replaceChildren(...head.map((h, i) =>
+    el("th", {className: i >= 2 && i < 2 + paths.length || i >= head.length - 2 ? "num" : "", textContent: h})));
+  $("#trials-count").textContent = `${s.trials.length} of ${spec.num_samples}` +
+    (Object.keys(s.trial_errors).length ? ` · ${Object.keys(s.trial_errors).length} errored` : "");
+  $("#trials-table tbody").replaceChildren(...s.trials.map(t => {
+    const isBest = best && best.job_id === t.job_id;
+    const cells = [
+      el("td", {}, el("a", {href: `#/jobs/${t.job_id}`, className: "mono", textContent: t.job_id}),
+         isBest ? el("span", {className: "best-mark", textContent: " ★ best"}) : null),
+      el("td", {}, badge(t.status)),
+      ...paths.map(p => el("td", {className: "num cfg", textContent: typeof t.config[p] === "number"
+        ? String(+t.config[p].toPrecision(4)) : fmtValue(t.config[p])})),
+      el("td", {className: "num", textContent: steps(t.step)}),
+      el("td", {className: "num", textContent: num(t.best_metric, 2)}),
+    ];
+    cells.forEach((td, i) => { td.dataset.label = head[i]; });
+    const tr = el("tr", {className: "clickable" + (isBest ? " best" : "")}, ...cells);
+    tr.dataset.trial = t.job_id;
+    tr.onclick = ev => { if (ev.target.tagName !== "A") location.hash = `#/jobs/${t.job_id}`; };
+    return tr;
+  }));
+}
+
+/** Follow a sweep: its state and trials every POLL_MS, and each trial's metrics rows (pages of
+ * 1000) on the one chart, until the sweep and all its trials have ended. */
+async function openSweep(id) {
+  sweepId = id;
+  sweepCharts.setRuns([]);
+  sweepCharts.setEmptyText("waiting for metrics…");
+  const since = new Map();
+  let bestId = null;
+  for (;;) {
+    const s = await apiJson(`/sweeps/${id}`).catch(err => { $("#sweep-state").textContent = err.message; return null; });
+    if (sweepId !== id || !s) return;
+    sweepPanelFor(s.spec.metric);
+    renderSweep(s);
+    const best = s.best_trial ? s.best_trial.job_id : null;
+    const known = new Set(sweepCharts.runs.map(r => r.id));
+    if (best !== bestId || s.trials.some(t => !known.has(t.job_id))) {
+      // Trials in order, the best last so that its curve is drawn over the others.
+      const order = s.trials.filter(t => t.job_id !== best).concat(s.trials.filter(t => t.job_id === best));
+      const rows = new Map(sweepCharts.runs.map(r => [r.id, r.rows]));
+      sweepCharts.setRuns(order.map(t => ({
+        id: t.job_id, label: (t.job_id === best ? "★ " : "") + trialLabel(t), rows: rows.get(t.job_id) || [],
+        color: t.job_id === best ? BEST_COLOR : TRIAL_COLOR, width: t.job_id === best ? 3 : 1.25})));
+      bestId = best;
+    }
+    let active = !FINISHED.has(s.status);
+    for (const t of s.trials) {
+      for (;;) {
+        const page = await apiJson(`/jobs/${t.job_id}/metrics?since_step=${since.get(t.job_id) || 0}&limit=1000`)
+          .catch(() => null);
+        if (sweepId !== id) return;
+        if (!page) break;
+        sweepCharts.addRows(t.job_id, page.rows);
+        since.set(t.job_id, page.next_since_step);
+        if (!FINISHED.has(page.status)) active = true;
+        if (page.rows.length < 1000) break;
+      }
+    }
+    if (!active) { sweepCharts.setEmptyText("no metrics"); return; }
+    await new Promise(res => setTimeout(res, POLL_MS));
+    if (sweepId !== id) return;
+  }
+}
+
+$("#sweep-stop").onclick = async () => {
+  const id = sweepId, button = $("#sweep-stop");
+  if (!id || !confirm(`Stop sweep ${id}? No new trials start; running trials stop with a final checkpoint.`)) return;
+  button.disabled = true;
+  try {
+    const res = await api(`/sweeps/${id}/stop`, {method: "POST"});
+    if (!res.ok && res.status !== 409) alert(detailText(await res.json().catch(() => ({}))) || res.statusText);
+  } finally {
+    button.disabled = false;
+  }
+};
+
 // ---------------------------------------------------------------- routing
 
 function route() {
   const m = /^#\/jobs\/([0-9a-f]{12})$/.exec(location.hash);
   const cmp = /^#\/compare\/([0-9a-f]{12}(?:,[0-9a-f]{12})*)$/.exec(location.hash);
+  const sw = /^#\/sweeps\/([0-9a-f]{12})$/.exec(location.hash);
   clearInterval(jobsTimer);
-  $("#jobs-view").hidden = !!(m || cmp);
+  $("#jobs-view").hidden = !!(m || cmp || sw);
   $("#job-view").hidden = !m;
   $("#compare-view").hidden = !cmp;
+  $("#sweep-view").hidden = !sw;
   const crumbs = $("#crumbs");
   if (!cmp) compareIds = null;
+  if (!sw) sweepId = null;
   if (m) {
     crumbs.replaceChildren(el("span", {textContent: "/"}), el("a", {href: "#/", textContent: "runs"}),
                            el("span", {textContent: "/"}), el("span", {className: "mono", textContent: m[1]}));
@@ -716,11 +864,18 @@ function route() {
                            el("span", {textContent: "/"}), el("span", {textContent: "compare"}));
     closeJobView();
     openCompare(cmp[1].split(",")).catch(() => {});
+  } else if (sw) {
+    crumbs.replaceChildren(el("span", {textContent: "/"}), el("a", {href: "#/", textContent: "runs"}),
+                           el("span", {textContent: "/"}), el("span", {textContent: "sweep"}),
+                           el("span", {textContent: "/"}), el("span", {className: "mono", textContent: sw[1]}));
+    closeJobView();
+    if (sweepId !== sw[1]) openSweep(sw[1]).catch(() => {});
   } else {
     crumbs.replaceChildren(el("span", {textContent: "/"}), el("span", {textContent: "runs"}));
     closeJobView();
-    refreshJobs().catch(() => {});
-    jobsTimer = setInterval(() => refreshJobs().catch(() => {}), POLL_MS);
+    const refresh = () => { refreshJobs().catch(() => {}); loadSweeps().catch(() => {}); };
+    refresh();
+    jobsTimer = setInterval(refresh, POLL_MS);
   }
 }
 

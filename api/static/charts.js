@@ -7,6 +7,7 @@
 //     {key: "episode_return_mean", label: "mean", color: "#2563eb"},
 //     {key: "eval_return_mean", label: "eval", color: "#dc2626", points: true}]});
 //   group.setRuns([{id, label, color, t0, rows}]);   // t0: the run's start, epoch seconds
+//                                                   // width: a run's line width (to highlight one)
 //   group.addRows(id, rows);                          // metrics rows in step order; redraws soon
 //
 // The toolbar sets, for every panel at once: the x axis (env steps, seconds since the training
@@ -117,7 +118,7 @@
                               points: {show: false}}, values, raw: true});
           }
           cols.push({
-            opts: {label, stroke: color, width: s.points ? 1.5 : 2, spanGaps: true,
+            opts: {label, stroke: color, width: (many && run.width) || (s.points ? 1.5 : 2), spanGaps: true,
                    dash: s.points && many ? [5, 4] : undefined,
                    points: s.points ? {show: true, size: 6, fill: color} : {show: values.size === 1}},
             values, smooth: smoothed, counted: true});
@@ -137,7 +138,7 @@
 
     draw() {
       const g = this.group, built = this.build();
-      const shape = JSON.stringify([g.x, g.log, g.smoothing > 0, built.cols.map(c => [c.opts.label, c.opts.stroke, c.opts.points.show])]);
+      const shape = JSON.stringify([g.x, g.log, g.smoothing > 0, built.cols.map(c => [c.opts.label, c.opts.stroke, c.opts.width, c.opts.points.show])]);
       if (!this.plot || shape !== this.shape) {
         if (this.plot) this.plot.destroy();
         this.quiet = new Set(built.cols.flatMap((c, i) => c.raw || c.band ? [i + 1] : []));
@@ -269,7 +270,7 @@
       return p;
     }
 
-    /** Show these runs: [{id, label, color?, t0 (epoch s), rows}] (the rows arrays are kept). */
+    /** Show these runs: [{id, label, color?, width?, t0 (epoch s), rows}] (the rows arrays are kept). */
     setRuns(runs) {
       this.runs = runs.map((r, i) => ({rows: [], ...r, color: r.color || RUN_COLORS[i % RUN_COLORS.length]}));
       this.zoomed = null;

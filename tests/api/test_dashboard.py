@@ -2,7 +2,7 @@
 against a real `a2c serve` with an API token and real Ray: token prompt, new-job form with its
 422s, live learning curves, a queued job's wait reason and its stop, checkpoint download, stop;
 the charts' hover, smoothing, x axes, log scale, zoom and CSV; the runs table's columns and the
-comparison of runs; the layout at 1366 px and at 390x844. Screenshots go to test-artifacts/dashboard/.
+comparison of runs; a sweep's view; the layout at 1366 px and at 390x844. Screenshots go to test-artifacts/dashboard/.
 
 The tests run in order on one server and share its jobs (`JOBS`).
 
@@ -35,7 +35,8 @@ ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "dashboard"
 WAIT_MS = 300_000
 """Hang guard for waits on training (the same as the API tests' job timeout)."""
 JOBS: dict[str, str] = {}
-"""Job ids the tests share: "long" (stopped by the user), "queued" (stopped while PENDING), "short"."""
+"""Job ids the tests share: "long" (stopped by the user), "queued" (stopped while PENDING), "short";
+"sweep" is a sweep's id."""
 
 
 def to_fixed(value: float, digits: int) -> str:
@@ -431,6 +432,52 @@ def test_runs_table_shows_config_columns_eval_and_duration_and_compares_runs(pag
     shot(page, "09-compare")
 
 
+SWEEP = {"base": {"env": "CartPole-v1", "total_steps": 4096, "workers": 1, "envs_per_worker": 4,
+                  "a2c": {"steps_per_batch": 256}, "eval_every": 4, "eval_episodes": 2, "checkpoint_every": 8},
+         "space": {"a2c.learning_rate": {"choice": [1e-6, 7e-3]}}, "num_samples": 3, "max_concurrent_trials": 2,
+         "seed": 4, "scheduler": "none"}
+"""Three 16-update trials run to their ends; lr 1e-6 against 7e-3 makes their evaluations differ."""
+
+
+def test_sweep_view_overlays_the_trials_curves_with_the_best_highlighted(page, api):
+    post = api.post("/sweeps", json=SWEEP)
+    assert post.status_code == 201, post.text
+    sweep_id = post.json()["id"]
+    JOBS["sweep"] = sweep_id
+    page.goto(page.url.split("#")[0] + "#/")
+    # The runs page lists the sweep; its row opens the sweep view.
+    page.locator(f"#sweeps-table tr[data-sweep='{sweep_id}']").click()
+    page.wait_for_url(f"**/#/sweeps/{sweep_id}")
+    page.locator("#sweep-status .badge.succeeded").wait_for(timeout=WAIT_MS)
+    sweep = api.get(f"/sweeps/{sweep_id}").json()
+    trials, best = sweep["trials"], sweep["best_trial"]
+    assert len(trials) == 3 and best is not None, sweep
+    # Every trial's every eval row is on the one chart, once the view has caught up.
+    rows = {t["job_id"]: api.get(f"/jobs/{t['job_id']}/metrics", params={"limit": 10_000}).json()["rows"]
+            for t in trials}
+    evals = sum(r.get("eval_return_mean") is not None for rs in rows.values() for r in rs)
+    page.wait_for_function(f"Number(document.querySelector('#sweep-chart').dataset.points) === {evals}",
+                           timeout=60_000)
+    # The best trial is drawn last (over the others), in red and thicker; the rest in grey.
+    runs = page.evaluate("a2cCharts.sweep.runs.map(r => ({id: r.id, color: r.color, width: r.width}))")
+    assert sorted(r["id"] for r in runs) == sorted(t["job_id"] for t in trials)
+    assert runs[-1] == {"id": best["job_id"], "color": "#dc2626", "width": 3}
+    assert all(r["color"] == "#94a3b8" and r["width"] < 3 for r in runs[:-1])
+    legend = page.inner_text("#sweep-chart .u-legend")
+    assert "★ " + best["job_id"] in legend and all(t["job_id"] in legend for t in trials)
+    # The trials table: one row per trial with its value and best metric; the best one marked.
+    for t in trials:
+        row = page.locator(f"#trials-table tr[data-trial='{t['job_id']}']")
+        assert float(row.locator("td[data-label='a2c.learning_rate']").inner_text()) == t["config"]["a2c.learning_rate"]
+        assert row.locator("td[data-label='Best eval_return_mean']").inner_text() == to_fixed(t["best_metric"], 2)
+        assert ("★ best" in row.inner_text()) == (t["job_id"] == best["job_id"])
+    assert best["job_id"] in page.inner_text("#sweep-best")
+    assert page.locator("#sweep-stop").is_hidden()  # the sweep has ended
+    shot(page, "13-sweep")
+    page.locator(f"#trials-table tr[data-trial='{best['job_id']}'] a").click()
+    page.wait_for_url(f"**/#/jobs/{best['job_id']}")
+
+
 def inside(inner: dict, outer: dict, slack: float = 0.5) -> bool:
     return (inner["x"] >= outer["x"] - slack and inner["y"] >= outer["y"] - slack
             and inner["x"] + inner["width"] <= outer["x"] + outer["width"] + slack
@@ -494,5 +541,17 @@ def test_layout_fits_the_window(page, api, width, height):
         for entry in page.locator("#cmp-return .u-legend .u-series:not(.u-hidden)").all():
             assert inside(entry.bounding_box(), page.locator("#cmp-return").locator("xpath=..").bounding_box())
         shot(page, f"12-compare-{width}")
+
+        page.goto(page.url.split("#")[0] + f"#/sweeps/{JOBS['sweep']}")
+        page.wait_for_function("Number(document.querySelector('#sweep-chart').dataset.points) > 0")
+        page.wait_for_timeout(300)
+        assert page.evaluate("document.scrollingElement.scrollWidth") <= width
+        sweep_card = page.locator("#sweep-chart").locator("xpath=..").bounding_box()
+        assert inside(page.locator("#sweep-chart canvas").bounding_box(), sweep_card)
+        for entry in page.locator("#sweep-chart .u-legend .u-series:not(.u-hidden)").all():
+            assert inside(entry.bounding_box(), sweep_card)
+        trials_card = page.locator("#trials-table").locator("xpath=ancestor::div[contains(@class,'card')][1]")
+        assert inside(page.locator("#trials-table").bounding_box(), trials_card.bounding_box())
+        shot(page, f"14-sweep-{width}")
     finally:
         page.set_viewport_size({"width": 1400, "height": 900})
