@@ -223,8 +223,7 @@ class Trainer:
             trained_here = step != (start.step if start else 0)
             if trained_here and (self.last_checkpoint is None or self.last_checkpoint.step != step):
                 self._checkpoint(spaces)
-            if not self._stop.is_set():
-                self.videos.finish()  # the last video, if one is still being recorded
+            self.videos.finish(self._stop)  # the last due video, unless stopped
         finally:
             self.videos.close()
             self.workers.kill()

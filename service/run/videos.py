@@ -20,6 +20,7 @@ import logging
 import os
 import re
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -91,10 +92,10 @@ class VideoRecorder:
 
     def __init__(self, env_id: str, env_kwargs: dict[str, Any], spaces: SpacesSpec,
                  policy_config: PolicyConfig, run_location: str) -> None:
+        _lowest_priority()  # first: its imports (torch) are seconds of CPU the training needs more
         import torch
 
         from learner.policy import ActorCritic
-        _lowest_priority()
         torch.set_num_threads(1)
         self.env_id, self.env_kwargs, self.run_location = env_id, env_kwargs, run_location
         self.policy = ActorCritic(spaces, policy_config).eval()
@@ -126,9 +127,9 @@ class TrainingVideos:
     without waiting for it, reporting finished ones as `video` events.
 
     One recording runs at a time. One that falls due meanwhile waits its turn, and a newer one
-    takes its place (`video_skipped`), so the newest due video is always the next recorded, and
-    `finish` records the last of a run. A recording that fails is reported (`video_failed`) and
-    ends the run's videos; the job goes on.
+    takes its place (the next `video` event counts those skipped), so the newest due video is
+    always the next recorded, and `finish` records the last of a run. A recording that fails is
+    reported (`video_failed`) and ends the run's videos; the job goes on.
     """
 
     def __init__(self, spec: JobSpec, spaces: SpacesSpec, run_location: str, sink: TrainingSink) -> None:
@@ -140,28 +141,31 @@ class TrainingVideos:
         """(step, the result's reference) of the recording under way."""
         self.waiting: tuple[Any, int, int] | None = None
         """(weights, step, seed) of the recording due next."""
+        self.skipped = 0
+        """Due recordings that gave way to a newer one since the last `video` event."""
 
     def after_update(self, weights, step: int, updates: int, eval_seed: int | None) -> None:
         """Note a finished recording; ask for one when this update was evaluated (from reset
         seed `eval_seed`, not None then) and a video is due. Never waits."""
         if self.every and eval_seed is not None and updates % self.every == 0:
-            if self.waiting is not None:
-                self.sink.event("video_skipped", f"step {self.waiting[1]}: step {step} is due before it could "
-                                "be recorded (one video is recorded at a time)")
+            self.skipped += self.waiting is not None
             self.waiting = (weights, step, eval_seed)
         self._collect(0.0)
         self._start()
 
-    def finish(self) -> None:
-        """Record what is due and wait for it (FINISH_TIMEOUT_S at most in all), then end the recorder."""
+    def finish(self, stop: threading.Event) -> None:
+        """Record what is due and wait for it (FINISH_TIMEOUT_S at most in all, and only until
+        `stop` is set), then end the recorder."""
         deadline = time.monotonic() + FINISH_TIMEOUT_S
-        while self.pending is not None or self.waiting is not None:
+        while (self.pending is not None or self.waiting is not None) and not stop.is_set():
             self._start()
-            if not self._collect(max(deadline - time.monotonic(), 0.0)):
+            left = deadline - time.monotonic()
+            if left <= 0:
                 step = self.pending[0] if self.pending else self.waiting[1]
                 self.sink.event("video_failed", f"step {step}: not recorded within {FINISH_TIMEOUT_S:g}s "
                                 "of the end of the run")
                 break
+            self._collect(min(left, 0.5))
         self.close()
 
     def close(self) -> None:
@@ -190,18 +194,17 @@ class TrainingVideos:
         self.waiting = None
         self.pending = (step, self.actor.record.remote(weights, step, seed))
 
-    def _collect(self, timeout: float) -> bool:
-        """Report the recording under way if it finished within `timeout` seconds; returns
-        whether none is under way now."""
+    def _collect(self, timeout: float) -> None:
+        """Report the recording under way if it finished within `timeout` seconds."""
         if self.pending is None:
-            return True
+            return
         import ray
 
         from service.run.worker_group import first_line
         step, ref = self.pending
         ready, _ = ray.wait([ref], timeout=timeout)
         if not ready:
-            return False
+            return
         self.pending = None
         try:
             meta = ray.get(ref)
@@ -209,8 +212,10 @@ class TrainingVideos:
             self.sink.event("video_failed", f"step {step}: {first_line(exc)}; no more videos in this run")
             self.every = 0
             self.close()
-            return True
+            return
         ended = "" if meta["complete"] else f", cut at {meta['length']} steps"
+        skipped = (f"; {self.skipped} due meanwhile gave way to newer ones (one is recorded at a time)"
+                   if self.skipped else "")
+        self.skipped = 0
         self.sink.event("video", f"step {step}: return {meta['return']:g}, {meta['frames']} frames{ended}, "
-                        f"recorded in {meta['seconds']:.1f}s")
-        return True
+                        f"recorded in {meta['seconds']:.1f}s{skipped}")
