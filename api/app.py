@@ -22,7 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api.config import Settings, get_settings
 from api.deps import Authenticated
 from api.errors import install_error_handlers
-from api.routes import checkpoints, dashboard, envs, health, jobs, metrics, plots, prometheus, sweeps
+from api.routes import checkpoints, dashboard, envs, health, jobs, metrics, plots, prometheus, sweeps, videos
 from api.routing import StrictQueryRoute
 
 log = logging.getLogger(__name__)
@@ -211,8 +211,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimit, max_bytes=app.state.settings.max_body_bytes)
     app.state.request_latency = prometheus.request_latency_histogram()
     app.add_middleware(prometheus.RequestLatency, histogram=app.state.request_latency)
-    for router in (health.router, jobs.router, envs.router, metrics.router, checkpoints.router, plots.router,
-                   prometheus.router, dashboard.router, sweeps.router, docs):
+    for router in (health.router, jobs.router, envs.router, metrics.router, checkpoints.router, videos.router,
+                   plots.router, prometheus.router, dashboard.router, sweeps.router, docs):
         app.include_router(router)
     app.mount("/static", dashboard.static_files, name="static")
     app.mount(DOCS_STATIC, StaticFiles(directory=DOCS_STATIC_DIR), name="docs-static")

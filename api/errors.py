@@ -15,7 +15,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from learner.checkpoint import CheckpointRejected
-from service.jobs.errors import CheckpointNotFound, IdempotencyKeyReused, InvalidPageToken, JobFinished, JobNotFound
+from service.jobs.errors import (CheckpointNotFound, IdempotencyKeyReused, InvalidPageToken, JobFinished, JobNotFound,
+                                 VideoNotFound)
 from service.run.spec import InvalidSpec
 from service.store import StoreError
 from service.sweeps.manager import SweepFinished, SweepNotFound
@@ -28,6 +29,7 @@ class ServiceNotReady(RuntimeError):
 STATUS_CODES: dict[type[Exception], int] = {
     JobNotFound: 404,
     CheckpointNotFound: 404,
+    VideoNotFound: 404,
     JobFinished: 409,
     SweepNotFound: 404,
     SweepFinished: 409,

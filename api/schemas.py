@@ -187,6 +187,36 @@ class CheckpointsPublic(BaseModel):
     checkpoints: list[CheckpointPublic]
 
 
+class VideoPublic(BaseModel):
+    """A video of one deterministic evaluation episode, recorded while the job trained."""
+
+    id: str = Field(description="`step-<10 digits>`: the step of the evaluation it shows.")
+    step: int
+    episode_return: float = Field(alias="return", description="The episode's return (raw rewards).")
+    length: int = Field(description="Env steps in the episode.")
+    frames: int = Field(description="Frames in the video: the reset frame and one per env step.")
+    fps: float
+    size_bytes: int
+    complete: bool = Field(description="false when the episode was cut at the recording's step limit.")
+    url: str = Field(description="GET it for the MP4 (H.264; Range requests are answered).")
+
+    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
+
+    @classmethod
+    def from_sidecar(cls, job_id: str, meta: dict) -> "VideoPublic":
+        """From a video's sidecar (`service.run.videos`)."""
+        return cls(id=meta["id"], step=meta["step"], episode_return=meta["return"], length=meta["length"],
+                   frames=meta["frames"], fps=meta["fps"], size_bytes=meta["size"],
+                   complete=meta.get("complete", True), url=f"/jobs/{job_id}/videos/{meta['id']}")
+
+
+class VideosPublic(BaseModel):
+    """A job's videos in step order."""
+
+    job_id: str
+    videos: list[VideoPublic]
+
+
 class Health(BaseModel):
     """Liveness or readiness, with the reason for each check."""
 

@@ -16,6 +16,8 @@ JOB_ID_PATTERN = r"^[0-9a-f]{12}$"
 CHECKPOINT_ID_PATTERN = r"^(latest|best|step-[0-9]{10,19})$"
 """Checkpoint ids as the trainer writes them (`step-<10+ digits>`), or `latest` (the highest
 step) or `best` (the highest evaluation return)."""
+VIDEO_ID_PATTERN = r"^step-[0-9]{10,19}$"
+"""Video ids: the step of the evaluation they show, named as checkpoints are (`step-<10+ digits>`)."""
 
 
 class JobStatus(str, Enum):

@@ -123,6 +123,13 @@ def open_read(location: str | os.PathLike) -> Iterator[BinaryIO]:
         yield stream
 
 
+def read_chunks(location: str | os.PathLike, chunk_bytes: int = 1 << 20) -> Iterator[bytes]:
+    """A file's content, `chunk_bytes` at a time (for a download served without loading it whole)."""
+    with open_read(location) as stream:
+        while chunk := stream.read(chunk_bytes):
+            yield chunk
+
+
 def check_available(location: str | os.PathLike) -> None:
     """Raise StorageUnavailable now if no installed library can open the location's scheme,
     rather than at a job's first checkpoint."""

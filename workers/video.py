@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 import gymnasium as gym
 import numpy as np
@@ -30,6 +30,9 @@ class Video:
     path: str
     episode_return: float
     frames: int
+    """Frames in the MP4: the reset frame and one per env step."""
+    ended: bool = True
+    """Whether the episode ended by itself (False: it was cut at `max_steps`)."""
 
 
 class FireReset(gym.Wrapper):
@@ -55,6 +58,7 @@ def render_env(env_id: str, env_kwargs: dict[str, Any]) -> tuple[gym.Env, float]
     from workers.env import check_env_id, prepare_mujoco
 
     check_env_id(env_id)
+    os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # pygame renders off-screen: no display to probe
     if not is_atari(env_id):
         prepare_mujoco(env_id)
         env = gym.make(env_id, render_mode="rgb_array", **env_kwargs)
@@ -71,21 +75,60 @@ def render_env(env_id: str, env_kwargs: dict[str, Any]) -> tuple[gym.Env, float]
     return env, float(ATARI_FPS)
 
 
-def write_mp4(path: Path, frames: list[np.ndarray], fps: float) -> None:
-    """Encode (H, W, 3) uint8 frames as an H.264 MP4 at `path`: written to a temporary file in
-    the same directory and renamed, so a reader never sees part of one."""
+def can_render(env_id: str) -> bool:
+    """Whether the registered env says it renders `rgb_array` frames (True when it does not say)."""
+    from gymnasium.envs.registration import load_env_creator
+
+    entry = gym.spec(env_id).entry_point
+    creator = load_env_creator(entry) if isinstance(entry, str) else entry
+    modes = (getattr(creator, "metadata", None) or {}).get("render_modes")
+    return modes is None or "rgb_array" in modes
+
+
+def write_mp4(path: Path, frames: Iterable[np.ndarray], fps: float) -> int:
+    """Encode (H, W, 3) uint8 frames as an H.264 MP4 at `path`, its index at the front (so a
+    browser can play it before it has all of it); returns the number of frames. Frames are
+    encoded as they come (an iterator is never held whole), into a temporary file in the same
+    directory that is then renamed, so a reader never sees part of one."""
     import imageio
 
     path = Path(path)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")  # ffmpeg picks the container by suffix
+    count = 0
     try:
         with imageio.get_writer(tmp, format="FFMPEG", mode="I", fps=fps, codec="libx264",
-                                macro_block_size=2, ffmpeg_log_level="error") as writer:
+                                macro_block_size=2, ffmpeg_log_level="error",
+                                output_params=["-movflags", "+faststart"]) as writer:
             for frame in frames:
                 writer.append_data(frame)
+                count += 1
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+    return count
+
+
+def record_episode(policy: ActorCritic, env: gym.Env, fps: float, seed: int, path: Path,
+                   max_steps: int = 100_000) -> Video:
+    """Play one deterministic episode of `env` (made by `render_env`) from reset seed `seed`,
+    encoding its frames into an MP4 at `path` as they come; `max_steps` bounds the episode."""
+    tally = {"return": 0.0, "ended": False}
+
+    def frames() -> Iterator[np.ndarray]:
+        obs, _ = env.reset(seed=seed)
+        yield env.render()
+        for _ in range(max_steps):
+            with torch.inference_mode():
+                action, _, _ = policy.act(obs_tensor(np.asarray(obs)[None], policy.spaces), deterministic=True)
+            obs, reward, terminated, truncated, _ = env.step(policy.clip_action(action.numpy())[0])
+            tally["return"] += float(reward)
+            yield env.render()
+            if terminated or truncated:
+                tally["ended"] = True
+                return
+
+    count = write_mp4(path, frames(), fps)
+    return Video(str(path), tally["return"], count, tally["ended"])
 
 
 def record_episodes(policy: ActorCritic, env_id: str, env_kwargs: dict[str, Any], episodes: int,
@@ -94,23 +137,9 @@ def record_episodes(policy: ActorCritic, env_id: str, env_kwargs: dict[str, Any]
     `<out_dir>/episode-<i>.mp4`; `max_steps` bounds envs without a time limit."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    videos = []
     env, fps = render_env(env_id, env_kwargs)
     try:
-        for i in range(episodes):
-            obs, _ = env.reset(seed=seed + i)
-            frames, total = [env.render()], 0.0
-            with torch.inference_mode():
-                for _ in range(max_steps):
-                    action, _, _ = policy.act(obs_tensor(np.asarray(obs)[None], policy.spaces), deterministic=True)
-                    obs, reward, terminated, truncated, _ = env.step(policy.clip_action(action.numpy())[0])
-                    frames.append(env.render())
-                    total += float(reward)
-                    if terminated or truncated:
-                        break
-            path = out_dir / f"episode-{i}.mp4"
-            write_mp4(path, frames, fps)
-            videos.append(Video(str(path), total, len(frames)))
+        return [record_episode(policy, env, fps, seed + i, out_dir / f"episode-{i}.mp4", max_steps)
+                for i in range(episodes)]
     finally:
         env.close()
-    return videos

@@ -3,7 +3,7 @@ exported as an ONNX model."""
 
 from __future__ import annotations
 
-from typing import Annotated, Iterator, Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query
 from fastapi.responses import FileResponse, Response, StreamingResponse
@@ -13,8 +13,6 @@ from api.routing import StrictQueryRoute
 from api.schemas import CheckpointPublic, CheckpointsPublic
 from service import storage
 from service.records import CHECKPOINT_ID_PATTERN, JOB_ID_PATTERN
-
-CHUNK_BYTES = 1 << 20
 
 router = APIRouter(prefix="/jobs/{job_id}/checkpoints", tags=["checkpoints"], dependencies=[Authenticated],
                    route_class=StrictQueryRoute)
@@ -46,7 +44,7 @@ def download_archive(job_id: JobId, ckpt_id: CheckpointId, queries: QueriesDep) 
     location, filename = queries.archive(job_id, ckpt_id)
     if storage.is_local(location):
         return FileResponse(storage.local_path(location), media_type="application/gzip", filename=filename)
-    return StreamingResponse(_chunks(location), media_type="application/gzip",
+    return StreamingResponse(storage.read_chunks(location), media_type="application/gzip",
                              headers={"Content-Disposition": f'attachment; filename="{filename}"'})
 
 
@@ -63,9 +61,3 @@ def export_policy(job_id: JobId, ckpt_id: CheckpointId, queries: QueriesDep,
     return Response(data, media_type="application/octet-stream",
                     headers={"Content-Disposition": f'attachment; filename="{filename}"'})
 
-
-def _chunks(location: str) -> Iterator[bytes]:
-    """The file at a storage URI, CHUNK_BYTES at a time (Starlette iterates it in a thread)."""
-    with storage.open_read(location) as stream:
-        while chunk := stream.read(CHUNK_BYTES):
-            yield chunk

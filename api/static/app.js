@@ -399,12 +399,13 @@ for (const [key, title, color] of SMALL_PANELS) {
   jobCharts.panel($(`#chart-${key}`), {title, height: 200, series: [{key, label: "", color}]});
 }
 
-let view = null;  // {id, abort, timer, job, lastStep, latest, lastEval, rows}
+let view = null;  // {id, abort, timer, job, lastStep, latest, lastEval, rows, video, videoUrl, videoLoading}
 
 function closeJobView() {
   if (!view) return;
   view.abort.abort();
   clearTimeout(view.timer);
+  showVideo(view, null, null);
   view = null;
 }
 
@@ -468,11 +469,13 @@ async function pollJob(v) {
   clearTimeout(v.timer);
   if (v !== view) return;
   try {
-    const [job, ckpts] = await Promise.all([apiJson(`/jobs/${v.id}`), apiJson(`/jobs/${v.id}/checkpoints`)]);
+    const [job, ckpts, videos] = await Promise.all([apiJson(`/jobs/${v.id}`), apiJson(`/jobs/${v.id}/checkpoints`),
+                                                    apiJson(`/jobs/${v.id}/videos`)]);
     if (v !== view) return;
     v.job = job;
     renderJob(job);
     renderCheckpoints(v.id, ckpts.checkpoints);
+    loadNewestVideo(v, videos.videos).catch(() => {});
     if (FINISHED.has(job.status) && v.finalShown) return;
     v.finalShown = FINISHED.has(job.status);
   } catch (err) {
@@ -626,6 +629,49 @@ function renderCheckpoints(jobId, ckpts) {
     return el("tr", {}, ...cells);
   }));
 }
+
+/** Show the newest of a job's videos beside the learning curve, once, when it is newer than the
+ * one shown. The MP4 is fetched with the token and played from a blob URL (a <video src> could
+ * not send the header, and the token must not go into a URL). */
+async function loadNewestVideo(v, videos) {
+  const newest = videos[videos.length - 1];
+  if (!newest || v.videoLoading || (v.video && v.video.step >= newest.step)) return;
+  v.videoLoading = true;
+  try {
+    const res = await api(newest.url, {signal: v.abort.signal});
+    if (!res.ok) return;
+    const blob = await res.blob();
+    if (v === view) showVideo(v, newest, URL.createObjectURL(blob));
+  } finally {
+    v.videoLoading = false;
+  }
+}
+
+/** Put `video` (with its blob URL) in the player, or empty it (null), freeing the old blob. */
+function showVideo(v, video, url) {
+  const player = $("#job-video-player"), figure = $("#job-video");
+  if (v.videoUrl) URL.revokeObjectURL(v.videoUrl);
+  v.video = video; v.videoUrl = url;
+  figure.hidden = !video;
+  $("#curve-video").classList.toggle("has-video", !!video);
+  if (!video) {
+    player.removeAttribute("src");
+    player.load();
+    delete figure.dataset.video;
+    return;
+  }
+  figure.dataset.video = video.id;
+  player.src = url;
+  player.play().catch(() => {});  // muted: autoplay is allowed; the controls are there if not
+  $("#job-video-caption").textContent = `step ${steps(video.step)} · return ${num(video.return)} · `
+    + `${video.length} steps${video.complete ? "" : " (cut short)"}`;
+}
+
+$("#job-video-download").onclick = () => {
+  if (!view || !view.video) return;
+  const a = Object.assign(document.createElement("a"), {href: view.videoUrl, download: `${view.id}-${view.video.id}.mp4`});
+  document.body.append(a); a.click(); a.remove();
+};
 
 $("#job-stop").onclick = async () => {
   if (!view) return;

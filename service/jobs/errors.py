@@ -22,6 +22,13 @@ class CheckpointNotFound(LookupError):
         super().__init__(f"job {job_id} has {what}")
 
 
+class VideoNotFound(LookupError):
+    """The job has no video with this id."""
+
+    def __init__(self, job_id: str, video_id: str) -> None:
+        super().__init__(f"job {job_id} has no video {video_id!r} (GET /jobs/{job_id}/videos lists its videos)")
+
+
 class JobFinished(RuntimeError):
     """The job already ended, so it cannot be stopped."""
 

@@ -1,6 +1,7 @@
 """Where a server job's files live, and how the job store records those places.
 
-A job writes to `<storage root>/<job id>/` (its checkpoints in `checkpoints/`); the root is
+A job writes to `<storage root>/<job id>/` (its checkpoints in `checkpoints/`, its videos in
+`videos/`); the root is
 `A2C_STORAGE` (a path or a URI such as `s3://bucket/prefix`), by default `<data dir>/jobs`.
 The store records a location relative to the data dir when it lies under it, so a data dir
 can be moved; anything else is recorded as it is.
@@ -12,8 +13,9 @@ import re
 from pathlib import Path
 
 from service import storage
-from service.jobs.errors import CheckpointNotFound
-from service.records import CHECKPOINT_ID_PATTERN
+from service.jobs.errors import CheckpointNotFound, VideoNotFound
+from service.records import CHECKPOINT_ID_PATTERN, VIDEO_ID_PATTERN
+from service.run.videos import VIDEOS_DIR, video_location
 from service.store import CheckpointRow, JobStore
 
 
@@ -62,3 +64,20 @@ class JobLocations:
                 or not storage.exists(location):
             raise CheckpointNotFound(job_id, ckpt.id)
         return ckpt, location
+
+    def video(self, job_id: str, video_id: str) -> str:
+        """The location of a job's video (its MP4), listed or not yet.
+
+        Only a location ending in `<job id>/videos/<video id>.mp4` whose sidecar exists (so the
+        MP4 is whole) is given out: a symlink that leads elsewhere is VideoNotFound.
+        """
+        if not re.fullmatch(VIDEO_ID_PATTERN, video_id):
+            raise VideoNotFound(job_id, video_id)
+        location = video_location(self.job(job_id), video_id, ".mp4")
+        if storage.is_local(location):
+            location = str(Path(storage.local_path(location)).resolve())
+        if location.split("/")[-3:] != [job_id, VIDEOS_DIR, f"{video_id}.mp4"] \
+                or not storage.exists(video_location(self.job(job_id), video_id, ".json")) \
+                or not storage.exists(location):
+            raise VideoNotFound(job_id, video_id)
+        return location

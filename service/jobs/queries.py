@@ -1,5 +1,5 @@
 """`JobQueries`: what the API reads of jobs: one job, a page of jobs, metrics rows,
-checkpoints and their archives, and the service's readiness. Nothing here changes a job."""
+checkpoints and their archives, videos, and the service's readiness. Nothing here changes a job."""
 
 from __future__ import annotations
 
@@ -120,6 +120,17 @@ class JobQueries:
         job = self.get(job_id)
         ckpt, location = self.locations.archive(self.store, job.id, ckpt_id)
         return export_policy(location, fmt), f"{job.id}-{ckpt.id}.{fmt}"
+
+    def videos(self, job_id: str) -> list[dict[str, Any]]:
+        """The job's videos in step order: each sidecar's fields (`service.run.videos`) with `id`."""
+        from service.run.videos import list_videos
+        job = self.get(job_id)
+        return list_videos(self.locations.job(job.id))
+
+    def video(self, job_id: str, video_id: str) -> tuple[str, str]:
+        """(location of the video's MP4, download file name made from the checked ids)."""
+        job = self.get(job_id)
+        return self.locations.video(job.id, video_id), f"{job.id}-{video_id}.mp4"
 
 
 def _encode_token(created: float, job_id: str) -> str:

@@ -34,6 +34,7 @@ from service import storage
 from service.run.checkpoints import read_checkpoint, write_checkpoint
 from service.run.sinks import CheckpointInfo, NullSink, TrainingSink
 from service.run.spec import InvalidSpec, JobSpec, job_spaces
+from service.run.videos import TrainingVideos
 from service.run.warm import WarmActors
 from service.run.worker_group import (LearnerLost, RolloutsLost, TrainingFailed, WorkerGroup, actor_node_id,
                                       first_line, loss_of)
@@ -58,7 +59,8 @@ class Trainer:
     """Runs one job: `run()` trains to `spec.total_steps` or until `request_stop()`.
 
     `location` is the job's run directory, a path or a storage URI: checkpoints go to
-    `<location>/checkpoints/step-<10 digits>.tar.gz`.
+    `<location>/checkpoints/step-<10 digits>.tar.gz`, videos (`service.run.videos`) to
+    `<location>/videos/`.
     """
 
     def __init__(self, spec: JobSpec, location, sink: TrainingSink | None = None,
@@ -90,6 +92,7 @@ class Trainer:
         self.learner_node = ""
         self.learner_restarts = 0
         self.workers: WorkerGroup | None = None
+        self.videos: TrainingVideos | None = None
         self.nonfinite_in_a_row = 0
         self._last_row_t = 0.0
         """When the previous metrics row was made (time.monotonic)."""
@@ -167,6 +170,7 @@ class Trainer:
             return self._summary(start.step if start else 0, 0, time.monotonic() - t0, 0.0, JobStatus.STOPPED)
         self.workers = WorkerGroup(spec, spaces, self.sink, self.call_timeout_s, self.resource_timeout_s,
                                    self.max_worker_replacements)
+        self.videos = TrainingVideos(spec, spaces, self.location, self.sink)
         try:
             # The learner is asked for first (it may need the GPU node's CPU); the workers'
             # processes then start while it does.
@@ -197,10 +201,12 @@ class Trainer:
                     weights, step, updates = next_weights, stats["step"], updates + 1
                     last = step >= spec.total_steps or self._stop.is_set()
                     row = self._row(stats, episodes, loop_t0)
-                    evaluated = None
+                    evaluated = eval_seed = None
                     if last or (spec.eval_every and updates % spec.eval_every == 0):
-                        evaluated = row.eval_return_mean = self.last_eval = self._evaluate(weights, updates)
+                        eval_seed = self._eval_seed(updates)
+                        evaluated = row.eval_return_mean = self.last_eval = self._evaluate(weights, eval_seed)
                     self.sink.metrics(row.model_dump(exclude_unset=True))
+                    self.videos.after_update(weights, step, updates, eval_seed)  # never waits
                     self._count_nonfinite(stats)  # after the row: the failing update is recorded too
                     if updates % spec.checkpoint_every == 0 or last or self._is_new_best(evaluated):
                         self._checkpoint(spaces, evaluated)
@@ -217,7 +223,9 @@ class Trainer:
             trained_here = step != (start.step if start else 0)
             if trained_here and (self.last_checkpoint is None or self.last_checkpoint.step != step):
                 self._checkpoint(spaces)
+            self.videos.finish(self._stop)  # the last due video, unless stopped
         finally:
+            self.videos.close()
             self.workers.kill()
             if self.learner is not None:
                 with contextlib.suppress(Exception):
@@ -309,9 +317,12 @@ class Trainer:
             raise TrainingFailed(f"{self.nonfinite_in_a_row} updates in a row had NaN/inf in "
                                  "observations, loss or gradients; the weights were kept finite")
 
-    def _evaluate(self, weights, updates: int) -> float:
-        """Mean return of the deterministic policy over eval_episodes fresh episodes."""
-        seed = self.spec.seed + 1_000_003 * (updates + 1)
+    def _eval_seed(self, updates: int) -> int:
+        """The first reset seed of the evaluation after `updates` updates (its video's too)."""
+        return self.spec.seed + 1_000_003 * (updates + 1)
+
+    def _evaluate(self, weights, seed: int) -> float:
+        """Mean return of the deterministic policy over eval_episodes fresh episodes from reset seed `seed`."""
         return float(np.mean(self.workers.evaluate(weights, self.spec.eval_episodes, seed)))
 
     def _is_new_best(self, evaluated: float | None) -> bool:

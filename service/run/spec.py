@@ -63,6 +63,10 @@ class JobSpec(FrozenModel):
     """Evaluate the deterministic policy every this many updates (0: only at the end)."""
     eval_episodes: int = Field(10, ge=1, le=1000)
     """Episodes per evaluation."""
+    video_every: int = Field(5, ge=0, le=10_000)
+    """Record one deterministic episode as an MP4 (`<run dir>/videos/`) at every this many
+    evaluations, i.e. every eval_every x video_every updates (0: no videos; none either when
+    eval_every is 0). Recorded off the training loop, which never waits for it."""
     checkpoint_every: int = Field(25, ge=1)
     """Write a checkpoint archive every this many updates, and always at the end."""
     max_nonfinite_updates: int = Field(3, ge=1)
@@ -228,6 +232,11 @@ def env_spaces(spec: JobSpec) -> SpacesSpec:
     mismatch = policy_mismatch(spaces, spec.policy)
     if mismatch is not None:
         raise InvalidSpec(mismatch[0], f"{spec.env}: {mismatch[1]}")
+    if spec.video_every and spec.eval_every:
+        from workers.video import can_render
+        if not can_render(spec.env):
+            raise InvalidSpec("video_every", f"{spec.env} cannot render rgb_array frames for videos; "
+                              "set video_every to 0")
     return spaces
 
 

@@ -2,7 +2,8 @@
 against a real `a2c serve` with an API token and real Ray: token prompt, new-job form with its
 422s, live learning curves, a queued job's wait reason and its stop, checkpoint download, stop;
 the charts' hover, smoothing, x axes, log scale, zoom and CSV; the runs table's columns and the
-comparison of runs; a sweep's view; the layout at 1366 px and at 390x844. Screenshots go to test-artifacts/dashboard/.
+comparison of runs; a sweep's view; the newest training video playing beside the learning
+curve; the layout at 1366 px and at 390x844. Screenshots go to test-artifacts/dashboard/.
 
 The tests run in order on one server and share its jobs (`JOBS`).
 
@@ -35,8 +36,8 @@ ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "dashboard"
 WAIT_MS = 300_000
 """Hang guard for waits on training (the same as the API tests' job timeout)."""
 JOBS: dict[str, str] = {}
-"""Job ids the tests share: "long" (stopped by the user), "queued" (stopped while PENDING), "short";
-"sweep" is a sweep's id."""
+"""Job ids the tests share: "long" (stopped by the user), "queued" (stopped while PENDING), "short",
+"video" (a video every evaluation, stopped); "sweep" is a sweep's id."""
 
 
 def to_fixed(value: float, digits: int) -> str:
@@ -478,6 +479,36 @@ def test_sweep_view_overlays_the_trials_curves_with_the_best_highlighted(page, a
     page.wait_for_url(f"**/#/jobs/{best['job_id']}")
 
 
+def test_job_view_plays_the_newest_video_beside_the_curve_and_follows_newer_ones(page, api):
+    job_id = JOBS["video"] = api.post("/jobs", json={
+        "env": "CartPole-v1", "total_steps": 4_000_000, "workers": 1, "envs_per_worker": 4, "eval_every": 2,
+        "eval_episodes": 2, "video_every": 1, "a2c": {"steps_per_batch": 512}}).raise_for_status().json()["id"]
+    page.goto(page.url.split("#")[0] + f"#/jobs/{job_id}")
+    page.wait_for_selector("#job-video[data-video]", timeout=WAIT_MS)
+    first = page.get_attribute("#job-video", "data-video")
+    # It loads and plays: frames decoded, and the clock moves.
+    page.wait_for_function("document.querySelector('#job-video-player').readyState >= 2")
+    start = page.evaluate("document.querySelector('#job-video-player').currentTime")
+    page.wait_for_function(f"document.querySelector('#job-video-player').currentTime !== {start}", timeout=30_000)
+    assert not page.evaluate("document.querySelector('#job-video-player').paused")
+    assert page.evaluate("document.querySelector('#job-video-player').src").startswith("blob:")
+    fetched = [auth for url, auth in page.sent if f"/jobs/{job_id}/videos/" in url]
+    assert fetched and all(auth == f"Bearer {TOKEN}" for auth in fetched)
+    listed = {v["id"]: v for v in api.get(f"/jobs/{job_id}/videos").json()["videos"]}
+    assert f"step {listed[first]['step']:,}" in page.inner_text("#job-video figcaption")
+    # Beside the learning curve, not under it, at 1400 px.
+    chart, video = page.locator("#chart-return").bounding_box(), page.locator("#job-video-player").bounding_box()
+    assert video["x"] >= chart["x"] + chart["width"] and video["y"] < chart["y"] + chart["height"]
+    shot(page, "09b-job-video")
+    # A newer video replaces it while the job runs.
+    page.wait_for_function(f"(document.querySelector('#job-video').dataset.video || '') > '{first}'", timeout=WAIT_MS)
+    page.wait_for_function("document.querySelector('#job-video-player').readyState >= 2")
+    api.post(f"/jobs/{job_id}/stop").raise_for_status()
+    page.wait_for_selector("#job-status.stopped", timeout=WAIT_MS)
+    newest = api.get(f"/jobs/{job_id}/videos").json()["videos"][-1]["id"]
+    page.wait_for_function(f"document.querySelector('#job-video').dataset.video === '{newest}'")
+
+
 def inside(inner: dict, outer: dict, slack: float = 0.5) -> bool:
     return (inner["x"] >= outer["x"] - slack and inner["y"] >= outer["y"] - slack
             and inner["x"] + inner["width"] <= outer["x"] + outer["width"] + slack
@@ -534,6 +565,19 @@ def test_layout_fits_the_window(page, api, width, height):
         last = api.get(f"/jobs/{job_id}").json()["progress"]["step"]
         assert float(page.get_attribute("#chart-return", "data-x-max")) == last
         shot(page, f"11-job-{width}")
+
+        # The video fits too: inside its card, beside the curve when wide, under it when narrow.
+        page.goto(page.url.split("#")[0] + f"#/jobs/{JOBS['video']}")
+        page.wait_for_selector("#job-video[data-video]")
+        page.wait_for_function("document.querySelector('#job-video-player').readyState >= 2")
+        page.wait_for_timeout(300)
+        assert page.evaluate("document.scrollingElement.scrollWidth") <= width
+        video_card = page.locator("#curve-video").locator("xpath=..").bounding_box()
+        video = page.locator("#job-video").bounding_box()
+        assert inside(video, video_card) and video["width"] >= min(240, width - 60)
+        chart = page.locator("#chart-return").bounding_box()
+        assert (video["x"] >= chart["x"] + chart["width"]) == (width >= 1000)
+        shot(page, f"11b-job-video-{width}")
 
         page.goto(page.url.split("#")[0] + f"#/compare/{JOBS['short']},{job_id}")
         page.wait_for_function("Number(document.querySelector('#cmp-return').dataset.points) > 0")
