@@ -8,7 +8,7 @@ short CartPole job to get a checkpoint, then times `--requests` act requests one
 (one keep-alive client, as a controller stepping an env would) for a batch of 1 and of 64
 observations:
 
-- idle: nothing else runs in the server;
+- idle: nothing else runs in the server (measured once its spare driver is warm again);
 - training: while a CartPole job trains (1 rollout worker, 8 envs, until stopped). Its env
   steps/s is measured in a quiet window before and after, and during the act requests, to
   show what serving takes from training.
@@ -102,6 +102,18 @@ def _wait_job(client: httpx.Client, job_id: str, done, timeout: float = 900) -> 
     raise RuntimeError(f"job {job_id} did not get there in {timeout}s")
 
 
+def _settle(client: httpx.Client, timeout: float = 120, quiet_s: float = 5) -> None:
+    """Wait until the server's spare driver is warm again (a job that ends makes a new one,
+    seconds of CPU: not what an idle server does), then `quiet_s` more."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        warm = client.get("/readyz").json().get("checks", {}).get("warm", "")
+        if "ready" in warm or "off" in warm:
+            break
+        time.sleep(1)
+    time.sleep(quiet_s)
+
+
 def _step(client: httpx.Client, job_id: str) -> tuple[float, int]:
     return time.monotonic(), client.get(f"/jobs/{job_id}").raise_for_status().json()["progress"]["step"]
 
@@ -176,6 +188,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             ckpt = job["summary"]["checkpoint"]
             path = f"/jobs/{served}/checkpoints/{ckpt}/act"
             report["served"] = {"job": SHORT_JOB, "checkpoint": ckpt}
+            _settle(client)
             report["idle"] = {"load_before": _load(), "results": [
                 time_requests(client, path, batch, args.requests, server.proc.pid) for batch in BATCHES]}
             report["idle"]["load_after"] = _load()
