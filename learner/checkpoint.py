@@ -19,9 +19,10 @@ import stat
 import tarfile
 import time
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -282,6 +283,18 @@ def _policy_weights(manifest: dict[str, Any], files: dict[str, bytes]) -> tuple[
     return spaces, tensors
 
 
+@contextmanager
+def _contents_load() -> Iterator[None]:
+    """Any failure inside (but a CheckpointRejected, which passes) becomes CheckpointRejected:
+    contents that do not rebuild mean the archive is unusable."""
+    try:
+        yield
+    except CheckpointRejected:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any failure to rebuild means the archive is unusable
+        raise CheckpointRejected(f"checkpoint contents do not load: {type(exc).__name__}: {exc}") from None
+
+
 def read_policy(source: Path | str | bytes) -> PolicyCheckpoint:
     """Read and verify only a checkpoint's policy (a path or the archive's bytes): the
     manifest, the config and the safetensors weights, checked as `read_archive` checks them.
@@ -293,14 +306,10 @@ def read_policy(source: Path | str | bytes) -> PolicyCheckpoint:
     data = source if isinstance(source, bytes) else _read_file(Path(source))
     files = _read_members(data, POLICY_MEMBERS)
     manifest, config = _manifest_and_config(files)
-    try:
+    with _contents_load():
         spaces, tensors = _policy_weights(manifest, files)
         read = PolicyCheckpoint(manifest, config, spaces, tensors)
         read.policy()  # the weights must fit the network the manifest describes
-    except CheckpointRejected:
-        raise
-    except Exception as exc:  # noqa: BLE001 - any failure to rebuild means the archive is unusable
-        raise CheckpointRejected(f"checkpoint contents do not load: {type(exc).__name__}: {exc}") from None
     return read
 
 
@@ -315,7 +324,7 @@ def read_archive(source: Path | str | bytes) -> Checkpoint:
     data = source if isinstance(source, bytes) else _read_file(Path(source))
     files = _read_members(data)
     manifest, config = _manifest_and_config(files)
-    try:
+    with _contents_load():
         spaces, tensors = _policy_weights(manifest, files)
         # weights_only=True: a tampered optimizer.pt cannot run code while loading.
         torch.load(io.BytesIO(files["optimizer.pt"]), map_location="cpu", weights_only=True)
@@ -330,8 +339,4 @@ def read_archive(source: Path | str | bytes) -> Checkpoint:
                              int(manifest["step"]), int(manifest["updates"]), reward_norm)
         checkpoint = Checkpoint(manifest, config, spaces, state)
         checkpoint.policy()  # the weights must fit the network the manifest describes
-    except CheckpointRejected:
-        raise
-    except Exception as exc:  # noqa: BLE001 - any failure to rebuild means the archive is unusable
-        raise CheckpointRejected(f"checkpoint contents do not load: {type(exc).__name__}: {exc}") from None
     return checkpoint
