@@ -113,6 +113,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     from service.jobs.locations import JobLocations
     from service.jobs.manager import JobLimits, JobManager
     from service.jobs.queries import JobQueries
+    from service.serving import PolicyServer
     from service.store import JobStore
     from service.sweeps.manager import SweepManager
 
@@ -151,10 +152,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     lower_request_priority(settings.request_nice)
     app.state.store, app.state.manager, app.state.sweeps = store, manager, sweep_manager
     app.state.queries = JobQueries(store, locations, cluster_cpus)
+    app.state.policies = PolicyServer(settings.act_cache_mb << 20, settings.act_max_batch)
     try:
         yield
     finally:
-        app.state.manager = app.state.queries = app.state.sweeps = None
+        app.state.manager = app.state.queries = app.state.sweeps = app.state.policies = None
         await asyncio.to_thread(sweep_manager.shutdown, settings.shutdown_grace_s)
         await asyncio.to_thread(manager.shutdown, settings.shutdown_grace_s)
         app.state.store = None

@@ -75,6 +75,11 @@ class Settings(BaseSettings):
     """How long an idle keep-alive connection stays open between requests."""
     max_connections: int = Field(1000, ge=2)
     """Open connections (and requests in progress) at most; above it, requests get 503."""
+    act_cache_mb: int = Field(256, ge=0)
+    """Memory for policies loaded by `POST /jobs/{id}/checkpoints/{ckpt}/act`, in MB of their
+    parameters: the least recently used are dropped to stay under it (0 keeps none)."""
+    act_max_batch: int = Field(1024, ge=1)
+    """Most observations one act request may carry."""
     max_streams: int = Field(500, ge=1)
     """Metrics streams open at once at most (a new one gets 503 with Retry-After); kept below
     max_connections so that streams alone cannot take every connection from other requests."""

@@ -1,4 +1,5 @@
-"""Injected dependencies of the routes: settings, the job store and manager, token auth.
+"""Injected dependencies of the routes: settings, the job store and manager, the policy server,
+token auth.
 
 They are `async def` because they do no I/O: FastAPI runs a plain `def` dependency in its
 thread pool, a thread round trip per dependency per request.
@@ -16,6 +17,7 @@ from api.config import Settings
 from api.errors import ServiceNotReady
 from service.jobs.manager import JobManager
 from service.jobs.queries import JobQueries
+from service.serving import PolicyServer
 from service.store import JobStore
 from service.sweeps.manager import SweepManager
 
@@ -57,11 +59,20 @@ async def get_sweeps(request: Request) -> SweepManager:
     return sweeps
 
 
+async def get_policies(request: Request) -> PolicyServer:
+    """The policy server (loaded policies' cache) made by the app's lifespan."""
+    policies = getattr(request.app.state, "policies", None)
+    if policies is None:
+        raise ServiceNotReady("the policy server is not running")
+    return policies
+
+
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 StoreDep = Annotated[JobStore, Depends(get_store)]
 ManagerDep = Annotated[JobManager, Depends(get_manager)]
 QueriesDep = Annotated[JobQueries, Depends(get_queries)]
 SweepsDep = Annotated[SweepManager, Depends(get_sweeps)]
+PoliciesDep = Annotated[PolicyServer, Depends(get_policies)]
 
 _bearer = HTTPBearer(auto_error=False, description="The server's A2C_API_TOKEN, when it has one.")
 

@@ -18,6 +18,7 @@ from learner.checkpoint import CheckpointRejected
 from service.jobs.errors import (CheckpointNotFound, IdempotencyKeyReused, InvalidPageToken, JobFinished, JobNotFound,
                                  VideoNotFound)
 from service.run.spec import InvalidSpec
+from service.serving import InvalidObservations, UnservableCheckpoint
 from service.store import StoreError
 from service.sweeps.manager import SweepFinished, SweepNotFound
 
@@ -37,12 +38,14 @@ STATUS_CODES: dict[type[Exception], int] = {
     IdempotencyKeyReused: 422,
     InvalidPageToken: 422,
     CheckpointRejected: 422,
+    InvalidObservations: 422,
+    UnservableCheckpoint: 422,
     ServiceNotReady: 503,
     StoreError: 503,
 }
 
 
-def _location(exc: Exception) -> list[str] | None:
+def _location(exc: Exception) -> list[str | int] | None:
     """Where a 422 points: the body field, header or query parameter at fault."""
     if isinstance(exc, InvalidSpec):
         # "spec" is build_spec's name for a check across fields; its message names them.
@@ -53,6 +56,10 @@ def _location(exc: Exception) -> list[str] | None:
         return ["query", "page_token"]
     if isinstance(exc, CheckpointRejected):
         return ["body", "resume_from", "checkpoint"]
+    if isinstance(exc, InvalidObservations):
+        return ["body", "observations", *exc.where]
+    if isinstance(exc, UnservableCheckpoint):
+        return ["path", "ckpt_id"]
     return None
 
 

@@ -217,6 +217,33 @@ class VideosPublic(BaseModel):
     videos: list[VideoPublic]
 
 
+class ActRequest(BaseModel):
+    """A batch of observations for a checkpoint's policy (POST /jobs/{id}/checkpoints/{ckpt}/act)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    observations: list[Any] = Field(
+        examples=[[[0.01, -0.02, 0.03, 0.04]]],
+        description=("A batch of observations, batch first: (B, *obs_shape) nested lists of numbers, "
+                     "raw as the env gives them (integers 0..255 for image policies). At least 1, at "
+                     "most A2C_ACT_MAX_BATCH."))
+    deterministic: bool = Field(True, description=(
+        "The most likely action (argmax; the Gaussian mean) as evaluation plays, or one sampled "
+        "from the policy's distribution."))
+    include_values: bool = Field(False, description="Also return the state values V(obs).")
+
+
+class ActPublic(BaseModel):
+    """The policy's actions for a batch of observations."""
+
+    job_id: str
+    checkpoint: str = Field(description="The checkpoint id that answered (what `latest` or `best` stood for).")
+    actions: list[Any] = Field(description=(
+        "One action per observation: an integer for a Discrete action space; for a Box, nested "
+        "lists of floats of the action shape, clipped to the action bounds."))
+    values: list[float] | None = Field(None, description="V(obs) per observation, when include_values was true.")
+
+
 class Health(BaseModel):
     """Liveness or readiness, with the reason for each check."""
 

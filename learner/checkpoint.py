@@ -3,7 +3,9 @@
 Reading never unpickles and never extracts to disk: the tar is streamed once, each member's
 header is checked (regular file, known name, no duplicate, size cap) before its bytes are read
 into memory, the decompressed stream as a whole is capped (gzip bombs), and then the manifest's
-sha256 of each file is compared.
+sha256 of each file is compared. `read_archive` reads everything (to resume training);
+`read_policy` reads only what a policy is rebuilt from (to act, to export), never the
+optimizer state.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ import stat
 import tarfile
 import time
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -39,6 +42,9 @@ MAX_MEMBER_BYTES = {"manifest.json": 1 << 20, "config.json": 1 << 20,
 """Largest size each member may have; the weights and Adam's two moments dominate."""
 MAX_ARCHIVE_BYTES = sum(MAX_MEMBER_BYTES.values()) + (1 << 20)
 """Largest decompressed tar stream read (members plus headers and padding)."""
+POLICY_MEMBERS = MEMBERS[:3]
+"""What `read_policy` reads: the manifest, the config and the weights; the archive writes them
+before the optimizer state, which is then neither decompressed nor loaded."""
 
 
 class CheckpointRejected(ValueError):
@@ -64,9 +70,34 @@ class Checkpoint:
 
     def policy(self) -> ActorCritic:
         """The trained policy on CPU, rebuilt from the manifest's spaces and the config."""
-        policy = ActorCritic(self.spaces, PolicyConfig(**self.config.get("policy", {})))
-        load_numpy_state(policy, self.state.weights.tensors)
-        return policy.eval()
+        return _rebuild(self.spaces, self.config, self.state.weights.tensors)
+
+
+@dataclass(frozen=True)
+class PolicyCheckpoint:
+    """What `read_policy` reads of a checkpoint: its manifest, config, spaces and the policy's
+    weights, without the optimizer state or the learner's counters."""
+
+    manifest: dict[str, Any]
+    config: dict[str, Any]
+    spaces: SpacesSpec
+    tensors: dict[str, np.ndarray]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the policy's parameters and buffers (its state dict)."""
+        return sum(t.nbytes for t in self.tensors.values())
+
+    def policy(self) -> ActorCritic:
+        """The trained policy on CPU, as `Checkpoint.policy`."""
+        return _rebuild(self.spaces, self.config, self.tensors)
+
+
+def _rebuild(spaces: SpacesSpec, config: dict[str, Any], tensors: dict[str, np.ndarray]) -> ActorCritic:
+    """The policy of `config`'s policy section for `spaces`, with these weights, in eval mode."""
+    policy = ActorCritic(spaces, PolicyConfig(**config.get("policy", {})))
+    load_numpy_state(policy, tensors)
+    return policy.eval()
 
 
 def _sha256(data: bytes) -> str:
@@ -130,14 +161,19 @@ def _read_members(data: bytes, wanted: tuple[str, ...] = MEMBERS) -> dict[str, b
 
     Streams through the tar once: each header is checked (regular file, known name, no
     duplicate, size under its cap) before its bytes are read, so a member that declares
-    gigabytes is refused without decompressing it. Stops once every `wanted` member is read.
+    gigabytes is refused without decompressing it. Only `wanted` members are read (others are
+    skipped); stops once every one of them is, so members after them are not looked at.
     """
     stream = _CappedReader(gzip.GzipFile(fileobj=io.BytesIO(data), mode="rb"), MAX_ARCHIVE_BYTES)
     out: dict[str, bytes] = {}
     try:
         with tarfile.open(fileobj=io.BufferedReader(stream), mode="r|") as tar:
+            seen: set[str] = set()
             for m in tar:
-                _check_member(m, out)
+                _check_member(m, seen)
+                seen.add(m.name)
+                if m.name not in wanted:
+                    continue
                 f = tar.extractfile(m)
                 out[m.name] = f.read() if f is not None else b""
                 if len(out[m.name]) != m.size:
@@ -154,7 +190,7 @@ def _read_members(data: bytes, wanted: tuple[str, ...] = MEMBERS) -> dict[str, b
     return out
 
 
-def _check_member(m: tarfile.TarInfo, seen: dict[str, bytes]) -> None:
+def _check_member(m: tarfile.TarInfo, seen: set[str]) -> None:
     """Refuse a member that is not one of MEMBERS as a plain file under its size cap."""
     if m.name.startswith("/") or Path(m.name).is_absolute():
         raise CheckpointRejected(f"unsafe member {m.name!r}: absolute path")
@@ -200,16 +236,10 @@ def read_manifest(source: Path | str | bytes) -> dict[str, Any]:
     return manifest
 
 
-def read_archive(source: Path | str | bytes) -> Checkpoint:
-    """Read and verify a checkpoint archive (a path or its bytes).
-
-    Raises CheckpointRejected naming the reason: unsafe, unexpected, duplicate or oversized
-    member, a stream over the size cap, wrong algo, unknown format version, checksum mismatch,
-    non-finite weights, or contents that do not load (weights that do not fit the manifest,
-    an optimizer state that would need unpickling of code).
-    """
-    data = source if isinstance(source, bytes) else _read_file(Path(source))
-    files = _read_members(data)
+def _manifest_and_config(files: dict[str, bytes]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The manifest and the config (its `a2c` and `policy` sections completed with defaults),
+    once the manifest names this algo and format and its sha256 of every other member read
+    matches."""
     try:
         manifest = json.loads(files["manifest.json"])
         config = json.loads(files["config.json"])
@@ -231,19 +261,71 @@ def read_archive(source: Path | str | bytes) -> Checkpoint:
     if not isinstance(sums, dict):
         raise CheckpointRejected("manifest has no sha256 table of its files")
     for name in MEMBERS[1:]:
-        if sums.get(name) != _sha256(files[name]):
+        if name in files and sums.get(name) != _sha256(files[name]):
             raise CheckpointRejected(f"checksum mismatch for {name}: the archive was modified or corrupted")
+    return manifest, config
+
+
+def _policy_weights(manifest: dict[str, Any], files: dict[str, bytes]) -> tuple[SpacesSpec, dict[str, np.ndarray]]:
+    """The manifest's spaces and the policy's weights, refused when a weight is not finite or a
+    normalisation statistic is out of range. Other errors propagate (the callers report them
+    as contents that do not load)."""
+    spaces = SpacesSpec(**manifest["spaces"])
+    tensors = load_safetensors(files["policy.safetensors"])
+    bad = sorted(name for name, t in tensors.items() if not np.isfinite(t).all())
+    if bad:
+        raise CheckpointRejected(f"policy weights {', '.join(bad)} contain NaN/inf")
+    bad = sorted(name for name, t in tensors.items()
+                 if (name.endswith(".var") and (t < 0).any()) or (name.endswith(".count") and (t <= 0).any()))
+    if bad:
+        raise CheckpointRejected(f"normalisation statistics {', '.join(bad)} are out of range "
+                                 "(a variance below 0 or a count not above 0)")
+    return spaces, tensors
+
+
+@contextmanager
+def _contents_load() -> Iterator[None]:
+    """Any failure inside (but a CheckpointRejected, which passes) becomes CheckpointRejected:
+    contents that do not rebuild mean the archive is unusable."""
     try:
-        spaces = SpacesSpec(**manifest["spaces"])
-        tensors = load_safetensors(files["policy.safetensors"])
-        bad = sorted(name for name, t in tensors.items() if not np.isfinite(t).all())
-        if bad:
-            raise CheckpointRejected(f"policy weights {', '.join(bad)} contain NaN/inf")
-        bad = sorted(name for name, t in tensors.items()
-                     if (name.endswith(".var") and (t < 0).any()) or (name.endswith(".count") and (t <= 0).any()))
-        if bad:
-            raise CheckpointRejected(f"normalisation statistics {', '.join(bad)} are out of range "
-                                     "(a variance below 0 or a count not above 0)")
+        yield
+    except CheckpointRejected:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any failure to rebuild means the archive is unusable
+        raise CheckpointRejected(f"checkpoint contents do not load: {type(exc).__name__}: {exc}") from None
+
+
+def read_policy(source: Path | str | bytes) -> PolicyCheckpoint:
+    """Read and verify only a checkpoint's policy (a path or the archive's bytes): the
+    manifest, the config and the safetensors weights, checked as `read_archive` checks them.
+    The optimizer state (and any member after the weights) is neither decompressed nor
+    loaded: serving and export need the policy alone.
+
+    Raises CheckpointRejected naming the reason, as `read_archive` does.
+    """
+    data = source if isinstance(source, bytes) else _read_file(Path(source))
+    files = _read_members(data, POLICY_MEMBERS)
+    manifest, config = _manifest_and_config(files)
+    with _contents_load():
+        spaces, tensors = _policy_weights(manifest, files)
+        read = PolicyCheckpoint(manifest, config, spaces, tensors)
+        read.policy()  # the weights must fit the network the manifest describes
+    return read
+
+
+def read_archive(source: Path | str | bytes) -> Checkpoint:
+    """Read and verify a checkpoint archive (a path or its bytes).
+
+    Raises CheckpointRejected naming the reason: unsafe, unexpected, duplicate or oversized
+    member, a stream over the size cap, wrong algo, unknown format version, checksum mismatch,
+    non-finite weights, or contents that do not load (weights that do not fit the manifest,
+    an optimizer state that would need unpickling of code).
+    """
+    data = source if isinstance(source, bytes) else _read_file(Path(source))
+    files = _read_members(data)
+    manifest, config = _manifest_and_config(files)
+    with _contents_load():
+        spaces, tensors = _policy_weights(manifest, files)
         # weights_only=True: a tampered optimizer.pt cannot run code while loading.
         torch.load(io.BytesIO(files["optimizer.pt"]), map_location="cpu", weights_only=True)
         reward_norm = manifest.get("reward_norm")
@@ -257,8 +339,4 @@ def read_archive(source: Path | str | bytes) -> Checkpoint:
                              int(manifest["step"]), int(manifest["updates"]), reward_norm)
         checkpoint = Checkpoint(manifest, config, spaces, state)
         checkpoint.policy()  # the weights must fit the network the manifest describes
-    except CheckpointRejected:
-        raise
-    except Exception as exc:  # noqa: BLE001 - any failure to rebuild means the archive is unusable
-        raise CheckpointRejected(f"checkpoint contents do not load: {type(exc).__name__}: {exc}") from None
     return checkpoint

@@ -1,5 +1,5 @@
-"""Routes of /jobs/{id}/checkpoints: the list, each archive as a download, and each policy
-exported as an ONNX model."""
+"""Routes of /jobs/{id}/checkpoints: the list, each archive as a download, each policy exported
+as an ONNX model, and each policy's actions for a batch of observations."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Path, Query
 from fastapi.responses import FileResponse, Response, StreamingResponse
 
-from api.deps import Authenticated, QueriesDep
+from api.deps import Authenticated, PoliciesDep, QueriesDep
 from api.routing import StrictQueryRoute
-from api.schemas import CheckpointPublic, CheckpointsPublic
+from api.schemas import ActPublic, ActRequest, CheckpointPublic, CheckpointsPublic
 from service import storage
 from service.records import CHECKPOINT_ID_PATTERN, JOB_ID_PATTERN
 
@@ -60,4 +60,18 @@ def export_policy(job_id: JobId, ckpt_id: CheckpointId, queries: QueriesDep,
     data, filename = queries.export(job_id, ckpt_id, format)
     return Response(data, media_type="application/octet-stream",
                     headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+
+
+@router.post("/{ckpt_id}/act", response_model=ActPublic, response_model_exclude_none=True, responses={
+    404: {"description": "Unknown job or checkpoint (for `best`: no checkpoint evaluated yet)"},
+    422: {"description": ("Observations that do not fit the policy (`loc` points into body.observations), "
+                          "or an archive that does not load")}})
+def act(job_id: JobId, ckpt_id: CheckpointId, body: ActRequest, queries: QueriesDep,
+        policies: PoliciesDep) -> ActPublic:
+    """The checkpoint's actions for a batch of observations: its policy, loaded once and kept in
+    a bounded cache (A2C_ACT_CACHE_MB), normalising and scaling them as in training."""
+    job, ckpt, location = queries.checkpoint_archive(job_id, ckpt_id)
+    out = policies.act((job.id, ckpt.id), location, body.observations, body.deterministic)
+    return ActPublic(job_id=job.id, checkpoint=ckpt.id, actions=out.actions,
+                     values=out.values if body.include_values else None)
 

@@ -104,21 +104,25 @@ class JobQueries:
         best = self.store.checkpoint(job_id, "best")
         return best.id if best else None
 
+    def checkpoint_archive(self, job_id: str, ckpt_id: str) -> tuple[JobRow, CheckpointRow, str]:
+        """(job, the checkpoint's record, location of its archive); `latest` and `best` work.
+        Raises JobNotFound, CheckpointNotFound."""
+        job = self.get(job_id)
+        ckpt, location = self.locations.archive(self.store, job.id, ckpt_id)
+        return job, ckpt, location
+
     def archive(self, job_id: str, ckpt_id: str) -> tuple[str, str]:
         """(location of the checkpoint archive, download file name); `latest` and `best` work.
 
         The file name is made from the stored ids, never from request text.
         """
-        job = self.get(job_id)
-        ckpt, location = self.locations.archive(self.store, job.id, ckpt_id)
+        job, ckpt, location = self.checkpoint_archive(job_id, ckpt_id)
         return location, f"{job.id}-{ckpt.id}.tar.gz"
-
 
     def export(self, job_id: str, ckpt_id: str, fmt: str) -> tuple[bytes, str]:
         """(the checkpoint's policy exported as `fmt`, download file name); `latest` and `best` work."""
         from service.run.checkpoints import export_policy
-        job = self.get(job_id)
-        ckpt, location = self.locations.archive(self.store, job.id, ckpt_id)
+        job, ckpt, location = self.checkpoint_archive(job_id, ckpt_id)
         return export_policy(location, fmt), f"{job.id}-{ckpt.id}.{fmt}"
 
     def videos(self, job_id: str) -> list[dict[str, Any]]:

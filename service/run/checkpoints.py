@@ -10,7 +10,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from learner.checkpoint import Checkpoint, CheckpointRejected, archive_bytes, read_archive, read_manifest
+from learner.checkpoint import (Checkpoint, CheckpointRejected, PolicyCheckpoint, archive_bytes, read_archive,
+                               read_manifest, read_policy)
 from learner.learner import LearnerState
 from learner.spaces import SpacesSpec
 from service import storage
@@ -106,6 +107,12 @@ def read_checkpoint(location: str) -> Checkpoint:
     return read_archive(storage.read_bytes(location))
 
 
+def read_checkpoint_policy(location: str) -> PolicyCheckpoint:
+    """Only the policy of a checkpoint archive at a path or a storage URI (`read_policy`: the
+    optimizer state is not read)."""
+    return read_policy(storage.read_bytes(location))
+
+
 def open_checkpoint(location: str, which: str = "latest") -> tuple[str, Checkpoint]:
     """The archive `find_archive` picks and its checkpoint; a file that is not a checkpoint
     archive is refused naming the file."""
@@ -123,11 +130,12 @@ EXPORT_FORMATS = ("onnx",)
 def export_policy(location: str, fmt: str = "onnx") -> bytes:
     """The policy of the checkpoint archive at `location` as a model file of format `fmt`:
     for onnx, the graph of `learner.export` (raw observations in, the deterministic action out).
-    The archive is verified as every read is; nothing of it is unpickled or run."""
+    The policy's members are verified as every read is; nothing of the archive is unpickled or
+    run, and the optimizer state is not read."""
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; one of: {', '.join(EXPORT_FORMATS)}")
     from learner.export import onnx_bytes
-    return onnx_bytes(read_checkpoint(location).policy())
+    return onnx_bytes(read_checkpoint_policy(location).policy())
 
 
 def write_checkpoint(location: str, state: LearnerState, spaces: SpacesSpec, env_id: str,

@@ -248,3 +248,24 @@ def test_fifo_and_device_paths_are_refused_without_blocking(tmp_path):
         read_archive(fifo)
     with pytest.raises(CheckpointRejected, match="not a regular file"):
         read_archive("/dev/zero")
+
+
+def test_read_policy_gives_the_archives_policy_without_reading_the_optimizer():
+    data = _archive()
+    full, policy_only = read_archive(data), checkpoint.read_policy(data)
+    assert policy_only.manifest == full.manifest and policy_only.config == full.config
+    assert policy_only.spaces == full.spaces
+    assert policy_only.tensors.keys() == full.state.weights.tensors.keys()
+    assert policy_only.nbytes == sum(t.nbytes for t in full.state.weights.tensors.values())
+    obs = torch.randn(16, 4)
+    assert torch.equal(policy_only.policy().act(obs, deterministic=True)[0], full.policy().act(obs, deterministic=True)[0])
+    # An optimizer state that is garbage (re-signed, so its checksum matches): read_archive
+    # refuses it, read_policy never looks at it.
+    files = _members(data)
+    files["optimizer.pt"] = b"\x80garbage"
+    manifest = json.loads(files["manifest.json"])
+    manifest["sha256"]["optimizer.pt"] = hashlib.sha256(files["optimizer.pt"]).hexdigest()
+    files["manifest.json"] = json.dumps(manifest).encode()
+    with pytest.raises(CheckpointRejected, match="do not load"):
+        read_archive(_pack(files))
+    assert checkpoint.read_policy(_pack(files)).nbytes == policy_only.nbytes
