@@ -198,3 +198,54 @@ def test_no_tracker_is_imported_until_a_job_asks_for_one():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                             cwd=Path(__file__).resolve().parents[3])
     assert result.stdout.strip() == "[]", result.stderr
+
+
+def test_a2c_train_asking_for_a_missing_tracker_fails_before_ray_starts_with_the_pip_command(monkeypatch, capsys):
+    import service.cluster
+    from service import train
+    monkeypatch.setitem(sys.modules, "wandb", None)  # as if not installed
+    monkeypatch.setattr(service.cluster, "connect_in_background", lambda *a, **k: pytest.fail("Ray was started"))
+    assert train.main(["--env", "CartPole-v1", "--tracking", "mlflow,wandb"]) == train.EXIT_INVALID
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("a2c: invalid job spec: tracking: ") and err.count("\n") == 0
+    assert "wandb is not installed here: pip install 'a2c-service[wandb]'" in err
+
+
+@pytest.mark.ray
+def test_a2c_train_logs_its_run_to_wandb_and_mlflow(tmp_path, wandb_records, monkeypatch):
+    import os
+    import subprocess
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("WANDB_", "MLFLOW_"))}
+    env.update({"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path / "wandb-dir"), "WANDB_DATA_DIR": str(tmp_path / "wd"),
+                "WANDB_CACHE_DIR": str(tmp_path / "wc"), "WANDB_CONFIG_DIR": str(tmp_path / "wcfg"),
+                "MLFLOW_TRACKING_URI": (tmp_path / "mlruns").as_uri(), "MLFLOW_ALLOW_FILE_STORE": "true",
+                "PYTHONPATH": str(Path(__file__).resolve().parents[3])})
+    result = subprocess.run(
+        [sys.executable, "-m", "api.cli", "train", "--env", "CartPole-v1", "--total-steps", "1024", "--workers", "1",
+         "--envs-per-worker", "4", "--steps-per-batch", "256", "--eval-every", "0", "--checkpoint-every", "2",
+         "--name", "cli", "--tracking", "wandb,mlflow"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout.strip().splitlines()[-1])  # stdout is still only the summary
+    assert len(result.stdout.strip().splitlines()) == 1, result.stdout
+    job_id, name = summary["job_id"], f"CartPole-v1-cli-{summary['job_id']}"
+    events = [json.loads(line) for line in (tmp_path / "runs" / job_id / "events.jsonl").read_text().splitlines()]
+    assert [e["kind"] for e in events].count("tracking") == 2
+    assert not [e for e in events if e["kind"] == "tracking_failed"], events
+    assert list((tmp_path / "runs" / "tensorboard" / name).glob("events.out.tfevents.*"))
+
+    run_dir, = (tmp_path / "wandb-dir" / "wandb").glob(f"offline-run-*-{job_id}")
+    records = wandb_records(run_dir)
+    history = [r for r in records if r.WhichOneof("record_type") == "history"]
+    artifacts = [r.artifact for r in records if r.WhichOneof("record_type") == "artifact"]
+    assert len(history) == 4
+    assert [a.manifest.contents[0].path for a in artifacts] == ["step-0000000512.tar.gz", "step-0000001024.tar.gz"]
+
+    from mlflow.tracking import MlflowClient
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+    run, = client.search_runs([client.get_experiment_by_name("a2c-service").experiment_id])
+    assert run.info.run_name == name and run.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "episode_return_mean")] == [256, 512, 768, 1024]
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")] == [
+        "checkpoints/step-0000000512.tar.gz", "checkpoints/step-0000001024.tar.gz"]
