@@ -143,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_arguments(sub.add_parser(
         "train", help="train one job on Ray (embedded local Ray by default)",
         description="Train one A2C job: on an embedded local Ray, or on a cluster with --address. "
-                    "Writes runs/<job id>/ (config, metrics, events, TensorBoard file, checkpoints); "
+                    "Writes runs/<job id>/ (config, metrics, events, checkpoints) and its TensorBoard file to "
+                    "runs/tensorboard/<env>-[<name>-]<job id>/; "
                     "the last line of stdout is the summary JSON."))
     from api import sweep_command
     sweep_command.add_arguments(sub.add_parser(

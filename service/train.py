@@ -32,7 +32,7 @@ from service.run.spec import InvalidSpec, JobSpec, build_spec
 
 SPEC_FLAGS = ("env", "total_steps", "workers", "envs_per_worker", "seed", "mode", "eval_every",
               "eval_episodes", "video_every", "checkpoint_every", "learner_cpus", "learner_device", "max_learner_restarts",
-              "name", "tags")
+              "name", "tags", "tracking")
 
 
 EXIT_INVALID = 2
@@ -219,8 +219,9 @@ def _is_terminal() -> bool:
 
 
 class ConsoleSink:
-    """Writes metrics/events as JSON lines and TensorBoard events in the run's location, and shows
-    progress on stderr: a tqdm bar on a terminal, else a plain line every few seconds.
+    """Writes metrics/events as JSON lines in the run's location and TensorBoard events under
+    `<root>/tensorboard/`, feeds the experiment trackers the spec asks for, and shows progress on
+    stderr: a tqdm bar on a terminal, else a plain line every few seconds.
 
     The bar counts env steps from `start_step` (a resumed run's) to `end_step`, the step the last
     update ends at (total_steps rounded up to a whole batch), so it never runs past 100%. Its
@@ -233,14 +234,22 @@ class ConsoleSink:
     """
 
     def __init__(self, location: str, total_steps: int, *, end_step: int | None = None,
-                 start_step: int = 0, hparams: dict[str, Any] | None = None) -> None:
-        from service.run.tensorboard_log import TensorBoardLog
+                 start_step: int = 0, spec: dict[str, Any] | None = None, job_id: str = "",
+                 root: str | None = None) -> None:
+        """`spec` (JSON) and `job_id` name the TensorBoard run and go to the trackers; `root` (by
+        default `location`) holds `tensorboard/<run name>/` (without a spec: the events go
+        straight into `<root>/tensorboard/`)."""
+        from service.run.tensorboard_log import TensorBoardLog, tensorboard_dir
+        from service.run.tracking import Tracking
         self.total_steps = total_steps
         self.end_step = max(end_step or total_steps, total_steps)
         self.start_step = start_step
         self.metrics_file = storage.JsonLines(storage.join(location, "metrics.jsonl"))
         self.events_file = storage.JsonLines(storage.join(location, "events.jsonl"))
-        self.tensorboard = TensorBoardLog(location, hparams)
+        root = location if root is None else root
+        self.tensorboard = TensorBoardLog(tensorboard_dir(root, spec, job_id) if spec
+                                          else storage.join(root, "tensorboard"), spec)
+        self.tracking = Tracking(spec or {}, job_id, root, self.event)
         self.terminal = _is_terminal()
         self.bar = None
         self.last_print = 0.0
@@ -271,6 +280,7 @@ class ConsoleSink:
         """Record a row and advance the progress display."""
         self.metrics_file.append(row)
         self.tensorboard.write(row)
+        self.tracking.metrics(row)
         ret = row["episode_return_mean"]
         desc = f"return {ret:.1f}" if ret is not None else "return -"
         evaluated = row.get("eval_return_mean")
@@ -287,9 +297,11 @@ class ConsoleSink:
                   file=sys.stderr)
 
     def checkpoint(self, info) -> None:
-        """Note a written checkpoint; the metrics and events so far go to storage with it."""
+        """Note a written checkpoint and send it to the trackers; the metrics and events so far go
+        to storage with it."""
         evaluated = f", eval {info.eval_return_mean:.1f}" if info.eval_return_mean is not None else ""
         self.event("checkpoint", f"{info.location} (step {info.step}{evaluated})")
+        self.tracking.checkpoint(info)
         self.metrics_file.flush()
         self.events_file.flush()
         self.tensorboard.flush()
@@ -298,8 +310,9 @@ class ConsoleSink:
         """Drop the rows past `step` from metrics.jsonl: the resumed run records them again."""
         self.metrics_file.keep(lambda row: row["step"] <= step)
 
-    def close(self) -> None:
-        """Flush files and end the progress bar."""
+    def close(self, status: str = "SUCCEEDED") -> None:
+        """Finish the trackers' runs with the job's `status`, flush files and end the progress bar."""
+        self.tracking.close(status)
         if self.bar is not None:
             self.bar.close()
         self.metrics_file.close()
@@ -315,9 +328,10 @@ SUBMITTED_RUNS = Path("~/a2c-runs")
 --working-dir (as Ray Train's results go to ~/ray_results)."""
 
 
-def run_location(out: str | None, base: str | None, job_id: str, cwd: Path | None = None) -> str:
-    """The run directory: `out`, else `<base>/<job id>`, `base` by default `runs` in the working
-    directory.
+def run_root(out: str | None, base: str | None, cwd: Path | None = None) -> str:
+    """Where a run's files go: `out` (the run directory itself), else `base`, by default `runs` in
+    the working directory. A run writes to `<base>/<job id>/` (`run_location`), and its TensorBoard
+    file to `<root>/tensorboard/<run name>/`.
 
     Under `ray job submit --working-dir`, the working directory is Ray's unpacked copy of the
     package: Ray unpacks it again, over the same path, for every node that runs an actor of the
@@ -336,7 +350,13 @@ def run_location(out: str | None, base: str | None, job_id: str, cwd: Path | Non
         return out
     if base is None:
         base = str(SUBMITTED_RUNS.expanduser()) if in_ray_package else "runs"
-    return storage.join(base, job_id)
+    return base
+
+
+def run_location(out: str | None, base: str | None, job_id: str, cwd: Path | None = None) -> str:
+    """The run directory: `out`, else `<base>/<job id>` (see `run_root` for the default base)."""
+    root = run_root(out, base, cwd)
+    return out if out is not None else storage.join(root, job_id)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -356,6 +376,7 @@ def run(args: argparse.Namespace) -> int:
         from service.run.loop import Trainer
         job_id = new_job_id()
         out = run_location(args.out, args.storage, job_id)
+        root = run_root(args.out, args.storage)
         storage.write_bytes_atomic(storage.join(out, "config.json"), spec.model_dump_json(indent=2).encode())
     except BaseException as exc:
         report_now(exc)  # say it now, not after Ray has come up only to be shut down
@@ -365,7 +386,8 @@ def run(args: argparse.Namespace) -> int:
     batches = max(-(-(spec.total_steps - start_step) // spec.a2c.steps_per_batch), 0)
     sink = ConsoleSink(out, spec.total_steps, start_step=start_step,
                        end_step=start_step + batches * spec.a2c.steps_per_batch,
-                       hparams=spec.model_dump(mode="json"))
+                       spec=spec.model_dump(mode="json"), job_id=job_id, root=root)
+    status = "FAILED"
     if resume is not None:
         sink.event("resume", f"from {resume_from}, step {resume.state.step}")
     try:
@@ -385,8 +407,9 @@ def run(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGINT, stop_gracefully)
         signal.signal(signal.SIGTERM, stop_gracefully)
         summary = trainer.run()
+        status = summary["status"]
     finally:
-        sink.close()
+        sink.close(status)
         _disconnect_ray(connected)
     print(json.dumps(summary), flush=True)
     return EXIT_STOPPED if summary["status"] == "STOPPED" else 0

@@ -142,3 +142,39 @@ def crafted(request, _crafted_bytes) -> Crafted:
     marker, cases = _crafted_bytes
     data, reason = cases[request.param]
     return Crafted(request.param, data, reason, marker)
+
+
+def _wandb_records(run_dir: Path) -> list:
+    """The records of an offline W&B run (its `run-<id>.wandb` file: a 7-byte header, then
+    LevelDB-log framed protobuf `Record`s in 32 KiB blocks). W&B's service process writes it
+    after `finish` returns; its teardown waits until it is written."""
+    import struct
+
+    import wandb
+    from wandb.proto import wandb_internal_pb2 as pb
+    wandb.teardown()
+    data = next(run_dir.glob("run-*.wandb")).read_bytes()
+    block, pos, pending, records = 32768, 7, b"", []
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        if left < 7:
+            pos += left
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        if kind == 0 and length == 0:  # zero padding to the block's end
+            pos += left
+            continue
+        pending += data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # FULL or LAST
+            record = pb.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+            pending = b""
+    return records
+
+
+@pytest.fixture(scope="session")
+def wandb_records():
+    """A function: the records of the offline W&B run in a directory (W&B's `offline-run-*`)."""
+    return _wandb_records

@@ -419,6 +419,7 @@ class JobManager:
 
     def _run(self, job: JobRow, active: _Active) -> None:
         """Train one job to its end in a driver process and record the outcome (runs in the job's thread)."""
+        sink: StoreSink | None = None
         try:
             with self._cond:
                 stopped = active.stop
@@ -426,7 +427,7 @@ class JobManager:
                 self.store.finish(job.id, JobStatus.STOPPED)
                 return
             location = self.locations.job(job.id)
-            sink = StoreSink(self.store, job.id, self.locations.record, location, hparams=job.spec)
+            sink = StoreSink(self.store, job.id, self.locations.record, job.spec, str(self.locations.data_dir))
             request = DriverRequest(
                 job.id, job.spec, location, self.locations.resolve(job.resume_path) if job.resume_path else None,
                 job.resume_path, self.limits.resource_timeout_s, self.ray_address or driver_address())
@@ -443,7 +444,9 @@ class JobManager:
             best = self.store.checkpoint(job.id, "best")
             summary["best_checkpoint"] = best.id if best else None
             summary["best_eval_return_mean"] = best.eval_return_mean if best else None
-            if summary["status"] == JobStatus.STOPPED and not active.stop and (active.preempted or self._closing):
+            requeue = summary["status"] == JobStatus.STOPPED and not active.stop and (active.preempted or self._closing)
+            sink.close(JobStatus.PENDING if requeue else summary["status"])  # before the job's end is recorded
+            if requeue:
                 why = ("the admission policy paused it for the job at the head of the queue" if active.preempted
                        else "the server shut down")
                 self._requeue(job, f"{why}; it resumes from {ckpt.id if ckpt else 'its start'}",
@@ -452,6 +455,8 @@ class JobManager:
             else:
                 self.store.finish(job.id, summary["status"], summary=summary)
         except Exception as exc:  # noqa: BLE001 - any failure ends the job FAILED with the reason
+            if sink is not None:
+                sink.close(JobStatus.PENDING if active.abandoned else JobStatus.FAILED)
             if active.abandoned:  # the server's own shutdown cut the driver off: not the job's fault
                 latest = self.store.checkpoint(job.id, "latest")
                 self._requeue(job, "the server shut down before the job wrote a final checkpoint; it resumes "

@@ -1,22 +1,27 @@
 """`StoreSink`: the trainer's sink for a server job: events, metrics rows and checkpoint
-records go to the job store, metrics rows also to the job's TensorBoard file."""
+records go to the job store, metrics rows also to the job's TensorBoard file, and rows and
+archives to the experiment trackers the job asks for (`service.run.tracking`)."""
 
 from __future__ import annotations
 
 from typing import Any, Callable
 
 from service.run.sinks import CheckpointInfo
-from service.run.tensorboard_log import TensorBoardLog
+from service.run.tensorboard_log import TensorBoardLog, tensorboard_dir
+from service.run.tracking import Tracking
 from service.store import CheckpointRow, JobStore
 
 
 class StoreSink:
     """Records one job's progress in the store (the server replays its driver's calls here)."""
 
-    def __init__(self, store: JobStore, job_id: str, record: Callable[[str], str], location: str,
-                 hparams: dict[str, Any] | None = None) -> None:
+    def __init__(self, store: JobStore, job_id: str, record: Callable[[str], str], spec: dict[str, Any],
+                 root: str) -> None:
+        """`spec` is the job's spec (JSON); `root` the server's data dir, under which its TensorBoard
+        file (`tensorboard/<run name>/`) and, unless WANDB_DIR says otherwise, W&B's files go."""
         self.store, self.job_id, self.record = store, job_id, record
-        self.tensorboard = TensorBoardLog(location, hparams)
+        self.tensorboard = TensorBoardLog(tensorboard_dir(root, spec, job_id), spec)
+        self.tracking = Tracking(spec, job_id, root, self.event)
 
     def event(self, kind: str, message: str) -> None:
         """Record the event; "started" is when the job becomes RUNNING."""
@@ -25,17 +30,19 @@ class StoreSink:
             self.store.mark_running(self.job_id)
 
     def metrics(self, row: dict[str, Any]) -> None:
-        """Record one metrics row (the store, then the job's TensorBoard log)."""
+        """Record one metrics row (the store, then the job's TensorBoard log and trackers)."""
         self.store.append_metrics(self.job_id, row)
         self.tensorboard.write(row)
+        self.tracking.metrics(row)
 
     def checkpoint(self, info: CheckpointInfo) -> None:
-        """Record a written archive (by its location as `record` writes it down); the TensorBoard
-        log so far goes to storage with it."""
+        """Record a written archive (by its location as `record` writes it down) and send it to the
+        trackers; the TensorBoard log so far goes to storage with it."""
         self.store.add_checkpoint(self.job_id, CheckpointRow(
             info.id, info.step, info.return_mean, info.size_bytes, info.created, self.record(info.location),
             info.eval_return_mean))
         self.tensorboard.flush()
+        self.tracking.checkpoint(info)
 
     def rewind(self, step: int) -> None:
         """Drop the rows past `step`: the restarted learner records those steps again."""
@@ -43,3 +50,8 @@ class StoreSink:
         if dropped:
             self.store.add_event(self.job_id, "metrics_rewound", f"{dropped} metrics row(s) after step "
                                  f"{step} dropped; the resumed run records them again")
+
+    def close(self, status: str) -> None:
+        """The job's driver is done (`status`: how the job ends, PENDING when it is requeued): the
+        trackers finish their runs (waiting for them at most `tracking.CLOSE_TIMEOUT_S`)."""
+        self.tracking.close(status)

@@ -93,6 +93,11 @@ class JobSpec(FrozenModel):
     tags: tuple[Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[\w.+=:-]+$")], ...] = Field(
         (), max_length=16, examples=[["baseline", "seed-sweep"]])
     """Labels to group runs by (listed with the job, logged as a TensorBoard hparam); at most 16, each one word."""
+    tracking: tuple[Literal["wandb", "mlflow"], ...] = Field((), examples=[["wandb"], ["mlflow"]])
+    """Experiment trackers to log the run to besides TensorBoard: its spec, metrics rows and
+    checkpoint archives. Each is configured by its own environment variables (WANDB_PROJECT,
+    WANDB_MODE...; MLFLOW_TRACKING_URI...) where the job is recorded, and needs its extra:
+    `pip install 'a2c-service[wandb]'`. A tracker failing mid-run is an event; training goes on."""
 
     @field_validator("env")
     @classmethod
@@ -103,6 +108,15 @@ class JobSpec(FrozenModel):
         except UnknownEnvironment as exc:
             raise ValueError(str(exc)) from None
         return env
+
+    @field_validator("tracking")
+    @classmethod
+    def _trackers_usable(cls, tracking: tuple[str, ...]) -> tuple[str, ...]:
+        from service.run.tracking import tracker_problem
+        problems = [problem for tracker in tracking if (problem := tracker_problem(tracker))]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return tuple(dict.fromkeys(tracking))
 
     @model_validator(mode="after")
     def _batch_divides(self) -> "JobSpec":

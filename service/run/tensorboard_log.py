@@ -1,8 +1,11 @@
-"""`TensorBoardLog`: a job's metrics rows as a TensorBoard event file in the job's directory.
+"""`TensorBoardLog`: a job's metrics rows as a TensorBoard event file, in the run's own directory
+`<root>/tensorboard/<env>-[<name>-]<job id>/` (`tensorboard_dir`).
 
 Each row becomes one event at `step` holding one scalar per numeric metrics key, under the key's
-own name (`episode_return_mean`, `policy_loss`, ...), so `tensorboard --logdir <data-dir>` (or
-`--logdir runs`) shows the same series as `GET /jobs/{id}/metrics`.
+own name (`episode_return_mean`, `policy_loss`, ...), so `tensorboard --logdir <root>/tensorboard`
+lists each job as a run named after its env, name and id (`service.run.tracking.run_name`) with
+the same series as `GET /jobs/{id}/metrics`. The root is the server's data dir, or for
+`a2c train` its runs' storage base (`runs` by default) or its `--out` directory.
 
 On a local path the file is opened, appended to and closed for every row: nothing to close when
 a job ends or its server dies, no writer thread, and every row is in the file once `write`
@@ -14,7 +17,6 @@ framing is TFRecord's; the protocol buffers and the checksum are tensorboardX's.
 from __future__ import annotations
 
 import itertools
-import math
 import os
 import socket
 import struct
@@ -26,29 +28,21 @@ from tensorboardX.proto.summary_pb2 import Summary
 from tensorboardX.record_writer import masked_crc32c
 
 from service import storage
+from service.run.tracking import flatten_spec, metric_values, run_name
 
 
 _opened = itertools.count()
 
 HPARAMS_METRICS = ("episode_return_mean", "eval_return_mean")
 """The metrics the HParams tab sets against each run's hyperparameters."""
-HPARAMS_LEFT_OUT = {"tuned", "env_kwargs"}
-"""Spec keys that are not hyperparameters (`tuned` is a list of field names)."""
+HPARAMS_LEFT_OUT = {"tuned", "env_kwargs", "tracking"}
+"""Spec keys that are not hyperparameters (`tuned` is a list of field names, `tracking` says where
+the run is logged)."""
 
 
-def _flatten(value: Any, prefix: str = "") -> dict[str, bool | int | float | str]:
-    """A nested spec as {dotted key: scalar}; lists become comma-joined text, None "none"."""
-    if isinstance(value, dict):
-        out: dict[str, Any] = {}
-        for key, item in value.items():
-            out.update(_flatten(item, f"{prefix}{key}."))
-        return out
-    key = prefix[:-1]
-    if isinstance(value, (list, tuple)):
-        return {key: ",".join(map(str, value))}
-    if value is None:
-        return {key: "none"}
-    return {key: value if isinstance(value, (bool, int, float, str)) else str(value)}
+def tensorboard_dir(root: str | os.PathLike, spec: dict[str, Any], job_id: str) -> str:
+    """Where a job's event files go: `<root>/tensorboard/<run name>`, a path or a storage URI."""
+    return storage.join(root, "tensorboard", run_name(spec["env"], spec.get("name"), job_id))
 
 
 def _record(data: bytes) -> bytes:
@@ -82,15 +76,13 @@ class TensorBoardLog:
         """The run's hyperparameters (a job spec, flattened to dotted keys such as
         `a2c.learning_rate`) for TensorBoard's HParams tab, against the return metrics."""
         from tensorboardX.summary import hparams as hparams_summaries
-        flat = {key: value for key, value in _flatten(spec).items() if key not in HPARAMS_LEFT_OUT}
+        flat = {key: value for key, value in flatten_spec(spec).items() if key not in HPARAMS_LEFT_OUT}
         for summary in hparams_summaries(flat, {key: 0.0 for key in HPARAMS_METRICS}):
             self._append(Event(wall_time=time.time(), summary=summary))
 
     def write(self, row: dict[str, Any]) -> None:
         """One event at `row["step"]`: a scalar per finite number in the row (step aside)."""
-        values = [Summary.Value(tag=key, simple_value=float(value)) for key, value in row.items()
-                  if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool)
-                  and math.isfinite(value)]
+        values = [Summary.Value(tag=key, simple_value=value) for key, value in metric_values(row).items()]
         self._append(Event(wall_time=time.time(), step=int(row["step"]), summary=Summary(value=values)))
 
     def flush(self) -> None:

@@ -261,10 +261,22 @@ def spawn_server(tmp_path_factory) -> Iterator[Callable[..., ServerProcess]]:
         server.stop()
 
 
+def offline_tracking(where: Path) -> dict[str, str]:
+    """The environment that keeps a server's experiment trackers off the network: W&B offline
+    and MLflow on a file store, both under `where`."""
+    return {"WANDB_MODE": "offline", "WANDB_DIR": str(where / "wandb"), "WANDB_DATA_DIR": str(where / "wandb-data"),
+            "WANDB_CACHE_DIR": str(where / "wandb-cache"), "WANDB_CONFIG_DIR": str(where / "wandb-config"),
+            "WANDB_PROJECT": "a2c-tests", "MLFLOW_TRACKING_URI": (where / "mlruns").as_uri(),
+            "MLFLOW_ALLOW_FILE_STORE": "true", "MLFLOW_EXPERIMENT_NAME": "a2c-tests"}
+
+
 @pytest.fixture(scope="session")
 def server(tmp_path_factory) -> Iterator[ServerProcess]:
-    """The shared server (no token) for the lifecycle, stop, resume and error tests."""
-    server = start_server(tmp_path_factory)
+    """The shared server (no token) for the lifecycle, stop, resume and error tests; its trackers
+    (`tracking`) log offline, under `server.tracking_dir`."""
+    tracking_dir = tmp_path_factory.mktemp("tracking")
+    server = start_server(tmp_path_factory, **offline_tracking(tracking_dir))
+    server.tracking_dir = tracking_dir
     yield server
     server.stop()
 

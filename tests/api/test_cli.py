@@ -121,10 +121,10 @@ def test_train_writes_the_run_to_a_file_uri_storage_and_evaluate_reads_it_back(t
     run = tmp_path / "shared store" / summary["job_id"]
     assert summary["checkpoint"] == f"{base}/{summary['job_id']}/checkpoints/step-0000001024.tar.gz"
     files = sorted(p.relative_to(run).as_posix() for p in run.rglob("*") if p.is_file())
-    assert [f for f in files if not f.startswith("events.out.tfevents.")] == [
-        "checkpoints/step-0000000512.tar.gz", "checkpoints/step-0000001024.tar.gz",
-        "config.json", "events.jsonl", "metrics.jsonl"]
-    assert len(files) == 6  # and one TensorBoard event file
+    assert files == ["checkpoints/step-0000000512.tar.gz", "checkpoints/step-0000001024.tar.gz",
+                     "config.json", "events.jsonl", "metrics.jsonl"]
+    tensorboard = tmp_path / "shared store" / "tensorboard" / f"CartPole-v1-{summary['job_id']}"
+    assert len(list(tensorboard.glob("events.out.tfevents.*"))) == 1  # a run named after the env and job
     assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [
         256, 512, 768, 1024]
     # A run directory as a URI: evaluate takes its newest archive.
@@ -149,6 +149,7 @@ resumed = run("train", "--resume", first["checkpoint"], "--total-steps", "1536",
 base = "memory://a2c-cli/runs/" + first["job_id"]
 print(json.dumps({
     "first": first, "resumed": resumed, "files": storage.list_files(base),
+    "tensorboard": storage.list_files("memory://a2c-cli/runs/tensorboard/CartPole-v1-" + first["job_id"]),
     "steps": [json.loads(l)["step"] for l in storage.read_bytes(base + "/metrics.jsonl").decode().splitlines()],
     "events": [json.loads(l)["kind"] for l in storage.read_bytes(base + "/events.jsonl").decode().splitlines()],
     "eval_dir": run("evaluate", base, "--episodes", "2"),
@@ -165,9 +166,9 @@ def test_train_resume_and_evaluate_on_an_object_store_uri():
     assert result.returncode == 0, result.stderr[-3000:]
     out = json.loads(result.stdout.strip().splitlines()[-1])
     base = f"memory://a2c-cli/runs/{out['first']['job_id']}"
-    tensorboard = [f for f in out["files"] if f.startswith(f"{base}/events.out.tfevents.")]
-    assert len(tensorboard) == 1  # flushed to the object store with the checkpoints
-    assert [f for f in out["files"] if f not in tensorboard] == [f"{base}/{name}" for name in (
+    tensorboard = f"memory://a2c-cli/runs/tensorboard/CartPole-v1-{out['first']['job_id']}/events.out.tfevents."
+    assert [f.startswith(tensorboard) for f in out["tensorboard"]] == [True]  # flushed with the checkpoints
+    assert out["files"] == [f"{base}/{name}" for name in (
         "checkpoints/step-0000000512.tar.gz", "checkpoints/step-0000001024.tar.gz",
         "config.json", "events.jsonl", "metrics.jsonl")]
     assert out["steps"] == [256, 512, 768, 1024] and "checkpoint" in out["events"]

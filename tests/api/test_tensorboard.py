@@ -1,5 +1,6 @@
 """A server job's TensorBoard event files, read back with TensorBoard's own event reader, hold the
-same values as GET /jobs/{id}/metrics, under the metrics keys' names."""
+same values as GET /jobs/{id}/metrics, under the metrics keys' names, in a run named
+`<env>-[<name>-]<job id>` under `<data-dir>/tensorboard/`."""
 
 from __future__ import annotations
 
@@ -7,10 +8,11 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 
-def test_event_files_in_the_job_dir_hold_the_metrics_rows_under_their_key_names(client, server, finished_job):
-    job_dir = server.data_dir / "jobs" / finished_job["id"]
-    assert list(job_dir.glob("events.out.tfevents.*"))  # next to checkpoints/, under --logdir <data-dir>
-    acc = EventAccumulator(str(job_dir), size_guidance={"scalars": 0})  # 0: keep every event
+def test_event_files_in_a_run_named_env_id_hold_the_metrics_rows_under_their_key_names(client, server, finished_job):
+    run_dir = server.data_dir / "tensorboard" / f"CartPole-v1-{finished_job['id']}"  # the run's name in TensorBoard
+    assert list(run_dir.glob("events.out.tfevents.*"))
+    assert not list((server.data_dir / "jobs" / finished_job["id"]).glob("events.out.tfevents.*"))
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})  # 0: keep every event
     acc.Reload()
     logged = {tag: {e.step: e.value for e in acc.Scalars(tag)} for tag in acc.Tags()["scalars"]}
 

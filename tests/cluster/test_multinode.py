@@ -144,7 +144,8 @@ def test_ray_job_submit_with_no_out_writes_the_run_to_a2c_runs_in_home(ray_clust
     assert read_checkpoint(summary["checkpoint"]).state.step == 8192
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [512 * (i + 1) for i in range(16)]
-    assert list(run.glob("events.out.tfevents.*")), "the TensorBoard file is there"
+    tensorboard = home / "a2c-runs" / "tensorboard" / f"CartPole-v1-{summary['job_id']}"
+    assert list(tensorboard.glob("events.out.tfevents.*")), "the TensorBoard file is there"
     where = placement(ray_cluster, info["job_id"])
     assert len(set(where["Learner"] + where["RolloutWorker"])) >= 2, where  # the case that lost the files
 

@@ -1,5 +1,5 @@
 """What `a2c train` shows and writes as it goes: progress on stderr (a tqdm bar on a terminal,
-plain lines otherwise) and TensorBoard event files in the run directory."""
+plain lines otherwise) and TensorBoard event files in `<runs>/tensorboard/<env>-[<name>-]<job id>/`."""
 
 from __future__ import annotations
 
@@ -87,12 +87,16 @@ def test_bar_clock_starts_with_the_training_loop_not_with_ray(tmp_path, capsys, 
 
 
 def test_console_sink_writes_the_rows_to_tensorboard_under_their_metric_names(tmp_path, monkeypatch):
+    from service.run.spec import build_spec
     monkeypatch.setattr(train, "_is_terminal", lambda: False)
-    sink = ConsoleSink(tmp_path, total_steps=1024)
+    spec = build_spec({"env": "ALE/Pong-v5", "name": "first try"}).model_dump(mode="json")
+    sink = ConsoleSink(str(tmp_path / "runs" / "0123456789ab"), total_steps=1024, spec=spec,
+                       job_id="0123456789ab", root=str(tmp_path / "runs"))
     for row in rows(3):
         sink.metrics(row)
     sink.close()
-    scalars = read_scalars(tmp_path)
+    run = tmp_path / "runs" / "tensorboard" / "ALE-Pong-v5-first-try-0123456789ab"  # TensorBoard's run name
+    scalars = read_scalars(run)
     assert set(scalars) == {"env_steps_per_s", "episode_return_mean", "policy_loss", "weights_version"}
     assert scalars["episode_return_mean"] == {256: 11.0, 512: 12.0, 768: 13.0}
     assert scalars["policy_loss"] == {256: -0.5, 512: -1.0, 768: -1.5}
@@ -117,7 +121,7 @@ def test_nan_inf_none_and_bools_are_not_logged(tmp_path):
 
 
 @pytest.mark.ray
-def test_a2c_train_prints_plain_progress_and_logs_tensorboard_in_its_run_dir(tmp_path):
+def test_a2c_train_prints_plain_progress_and_logs_tensorboard_in_a_run_named_after_env_and_id(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "api.cli", "train", "--env", "CartPole-v1", "--total-steps", "1024",
          "--workers", "1", "--envs-per-worker", "4", "--steps-per-batch", "256", "--eval-every", "0"],
@@ -130,7 +134,7 @@ def test_a2c_train_prints_plain_progress_and_logs_tensorboard_in_its_run_dir(tmp
     assert progress and progress[0].startswith("step 256/1024 return ") and " sps " in progress[0]
     assert progress[-1].startswith("step 1024/1024 ") and " eval " in progress[-1]
     rows_written = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    scalars = read_scalars(run)
+    scalars = read_scalars(tmp_path / "runs" / "tensorboard" / f"CartPole-v1-{summary['job_id']}")
     assert scalars["episode_return_mean"] == pytest.approx(
         {r["step"]: r["episode_return_mean"] for r in rows_written if r["episode_return_mean"] is not None})
     assert scalars["eval_return_mean"] == pytest.approx({1024: rows_written[-1]["eval_return_mean"]})
