@@ -328,6 +328,39 @@ SUBMITTED_RUNS = Path("~/a2c-runs")
 --working-dir (as Ray Train's results go to ~/ray_results)."""
 
 
+def in_ray_package(cwd: Path | None = None) -> bool:
+    """Whether this process runs from Ray's unpacked copy of a submitted job's --working-dir."""
+    return RAY_PACKAGE_DIR in (Path.cwd() if cwd is None else cwd).parts
+
+
+PRELOADED_PACKAGES = ("learner", "workers", "service")
+"""The packages `preload_modules` imports whole when the driver runs from Ray's copy of them."""
+
+
+def preload_modules(packages: tuple[str, ...] = PRELOADED_PACKAGES) -> list[str]:
+    """Import every module of `packages` now; returns those skipped for a missing optional extra.
+
+    The driver of a `ray job submit --working-dir` job runs from Ray's unpacked copy of the
+    package, and Ray unpacks it again over the same path (deleting it first) when the job's
+    runtime env is set up on a node that shares the disk: while Ray connects and while actors
+    start. A module imported lazily in that window is not found (`No module named
+    'service.run.tracking'`), so the driver loads them all before it connects.
+    """
+    import importlib
+    import pkgutil
+    skipped = []
+    for name in packages:
+        package = importlib.import_module(name)
+        for module in pkgutil.walk_packages(package.__path__, prefix=f"{name}."):
+            try:
+                importlib.import_module(module.name)
+            except ImportError as exc:  # an optional extra (ale_py, mujoco, ...) not installed
+                if exc.name is None or exc.name.split(".")[0] in PRELOADED_PACKAGES:
+                    raise
+                skipped.append(module.name)
+    return skipped
+
+
 def run_root(out: str | None, base: str | None, cwd: Path | None = None) -> str:
     """Where a run's files go: `out` (the run directory itself), else `base`, by default `runs` in
     the working directory. A run writes to `<base>/<job id>/` (`run_location`), and its TensorBoard
@@ -339,9 +372,9 @@ def run_root(out: str | None, base: str | None, cwd: Path | None = None) -> str:
     vanished between its start and its first metrics row), and it deletes the copy once no job
     uses it. There the default base is ~/a2c-runs, and a relative path given is refused.
     """
-    in_ray_package = RAY_PACKAGE_DIR in (Path.cwd() if cwd is None else cwd).parts
+    from_ray_package = in_ray_package(cwd)
     for flag, given in (("out", out), ("storage", base)):
-        if in_ray_package and given is not None and storage.is_local(given) \
+        if from_ray_package and given is not None and storage.is_local(given) \
                 and not storage.local_path(given).is_absolute():
             raise InvalidSpec(flag, f"{given!r} is relative to the job's working directory, which is Ray's "
                               "unpacked copy of --working-dir (Ray replaces and deletes it): give an "
@@ -349,7 +382,7 @@ def run_root(out: str | None, base: str | None, cwd: Path | None = None) -> str:
     if out is not None:
         return out
     if base is None:
-        base = str(SUBMITTED_RUNS.expanduser()) if in_ray_package else "runs"
+        base = str(SUBMITTED_RUNS.expanduser()) if from_ray_package else "runs"
     return base
 
 
@@ -365,6 +398,8 @@ def run(args: argparse.Namespace) -> int:
     from service.run.checkpoints import open_checkpoint
     from service.run.spec import env_spaces, job_spaces
 
+    if in_ray_package():
+        preload_modules()  # before Ray connects and unpacks the package again over this copy
     resume_from, resume = open_checkpoint(args.resume) if args.resume else (None, None)
     spec = spec_from_args(args, base=resume.config if resume else None)
     env_spaces(spec)  # a bad spec, env or env_kwargs fails here, before Ray starts

@@ -163,6 +163,19 @@ def test_under_ray_job_submit_a_relative_run_path_is_refused_naming_the_flag(fla
     assert err.value.field == flag and "absolute path or a URI" in err.value.message
 
 
+def test_a_driver_run_from_rays_copy_loads_every_module_before_ray_can_replace_the_copy():
+    """The multi-node `ray job submit` test failed on `No module named 'service.run.tracking'`:
+    a lazy import while Ray unpacked the working dir again over the driver's copy."""
+    assert train.in_ray_package(RAY_COPY) and not train.in_ray_package(Path("/home/me/project"))
+    code = ("import sys; from service.train import preload_modules; skipped = preload_modules(); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('service', 'learner', 'workers')), skipped)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).parents[2]).stdout
+    for module in ("service.run.tracking", "service.run.videos", "service.run.tensorboard_log",
+                   "service.serving", "learner.export", "workers.video", "workers.atari"):
+        assert f"'{module}'" in out, out
+
+
 def test_the_run_s_hyperparameters_are_in_tensorboard_s_hparams_tab(tmp_path):
     from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
     from service.run.spec import build_spec
