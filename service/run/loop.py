@@ -98,7 +98,8 @@ class Trainer:
         """When the previous metrics row was made (time.monotonic)."""
 
     def request_stop(self) -> None:
-        """Ask the loop to stop after the current update; it then writes a final checkpoint."""
+        """Ask the loop to stop after the update in flight (the one whose rollouts are being
+        sampled when the request comes); it then evaluates the policy into a final checkpoint."""
         self._stop.set()
 
     @property
@@ -189,7 +190,11 @@ class Trainer:
             loop_t0 = self._last_row_t = time.monotonic()
             weights = self.learner.weights.remote()
             pending = self.workers.sample(weights)
-            while step < spec.total_steps and not self._stop.is_set():
+            # The loop ends after an update that saw the stop (or reached total_steps), so that
+            # the final policy is always evaluated and checkpointed: a stop between that check
+            # and the loop's would leave the final checkpoint unevaluated.
+            done = step >= spec.total_steps or self._stop.is_set()
+            while not done:
                 try:
                     rollouts, episodes = self.workers.gather(pending)
                     stats_ref, next_weights = self.learner.update_and_weights.options(
@@ -199,7 +204,7 @@ class Trainer:
                         pending = self.workers.sample(next_weights if spec.mode == "sync" else weights)
                     stats = self._learner_get(stats_ref, "the learner's update")
                     weights, step, updates = next_weights, stats["step"], updates + 1
-                    last = step >= spec.total_steps or self._stop.is_set()
+                    last = done = step >= spec.total_steps or self._stop.is_set()
                     row = self._row(stats, episodes, loop_t0)
                     evaluated = eval_seed = None
                     if last or (spec.eval_every and updates % spec.eval_every == 0):
@@ -231,7 +236,9 @@ class Trainer:
                 with contextlib.suppress(Exception):
                     ray.kill(self.learner)
         return self._summary(step, step - (start.step if start else 0), startup_s, wall_s,
-                             JobStatus.STOPPED if self._stop.is_set() else JobStatus.SUCCEEDED)
+                             # A stop that came as the last update finished changed nothing.
+                             JobStatus.STOPPED if self._stop.is_set() and step < spec.total_steps
+                             else JobStatus.SUCCEEDED)
 
     def _summary(self, step: int, trained: int, startup_s: float, wall_s: float, status: JobStatus) -> dict[str, Any]:
         """What `run` returns: see `service.train` for the keys."""

@@ -98,13 +98,30 @@ class StopAfter(Recorder):
             self.trainer.request_stop()
 
 
-def test_stop_request_ends_with_a_final_checkpoint(ray_session, tmp_path):
+def test_stop_request_ends_with_an_evaluated_final_checkpoint(ray_session, tmp_path):
+    # The stop arrives while update 3's row is recorded, update 4's rollouts already sampling:
+    # the job ends after update 4, which sees the stop and evaluates the final policy. (It ended
+    # after update 3 with an unevaluated final checkpoint and no best one, when the stop came
+    # between the update's check of it and the loop's: the API's stop-then-resume-from-best
+    # test failed on that in CI.)
     sink = StopAfter(3)
     sink.trainer = Trainer(build_spec({**SMALL, "total_steps": 10_000_000}), tmp_path, sink)
     summary = sink.trainer.run()
-    assert summary["status"] == "STOPPED" and summary["steps"] == 3 * 256
-    assert sink.checkpoints[-1].step == 3 * 256
-    assert read_archive(summary["checkpoint"]).state.step == 3 * 256
+    assert summary["status"] == "STOPPED" and summary["steps"] == 4 * 256
+    assert [r["step"] for r in sink.rows] == [256, 512, 768, 1024]
+    assert "eval_return_mean" not in sink.rows[2] and sink.rows[3]["eval_return_mean"] is not None
+    assert sink.checkpoints[-1].step == 4 * 256
+    assert sink.checkpoints[-1].eval_return_mean == sink.rows[3]["eval_return_mean"]
+    assert read_archive(summary["checkpoint"]).state.step == 4 * 256
+    assert summary["best_checkpoint"] == summary["checkpoint"]
+
+
+def test_a_stop_that_arrives_as_the_last_update_ends_changes_nothing_the_job_succeeded(ray_session, tmp_path):
+    # An ASHA stop that reached a trial job as it finished made it "STOPPED" at total_steps.
+    sink = StopAfter(3)
+    sink.trainer = Trainer(build_spec({**SMALL, "total_steps": 3 * 256}), tmp_path, sink)
+    summary = sink.trainer.run()
+    assert summary["status"] == "SUCCEEDED" and summary["steps"] == 3 * 256
 
 
 def test_stop_before_the_run_starts_no_actor_and_writes_no_checkpoint(ray_session, tmp_path):
