@@ -26,6 +26,10 @@ class JobLocations:
         self.data_dir = Path(data_dir)
         self.storage_root = str(storage_root or self.data_dir / "jobs")
         """Where jobs' archives go: a path or a storage URI; `<data dir>/jobs` by default."""
+        self.tensorboard_root = str(storage_root or self.data_dir)
+        """Under which `tensorboard/<run name>/` holds a job's event files: the data dir by
+        default, the storage root when one is configured (so nothing of a job's is left on a
+        server's local disk but its record in the job database)."""
 
     def job(self, job_id: str) -> str:
         """Where a job's trainer writes (its checkpoints/ live here): a path or a storage URI."""

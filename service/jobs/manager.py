@@ -427,7 +427,8 @@ class JobManager:
                 self.store.finish(job.id, JobStatus.STOPPED)
                 return
             location = self.locations.job(job.id)
-            sink = StoreSink(self.store, job.id, self.locations.record, job.spec, str(self.locations.data_dir))
+            sink = StoreSink(self.store, job.id, self.locations.record, job.spec,
+                             self.locations.tensorboard_root, str(self.locations.data_dir))
             request = DriverRequest(
                 job.id, job.spec, location, self.locations.resolve(job.resume_path) if job.resume_path else None,
                 job.resume_path, self.limits.resource_timeout_s, self.ray_address or driver_address())

@@ -16,12 +16,13 @@ class StoreSink:
     """Records one job's progress in the store (the server replays its driver's calls here)."""
 
     def __init__(self, store: JobStore, job_id: str, record: Callable[[str], str], spec: dict[str, Any],
-                 root: str) -> None:
-        """`spec` is the job's spec (JSON); `root` the server's data dir, under which its TensorBoard
-        file (`tensorboard/<run name>/`) and, unless WANDB_DIR says otherwise, W&B's files go."""
+                 tensorboard_root: str, data_dir: str) -> None:
+        """`spec` is the job's spec (JSON); its TensorBoard file goes to `tensorboard/<run name>/`
+        under `tensorboard_root` (a path or a storage URI) and, unless WANDB_DIR says otherwise,
+        W&B's files under the server's `data_dir`."""
         self.store, self.job_id, self.record = store, job_id, record
-        self.tensorboard = TensorBoardLog(tensorboard_dir(root, spec, job_id), spec)
-        self.tracking = Tracking(spec, job_id, root, self.event)
+        self.tensorboard = TensorBoardLog(tensorboard_dir(tensorboard_root, spec, job_id), spec)
+        self.tracking = Tracking(spec, job_id, data_dir, self.event)
 
     def event(self, kind: str, message: str) -> None:
         """Record the event; "started" is when the job becomes RUNNING."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -148,9 +149,12 @@ def test_jobs_write_to_a_storage_uri_and_the_api_lists_serves_and_resumes_from_i
         assert client.wait_finished(resumed_id)["status"] == "SUCCEEDED"
         rows = client.all_metrics(resumed_id)
         assert [r["step"] for r in rows] == [4608, 5120, 5632, 6144]
-    # Nothing but the job database is on the local data dir.
+    # Nothing but the job database is on the local data dir: TensorBoard's files are in storage.
     assert sorted(p.name for p in uri_server.data_dir.iterdir()) == [
         n for n in ("jobs.sqlite3", "jobs.sqlite3-shm", "jobs.sqlite3-wal") if (uri_server.data_dir / n).exists()]
+    storage_root = Path(uri_server.env["A2C_STORAGE"].removeprefix("local://"))
+    for run in (job_id, resumed_id):
+        assert list(storage_root.glob(f"tensorboard/CartPole-v1-{run}/events.out.tfevents.*")), run
     path = tmp_path / "from-uri.tar.gz"
     path.write_bytes(r.content)
     out = subprocess.run([sys.executable, "-m", "api.cli", "evaluate", str(path), "--episodes", "2"],
