@@ -22,6 +22,7 @@ from api.config import Settings
 from service.jobs.locations import JobLocations
 from service.jobs.manager import JobLimits, JobManager
 from service.jobs.queries import JobQueries
+from service.serving import PolicyServer
 from service.store import JobStore
 from service.sweeps.manager import SweepManager
 
@@ -45,6 +46,7 @@ def api_schema(tmp_path):
         app.state.queries = JobQueries(store, app.state.manager.locations, app.state.manager.cluster_cpus)
         # Sweeps are validated and recorded; never started (no launcher thread: no Ray Tune run).
         app.state.sweeps = SweepManager(store, app.state.manager, tmp_path / "sweeps", "http://127.0.0.1:9")
+        app.state.policies = PolicyServer(64 << 20, 64)  # no job has a checkpoint: /act answers 404
         try:
             yield
         finally:
