@@ -55,8 +55,9 @@ def summarize(games: list[list[float]]) -> dict[str, Any]:
     }
 
 
-def plot(result: dict[str, Any], path: Path) -> None:
-    """Game returns and their 100-game mean against frames, with the goal line."""
+def plot(result: dict[str, Any], path: Path, compare: dict[str, Any] | None = None) -> None:
+    """Game returns and their 100-game mean against frames, with the goal line; `compare`, a
+    `bench.sb3_atari` record, adds its 100-episode mean (SB3's Monitor: whole games) in black."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -68,6 +69,11 @@ def plot(result: dict[str, Any], path: Path) -> None:
     ax.scatter(frames, [g[2] for g in games], s=3, alpha=0.25, color="tab:blue", label="game return")
     ax.plot([f for f, m in zip(frames, means) if m is not None], [m for m in means if m is not None],
             color="tab:red", label=f"mean of the last {WINDOW} games")
+    if compare is not None:
+        points = [(c[1] * FRAMES_PER_STEP / 1e6, c[2]) for c in compare["curve"] if c[2] is not None]
+        threads = compare["config"].get("torch_threads")
+        ax.plot([f for f, _ in points], [m for _, m in points], color="black", linewidth=1,
+                label=f"SB3 A2C ({threads} torch thread), mean of the last {WINDOW} games")
     ax.axhline(GOAL, color="gray", linestyle="--", linewidth=1, label=f"goal {GOAL:g}")
     s = result["summary"]
     wall = result.get("wall_s")
@@ -78,7 +84,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     ax.set_ylabel("return (whole game, raw score)")
     ax.set_ylim(-22, 22)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="center right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -93,9 +99,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--num-cpus", type=int, default=None, help="logical CPUs of the embedded Ray")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--plot-only", action="store_true", help="redraw the plot of an existing --out JSON")
+    p.add_argument("--compare", type=Path, default=None,
+                   help="with --plot-only: a bench.sb3_atari record whose curve is drawn beside")
     args = p.parse_args(argv)
     if args.plot_only:
-        plot(json.loads(args.out.read_text()), args.out.with_suffix(".png"))
+        compare = json.loads(args.compare.read_text()) if args.compare else None
+        plot(json.loads(args.out.read_text()), args.out.with_suffix(".png"), compare)
         return
 
     from service.cluster import connect
