@@ -21,6 +21,10 @@ from typing import Any, Callable, Iterator
 import httpx
 import pytest
 
+from service.jobs.locations import JobLocations
+from service.jobs.manager import JobLimits, JobManager
+from service.store import JobStore
+
 REPO = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 180.0
 JOB_TIMEOUT_S = 300.0
@@ -328,3 +332,25 @@ def small_job() -> dict[str, Any]:
 def long_job() -> dict[str, Any]:
     """A copy of LONG_JOB to modify."""
     return json.loads(json.dumps(LONG_JOB))
+
+
+# In-process app tests (no server, no Ray): a store and a manager that only validates and queues.
+
+@pytest.fixture
+def data_dir(tmp_path) -> Path:
+    """The data dir of an in-process app test."""
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def store(data_dir) -> Iterator[JobStore]:
+    """A job store in `data_dir`, closed after the test."""
+    s = JobStore(data_dir / "jobs.sqlite3")
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def manager(store, data_dir) -> JobManager:
+    """A job manager that is never started (no Ray; the cluster reports 4 CPUs): jobs stay PENDING."""
+    return JobManager(store, JobLocations(data_dir), JobLimits(max_total_steps=100_000), cluster_cpus=lambda: 4.0)

@@ -20,11 +20,9 @@ from learner.config import A2CConfig, PolicyConfig
 from learner.learner import Learner
 from learner.policy import obs_tensor
 from learner.spaces import SpacesSpec
-from service.jobs.locations import JobLocations
-from service.jobs.manager import JobLimits, JobManager
 from service.jobs.queries import JobQueries
 from service.serving import PolicyServer
-from service.store import CheckpointRow, JobStore
+from service.store import CheckpointRow
 
 SPEC = {"env": "CartPole-v1", "total_steps": 2048, "workers": 1, "envs_per_worker": 2,
         "a2c": {"steps_per_batch": 256}}
@@ -32,23 +30,6 @@ CARTPOLE = SpacesSpec(obs_shape=(4,), action_type="discrete", action_n=2)
 PENDULUM = SpacesSpec(obs_shape=(3,), action_type="box", action_shape=(1,), action_low=(-2.0,), action_high=(2.0,))
 IMAGES = SpacesSpec(obs_shape=(4, 84, 84), obs_dtype="uint8", action_type="discrete", action_n=6)
 TOKEN = "act-secret"
-
-
-@pytest.fixture
-def data_dir(tmp_path):
-    return tmp_path / "data"
-
-
-@pytest.fixture
-def store(data_dir):
-    s = JobStore(data_dir / "jobs.sqlite3")
-    yield s
-    s.close()
-
-
-@pytest.fixture
-def manager(store, data_dir):
-    return JobManager(store, JobLocations(data_dir), JobLimits(max_total_steps=100_000), cluster_cpus=lambda: 4.0)
 
 
 @pytest.fixture

@@ -24,28 +24,11 @@ from api.deps import get_manager, get_queries, get_store
 from service.jobs.locations import JobLocations
 from service.jobs.manager import JobLimits, JobManager
 from service.jobs.queries import JobQueries
-from service.store import CheckpointRow, JobStore
+from service.store import CheckpointRow
 
 SPEC = {"env": "CartPole-v1", "total_steps": 2048, "workers": 1, "envs_per_worker": 2,
         "a2c": {"steps_per_batch": 256}}
 MAX_BODY = 4096
-
-
-@pytest.fixture
-def data_dir(tmp_path) -> Path:
-    return tmp_path / "data"
-
-
-@pytest.fixture
-def store(data_dir):
-    s = JobStore(data_dir / "jobs.sqlite3")
-    yield s
-    s.close()
-
-
-@pytest.fixture
-def manager(store, data_dir):
-    return JobManager(store, JobLocations(data_dir), JobLimits(max_total_steps=100_000), cluster_cpus=lambda: 4.0)
 
 
 @pytest.fixture
