@@ -187,8 +187,8 @@ class Learner:
         worker and env order) and restarts at every episode end, as in SB3's VecNormalize. It
         is not checkpointed (nor by SB3): a restarted learner, or a replaced worker's fresh
         envs, start it from 0, which biases the statistics for one episode at most. The
-        recurrence over T runs in numpy on the host, where the rewards arrive: 0.14 ms for a
-        512-sample CartPole batch, against 0.32 ms as torch ops.
+        recurrence over T runs in numpy on the host, where the rewards arrive, which is cheaper
+        than T small torch ops for the batches of vector-observation tasks.
         """
         T, N = rewards.shape
         if self.discounted is None or self.discounted.shape != (N,):

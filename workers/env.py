@@ -39,7 +39,7 @@ class UnknownEnvironment(ValueError):
 def register_optional_envs() -> tuple[str, ...]:
     """Register the ids of installed env packages that gymnasium does not list itself (ale-py's
     Atari games); returns the extras that are missing. Done once, on first need: importing
-    ale-py costs 0.2 s that CartPole jobs should not pay."""
+    ale-py takes time that jobs on other envs should not pay."""
     try:
         import ale_py
     except ImportError:

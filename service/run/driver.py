@@ -1,10 +1,9 @@
 """`JobProcess`: an API job's training driver in a child process of the server.
 
 The HTTP server and a driver loop in one process share a GIL. Under load every request then
-delays the loop's next Ray call: 100 clients cut two jobs' env steps/s by 60% that way
-(`python -m bench.load`). So each job's `Trainer.run()` runs in its own process, forked from a
-fork server that has the trainer's modules imported. The child joins the server's Ray cluster
-and sends every sink call down a pipe, in order, from a sender thread (the training loop only
+delays the loop's next Ray call (`python -m bench.load` measures how much; docs/failures.md).
+So each job's `Trainer.run()` runs in its own process, forked from a fork server that has
+the trainer's modules imported. The child joins the server's Ray cluster and sends every sink call down a pipe, in order, from a sender thread (the training loop only
 queues them, so a server slow to read never holds it up). The server replays
 them into the job's `StoreSink`, so the server stays the only writer of the job store.
 
@@ -84,7 +83,7 @@ class _PipeSink:
 
 def _context() -> multiprocessing.context.BaseContext:
     """Where drivers come from: a fork server that has imported the trainer (torch, Ray,
-    gymnasium) once, so a job's driver starts in a fork instead of ~2 s of imports. Nothing in
+    gymnasium) once, so a job's driver starts in a fork instead of importing them again. Nothing in
     the fork server joins Ray or starts threads; each driver joins Ray after the fork."""
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload([__name__, "service.run.loop"])
