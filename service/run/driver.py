@@ -2,10 +2,11 @@
 
 The HTTP server and a driver loop in one process share a GIL. Under load every request then
 delays the loop's next Ray call (`python -m bench.load` measures how much; docs/failures.md).
-So each job's `Trainer.run()` runs in its own process, forked from a fork server that has
-the trainer's modules imported. The child joins the server's Ray cluster and sends every sink call down a pipe, in order, from a sender thread (the training loop only
-queues them, so a server slow to read never holds it up). The server replays
-them into the job's `StoreSink`, so the server stays the only writer of the job store.
+So each job's `Trainer.run()` runs in its own process, forked from a fork server that has the
+trainer's modules imported. The child joins the server's Ray cluster and sends every sink call
+down a pipe, in order, from a sender thread (the training loop only queues them, so a server
+slow to read never holds it up). The server replays them into the job's `StoreSink`, so the
+server stays the only writer of the job store.
 
 "stop" goes the other way, down a second pipe. When the server dies, the child sees that pipe
 close and exits at once. Its actors die with it (Ray ties them to their driver), and the
