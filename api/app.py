@@ -123,7 +123,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     # ray.init installs a SIGTERM handler that exits at once; keep uvicorn's graceful one, so
     # running jobs get to write a final checkpoint on shutdown.
     sigterm = signal.getsignal(signal.SIGTERM)
+    import ray
+    started_ray = not ray.is_initialized()
     where = connect(settings.address, num_cpus=settings.ray_num_cpus)
+    started_ray = started_ray and embedded()
     if threading.current_thread() is threading.main_thread() and sigterm is not None:
         signal.signal(signal.SIGTERM, sigterm)
     log.info("a2c-service: Ray: %s; data dir %s; checkpoints in %s", where, settings.data_dir.resolve(),
@@ -161,6 +164,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await asyncio.to_thread(manager.shutdown, settings.shutdown_grace_s)
         app.state.store = None
         store.close()
+        if started_ray:
+            # Its daemons die with this thread (the parent-death signal is per thread). A server
+            # run in a thread (`a2c sweep`) must leave Ray first, or this process's Ray client
+            # waits 60 s for the dead GCS at exit and then ends it with status 1.
+            ray.shutdown()
 
 
 def api_url(settings: Settings) -> str:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import queue
 import re
 import threading
@@ -334,6 +335,10 @@ class SweepManager:
         trainable = tune.with_resources(tune.with_parameters(follow_trial_job, api=api),
                                         tune.PlacementGroupFactory([here]))
         stopper, callback = _tune_hooks(sweep_id)
+        # Tune's newer console output prints an experiment table and paths even at verbose=0,
+        # onto the stdout of `a2c sweep`, whose stdout is its summary JSON; the older reporter
+        # (RAY_AIR_NEW_OUTPUT=0) prints nothing at verbose=0. Progress is in the API instead.
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
         tuner = tune.Tuner(
             trainable, param_space=tune_space(spec),
             tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode, num_samples=spec.num_samples,

@@ -193,6 +193,34 @@ def test_a2c_sweep_command_follows_a_sweep_on_a_server(server, tmp_path):
     assert len(bad.stderr.strip().splitlines()) == 1, bad.stderr
 
 
+def test_a2c_sweep_without_a_server_runs_its_own_and_exits_cleanly(tmp_path):
+    """`a2c sweep` alone serves the sweep from a thread of its own process, on an embedded Ray:
+    it exits 0 as soon as the sweep has succeeded (its Ray left before the server thread ended;
+    otherwise Ray's client waits 60 s for the dead GCS and ends the process with status 1)."""
+    import json
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    config = tmp_path / "sweep.yaml"
+    config.write_text(yaml.safe_dump({**SWEEP, "base": {**SWEEP_BASE, "total_steps": 1024}, "num_samples": 1,
+                                      "scheduler": "none", "space": {"a2c.learning_rate": {"choice": [7e-3]}}}))
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "api.cli", "sweep", "--config", str(config),
+                           "--data-dir", str(tmp_path / "data"), "--poll", "0.5"],
+                          capture_output=True, text=True, timeout=SWEEP_TIMEOUT_S)
+    elapsed = time.monotonic() - started
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.strip().splitlines()
+    assert len(lines) == 1, done.stdout  # the summary alone: Ray Tune's console output stays off stdout
+    summary = json.loads(lines[0])
+    assert summary["status"] == "SUCCEEDED" and summary["trials"] == 1, summary
+    assert elapsed - summary["wall_s"] < 45, (elapsed, summary)
+    assert (tmp_path / "data" / "jobs.sqlite3").exists()
+
+
 def test_optuna_search_runs_a_sweep(client):
     pytest.importorskip("optuna")
     sweep = {**SWEEP, "base": {**SWEEP_BASE, "total_steps": 2048}, "num_samples": 2, "search": "optuna", "asha": {"grace_steps": 512, "reduction_factor": 2},
