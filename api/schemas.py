@@ -308,7 +308,7 @@ class TrialPublic(BaseModel):
 
 
 class BestTrial(TrialPublic):
-    """The sweep's best trial so far, with its best checkpoint (highest mean return)."""
+    """The sweep's best trial so far, with its best checkpoint (the job's `best`: highest evaluation return)."""
 
     checkpoint: CheckpointPublic | None = None
 

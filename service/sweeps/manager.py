@@ -401,13 +401,18 @@ class SweepManager:
                 config={path: _value_at(job.spec, path) for path in spec.space}, best=value, best_step=step))
         ranked = [t for t in trials if t.best is not None]
         top = (max if spec.mode == "max" else min)(ranked, key=lambda t: t.best) if ranked else None
-        checkpoint = None
-        if top is not None:
-            checkpoints = self.store.checkpoints(top.job.id)
-            scored = [c for c in checkpoints if c.return_mean is not None]
-            checkpoint = max(scored, key=lambda c: (c.return_mean, c.step)) if scored else (
-                checkpoints[-1] if checkpoints else None)
-        return SweepDetails(sweep, trials, top, checkpoint)
+        return SweepDetails(sweep, trials, top, self._best_checkpoint(top.job.id) if top else None)
+
+    def _best_checkpoint(self, job_id: str) -> CheckpointRow | None:
+        """The job's `best` checkpoint (highest evaluation return); before any evaluation, the
+        one with the highest training return, else the latest."""
+        best = self.store.checkpoint(job_id, "best")
+        if best is not None:
+            return best
+        checkpoints = self.store.checkpoints(job_id)
+        scored = [c for c in checkpoints if c.return_mean is not None]
+        return max(scored, key=lambda c: (c.return_mean, c.step)) if scored else (
+            checkpoints[-1] if checkpoints else None)
 
     def _tally(self, sweep: SweepRow) -> str:
         """What the sweep's trials came to, in words."""

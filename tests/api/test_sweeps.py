@@ -67,6 +67,8 @@ def test_tiny_asha_sweep_runs_every_trial_as_a_job(client):
     ranked = [t["best_metric"] for t in trials if t["best_metric"] is not None]
     assert best is not None and best["best_metric"] == max(ranked)
     assert best["checkpoint"]["archive_url"].startswith(f"/jobs/{best['job_id']}/checkpoints/")
+    kept = client.get(f"/jobs/{best['job_id']}/checkpoints").json()["checkpoints"]
+    assert best["checkpoint"]["id"] == next(c["id"] for c in kept if c["best"]), "the job's best-evaluated one"
     assert any(s["id"] == sweep_id for s in client.get("/sweeps").json()["sweeps"])
     assert client.post(f"/sweeps/{sweep_id}/stop").status_code == 409
 
