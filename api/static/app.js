@@ -172,8 +172,9 @@ function duration(job) {
   return `${Math.floor(s / 3600)} h ${String(Math.floor(s % 3600 / 60)).padStart(2, "0")} m`;
 }
 
+/** A config value for a table cell or label: fractions to 4 significant digits, lists joined. */
 const fmtValue = v => v === undefined || v === null ? "—" : Array.isArray(v) ? v.join(", ") || "—"
-  : String(v);
+  : typeof v === "number" && !Number.isInteger(v) ? String(+v.toPrecision(4)) : String(v);
 
 /** The runs table's columns: fixed ones, then config columns the user picks (kept in localStorage). */
 const FIXED_COLUMNS = [
@@ -785,7 +786,7 @@ function sweepPanelFor(metric) {
 /** A trial's label: its values at the space's paths, short. */
 function trialLabel(t) {
   const values = Object.entries(t.config).map(([k, v]) =>
-    `${k.split(".").pop()}=${typeof v === "number" && !Number.isInteger(v) ? +v.toPrecision(3) : fmtValue(v)}`);
+    `${k.split(".").pop()}=${fmtValue(v)}`);
   return `${t.job_id} ${values.join(" ")}`;
 }
 
@@ -819,8 +820,7 @@ function renderSweep(s) {
       el("td", {}, el("a", {href: `#/jobs/${t.job_id}`, className: "mono", textContent: t.job_id}),
          isBest ? el("span", {className: "best-mark", textContent: " ★ best"}) : null),
       el("td", {}, badge(t.status)),
-      ...paths.map(p => el("td", {className: "num cfg", textContent: typeof t.config[p] === "number"
-        ? String(+t.config[p].toPrecision(4)) : fmtValue(t.config[p])})),
+      ...paths.map(p => el("td", {className: "num cfg", textContent: fmtValue(t.config[p])})),
       el("td", {className: "num", textContent: steps(t.step)}),
       el("td", {className: "num", textContent: num(t.best_metric, 2)}),
     ];
