@@ -615,16 +615,20 @@ function renderStats() {
   }));
 }
 
+/** The job's checkpoints, newest first: each one's evaluation return (— when it was not
+ * evaluated), the best-evaluated one marked (the `best` of the archive routes). */
 function renderCheckpoints(jobId, ckpts) {
   $("#ckpt-empty").hidden = ckpts.length > 0;
-  const labels = ["Checkpoint", "Step", "Mean return", "Size", "Created", ""];
+  const labels = ["Checkpoint", "Step", "Eval return", "Size", "Created", ""];
   $("#ckpt-table tbody").replaceChildren(...ckpts.slice().reverse().map(c => {
     const button = el("button", {className: "ghost small", type: "button", textContent: "Download"});
     button.dataset.ckpt = c.id;
     button.onclick = () => download(c.archive_url, `${jobId}-${c.id}.tar.gz`).catch(err => alert(err.message));
     const cells = [
-      el("td", {className: "mono", textContent: c.id}), el("td", {className: "num", textContent: steps(c.step)}),
-      el("td", {className: "num", textContent: num(c.return_mean)}), el("td", {className: "num", textContent: bytes(c.size_bytes)}),
+      el("td", {className: "mono", textContent: c.id},
+         c.best ? el("span", {className: "best-mark", textContent: " ★ best"}) : null),
+      el("td", {className: "num", textContent: steps(c.step)}),
+      el("td", {className: "num", textContent: num(c.eval_return_mean)}), el("td", {className: "num", textContent: bytes(c.size_bytes)}),
       el("td", {className: "muted", textContent: when(c.created)}), el("td", {className: "num action"}, button)];
     cells.forEach((td, i) => { td.dataset.label = labels[i]; });
     return el("tr", {}, ...cells);

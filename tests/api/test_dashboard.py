@@ -220,6 +220,13 @@ def test_job_from_the_form_draws_live_curves_stops_and_its_checkpoint_downloads(
     assert final["step"] == job["progress"]["step"]  # the stop wrote a final checkpoint
     page.wait_for_selector(f"button[data-ckpt='{final['id']}']")
     assert page.locator("#ckpt-table tbody tr").count() == len(checkpoints)
+    # Evaluation returns, not training ones, and the best-evaluated checkpoint marked.
+    final_row = page.locator(f"#ckpt-table tbody tr:has(button[data-ckpt='{final['id']}'])")
+    assert final["eval_return_mean"] is not None  # a stop's final checkpoint is evaluated
+    assert final_row.locator("td[data-label='Eval return']").inner_text() == f"{final['eval_return_mean']:.1f}"
+    best = [c["id"] for c in checkpoints if c["best"]]
+    assert len(best) == 1 and page.locator("#ckpt-table .best-mark").count() == 1
+    assert best[0] in page.locator("#ckpt-table tr:has(.best-mark)").inner_text()
     shot(page, "04-job-stopped")
 
     with page.expect_download() as info:
