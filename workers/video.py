@@ -59,6 +59,9 @@ def render_env(env_id: str, env_kwargs: dict[str, Any]) -> tuple[gym.Env, float]
 
     check_env_id(env_id)
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # pygame renders off-screen: no display to probe
+    # and plays no sound: without this, pygame.init() probes ALSA, which on a machine with no
+    # sound card prints eight lines of errors to the console (a recorder's, through Ray's log).
+    os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
     if not is_atari(env_id):
         prepare_mujoco(env_id)
         env = gym.make(env_id, render_mode="rgb_array", **env_kwargs)
