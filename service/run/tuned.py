@@ -35,25 +35,26 @@ TUNED: dict[str, dict[str, Any]] = {
     # 15k to 56k steps and ended at 184 (100k); Adam keeps taking full-size steps on the noise
     # of a solved task. bench/cartpole_stability.py (seeds 0-4 x 100k, 150k, 200k, final
     # checkpoint over 20 deterministic episodes), runs whose final evaluation reached 475:
-    #   3e-3 annealed linearly to 0, RMSprop (this entry)         14 of 15 (worst 284)
-    #   the same with Adam (the entry until 2026-12-06)            13 of 15 (worst 256, 309)
-    #   RMSprop without the entropy bonus (rl-zoo's choice)        13 of 15 (worst 341, 434)
-    #   Adam, the entropy bonus annealed to 0 too                  11 of 15 (worst 224)
-    #   4e-3 linear, no entropy bonus                               7 of 15
-    #   this entry with Adam eps 1e-3                               at most 11 (4 under 475 in 13)
-    #   (screens) 2e-3 linear: 455, 302 at 100k on seeds 3, 4; no bonus at 3e-3: 460, 273 at
-    #   100k; normalised advantages, 1024-sample batches, max_grad_norm 0.1: 111-323 on the
-    #   150k run of seed 3 that fell from 487 to 62 at 56k here. Runs are deterministic for a
-    #   seed and budget (the Adam entry's two failures reproduced exactly), so screens on them
-    #   are exact: RMSprop held both; RMSprop as TensorFlow has it never reached 475 on them.
+    #   RMSprop, 3e-3 annealed linearly to 0, GAE 0.95 (this entry)  15 of 15
+    #   the same with Monte Carlo advantages (GAE 1.0)              14 of 15 (worst 284)
+    #   GAE 1.0 with Adam (the entry until 2026-12-06)              13 of 15 (worst 256, 309)
+    #   GAE 1.0, RMSprop without the entropy bonus (rl-zoo's)       13 of 15 (worst 341, 434)
+    #   GAE 1.0, Adam, the entropy bonus annealed to 0 too          11 of 15 (worst 224)
+    #   GAE 1.0, 4e-3 linear, no entropy bonus                       7 of 15
+    #   GAE 1.0, Adam eps 1e-3                                      at most 11 (4 under 475 in 13)
+    # With GAE 1.0, on the runs of the 15 that failed (runs are deterministic for a seed and
+    # budget, so screens on them are exact): value_coef 0.25 failed seed 4 at 100k (213),
+    # max_grad_norm 0.25 seed 2 (325), 128x128 torsos seed 0 (428), 2.5e-3 seed 3 (280); gamma
+    # 0.98, 32 envs per worker and TensorFlow's RMSprop failed too. GAE 0.95's advantages, less
+    # noisy than Monte Carlo returns, keep the solved policy from drifting late in training.
     # RMSprop is SB3's A2C optimizer; this is torch's (alpha 0.99, eps 1e-5, SB3's values).
-    # bench/results/cartpole-stability-{rmsprop-045834e,rmsprop-ent0-045834e,509036b,a9a0a47,
-    # f5af050,9f074ec}.json; docs/configuration.md.
+    # bench/results/cartpole-stability-{gae095-<commit>,rmsprop-045834e,rmsprop-ent0-045834e,
+    # 509036b,a9a0a47,f5af050,9f074ec}.json; docs/configuration.md.
     "CartPole-v1": {
         "envs_per_worker": 16,
         "a2c": {"steps_per_batch": 512, "mini_batch_size": None, "optimizer": "rmsprop", "learning_rate": 3e-3,
                 "learning_rate_schedule": "linear", "learning_rate_final": 0.0,
-                "gae_lambda": 1.0, "normalize_rewards": True},
+                "gae_lambda": 0.95, "normalize_rewards": True},
         "policy": {"share_torso": False, "normalize_observations": True},
     },
     # Seed defaults stay near the random policy's -1400. Without gSDE, the best found (128-sample
