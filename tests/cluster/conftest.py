@@ -1,5 +1,6 @@
 """A real multi-node Ray cluster on this machine: a head raylet and worker raylets, each its own
-`ray start --block` process group, sharing one temp dir and one auth token of their own.
+`ray start --block` process group with a temp dir of its own (as machines have disks of their
+own), sharing one auth token made for the cluster.
 
 The cluster is the README's recipe: `ray start --head` plus `ray start --address=...` raylets,
 one declaring `--num-gpus 1`. Every port is picked free (so the suite's embedded Ray and other
@@ -98,10 +99,17 @@ class LocalRayCluster:
         """The dashboard / Jobs API, bound to 127.0.0.1 only."""
         return f"http://127.0.0.1:{self.dashboard_port}"
 
+    def node_temp_dir(self, name: str) -> Path:
+        """The raylet's --temp-dir: the head's is `temp_dir`. Raylets that shared one unpacked a
+        job's --working-dir over the same path, each deleting it first, so that a worker whose
+        current directory was deleted under it died importing torch (oneMKL: "Cannot load
+        libtorch_cpu.so") in a CI run."""
+        return self.temp_dir if name == "head" else self.root / f"ray-{name}"
+
     def _start(self, name: str, args: list[str]) -> Raylet:
         node_manager, object_manager, agent_listen, agent_grpc, metrics, runtime_env = free_ports(6)
         cmd = [RAY_CLI, "start", *args, "--node-ip-address", "127.0.0.1", "--node-name", name,
-               "--temp-dir", str(self.temp_dir), "--object-store-memory", str(150 * 2**20),
+               "--temp-dir", str(self.node_temp_dir(name)), "--object-store-memory", str(150 * 2**20),
                "--node-manager-port", str(node_manager), "--object-manager-port", str(object_manager),
                "--dashboard-agent-listen-port", str(agent_listen),
                "--dashboard-agent-grpc-port", str(agent_grpc), "--metrics-export-port", str(metrics),

@@ -239,14 +239,17 @@ def test_job_finishes_when_the_raylet_of_a_worker_dies(ray_cluster, tmp_path):
 
     where = ray_cluster.wait_for(workers_placed, "the learner and 2 workers to be alive", 240)
     assert where["Learner"] == ["gpu"] and "cpu" in where["RolloutWorker"], where
+    # Free the held CPU now, so the lost worker will have somewhere to go. Stopping a job takes
+    # seconds: done after the updates below, it let a loaded run reach its last step first.
+    ray_cluster.ray("job", "stop", "--address", ray_cluster.dashboard_url, "a2c-cluster-blocker")
+    ray_cluster.wait_job("a2c-cluster-blocker", timeout=120)
     metrics = out / "metrics.jsonl"
     ray_cluster.wait_for(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 3,
                          "3 updates", 240, every=0.5)
-    # Free the held CPU so the lost worker has somewhere to go, then lose the `cpu` node.
-    ray_cluster.ray("job", "stop", "--address", ray_cluster.dashboard_url, "a2c-cluster-blocker")
-    ray_cluster.wait_job("a2c-cluster-blocker", timeout=120)
-    assert ray_cluster.job("a2c-cluster-node-loss")["status"] == "RUNNING", "the job ended before the node loss"
+    # Then lose the `cpu` node, mid-run.
     step_at_kill = json.loads(metrics.read_text().splitlines()[-1])["step"]
+    assert step_at_kill < 150_000 and ray_cluster.job("a2c-cluster-node-loss")["status"] == "RUNNING", \
+        f"the job ended (step {step_at_kill}) before the node loss"
     killed_at = time.monotonic()
     ray_cluster.raylets["cpu"].kill()
 
