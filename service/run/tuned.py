@@ -48,7 +48,7 @@ TUNED: dict[str, dict[str, Any]] = {
     # 0.98, 32 envs per worker and TensorFlow's RMSprop failed too. GAE 0.95's advantages, less
     # noisy than Monte Carlo returns, keep the solved policy from drifting late in training.
     # RMSprop is SB3's A2C optimizer; this is torch's (alpha 0.99, eps 1e-5, SB3's values).
-    # bench/results/cartpole-stability-{gae095-<commit>,rmsprop-045834e,rmsprop-ent0-045834e,
+    # bench/results/cartpole-stability-{6fa9503-dirty,rmsprop-045834e,rmsprop-ent0-045834e,
     # 509036b,a9a0a47,f5af050,9f074ec}.json; docs/configuration.md.
     "CartPole-v1": {
         "envs_per_worker": 16,
