@@ -552,8 +552,11 @@ def test_layout_fits_the_window(page, api, width, height):
         card = page.locator("#job-stats").bounding_box()
         assert all(inside(s, card) for s in stats)
         # Event times stay on one line (they wrapped into two at 390 px).
-        times = page.locator("#job-events li > span:first-child, #job-events summary > span:first-child").all()
-        heights = [t.bounding_box()["height"] for t in times if t.is_visible()]
+        # Measured in one page call: the list re-renders as events arrive, and a span seen visible
+        # could be replaced before a second round trip asked for its box (None, in one run).
+        heights = page.evaluate("""() => [...document.querySelectorAll(
+            '#job-events li > span:first-child, #job-events summary > span:first-child')]
+            .map(e => e.getBoundingClientRect()).filter(r => r.width > 0 && r.height > 0).map(r => r.height)""")
         assert heights and max(heights) < 24, heights
         # Download buttons stay inside their card; the legend inside its chart's card.
         ckpt_card = page.locator("#ckpt-table").locator("xpath=ancestor::div[contains(@class,'card')][1]").bounding_box()
