@@ -102,12 +102,13 @@ class Server:
     they would compete with the whole server as an equal.
     """
 
-    def __init__(self, ray_cpus: int) -> None:
+    def __init__(self, ray_cpus: int, extra_env: dict[str, str] | None = None) -> None:
         self.tmp = Path(tempfile.mkdtemp(prefix="a2c-load-"))
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("A2C_") and k != "RAY_ADDRESS"}
         env.update(RAY_TMPDIR=str(self.tmp / "ray"), A2C_RAY_NUM_CPUS=str(ray_cpus), PYTHONUNBUFFERED="1")
+        env.update(extra_env or {})  # e.g. A2C_WARM_JOBS for one phase of a bench
         (self.tmp / "ray").mkdir()
         self.log = open(self.tmp / "server.log", "wb")
         self.proc = subprocess.Popen([sys.executable, "-m", "api.cli", "serve", "--port", str(self.port),
