@@ -218,6 +218,19 @@ def _is_terminal() -> bool:
     return sys.stderr.isatty()
 
 
+BAR_SIZE_IF_UNKNOWN = (100, 24)
+"""The bar's columns and rows on a terminal that reports a size of 0 (a pty whose size was never
+set, as `script` or `docker exec` without a tty size give): tqdm sized to it drew nothing."""
+
+
+def _terminal_reports_no_size() -> bool:
+    """Whether stderr is a terminal whose reported width is 0."""
+    try:
+        return os.get_terminal_size(sys.stderr.fileno()).columns == 0
+    except (OSError, ValueError):
+        return False
+
+
 class ConsoleSink:
     """Writes metrics/events as JSON lines in the run's location and TensorBoard events under
     `<root>/tensorboard/`, feeds the experiment trackers the spec asks for, and shows progress on
@@ -258,8 +271,10 @@ class ConsoleSink:
         """Open the bar: its clock starts now."""
         if self.terminal and self.bar is None:
             from tqdm import tqdm
+            columns, rows = BAR_SIZE_IF_UNKNOWN if _terminal_reports_no_size() else (None, None)
             self.bar = tqdm(total=self.end_step, initial=self.start_step, unit=" env steps",
-                            unit_scale=True, file=sys.stderr, dynamic_ncols=True)
+                            unit_scale=True, file=sys.stderr, dynamic_ncols=columns is None,
+                            ncols=columns, nrows=rows)
 
     def _write(self, line: str) -> None:
         """A line on stderr, above the bar when there is one (tqdm.write's default is stdout,

@@ -86,6 +86,49 @@ def test_bar_clock_starts_with_the_training_loop_not_with_ray(tmp_path, capsys, 
     assert bar and "[00:00<" in bar[-1], bar
 
 
+BAR_ON_A_PTY = """
+import sys
+from service.train import ConsoleSink
+sink = ConsoleSink(sys.argv[1], total_steps=1024)
+for i in range(1, 5):
+    sink.metrics({"step": 256 * i, "env_steps_per_s": 1000.0, "episode_return_mean": 10.0 + i})
+sink.close()
+"""
+
+
+@pytest.mark.parametrize("columns", [0, 120])
+def test_bar_draws_on_a_real_terminal_even_one_that_reports_no_width(tmp_path, columns):
+    """A pty whose size was never set reports 0 columns (`script`, `docker exec`): tqdm sized to
+    it drew nothing, not even 100%."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    main_fd, child_fd = pty.openpty()
+    fcntl.ioctl(child_fd, termios.TIOCSWINSZ, struct.pack("HHHH", 0 if not columns else 40, columns, 0, 0))
+    try:
+        proc = subprocess.Popen([sys.executable, "-c", BAR_ON_A_PTY, str(tmp_path)], stderr=child_fd,
+                                cwd=Path(__file__).parents[2], env={**os.environ, "TERM": "xterm"})
+        os.close(child_fd)
+        out = b""
+        while True:
+            try:
+                chunk = os.read(main_fd, 4096)
+            except OSError:  # EIO: the child side closed
+                break
+            if not chunk:
+                break
+            out += chunk
+        assert proc.wait(timeout=60) == 0, out.decode(errors="replace")[-2000:]
+    finally:
+        os.close(main_fd)
+    last = out.decode(errors="replace").replace("\r", "\n").split("\n")
+    bars = [line for line in last if "1.02k/1.02k" in line]
+    assert bars and bars[-1].lstrip().startswith("100%") and "return 14.0" in bars[-1], out[-600:]
+    assert all(len(line.rstrip()) <= (columns or train.BAR_SIZE_IF_UNKNOWN[0]) for line in last), last
+
+
 def test_console_sink_writes_the_rows_to_tensorboard_under_their_metric_names(tmp_path, monkeypatch):
     from service.run.spec import build_spec
     monkeypatch.setattr(train, "_is_terminal", lambda: False)
