@@ -109,7 +109,7 @@ def lower_request_priority(nice: int) -> None:
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Join Ray (embedded by default), open the store, recover unfinished jobs; undo on exit."""
     from service import storage
-    from service.cluster import cluster_cpus, connect, driver_address, embedded
+    from service.cluster import cluster_cpus, connect, disconnect, driver_address, embedded
     from service.jobs.locations import JobLocations
     from service.jobs.manager import JobLimits, JobManager
     from service.jobs.queries import JobQueries
@@ -168,7 +168,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             # Its daemons die with this thread (the parent-death signal is per thread). A server
             # run in a thread (`a2c sweep`) must leave Ray first, or this process's Ray client
             # waits 60 s for the dead GCS at exit and then ends it with status 1.
-            ray.shutdown()
+            disconnect()
 
 
 def api_url(settings: Settings) -> str:

@@ -11,6 +11,7 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from service import train
 
@@ -209,5 +210,10 @@ def main(argv: list[str] | None = None) -> int:
     return train.report_errors(lambda: handlers[args.command](args))
 
 
+def console() -> NoReturn:
+    """The `a2c` console script (and `python -m api.cli`): `main`, then `train.exit_now` with its code."""
+    train.exit_now(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

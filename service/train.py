@@ -21,7 +21,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Literal, get_args
+from typing import Any, Callable, Literal, NoReturn, get_args
 
 import yaml
 
@@ -410,12 +410,14 @@ def run_location(out: str | None, base: str | None, job_id: str, cwd: Path | Non
 def run(args: argparse.Namespace) -> int:
     """Validate, connect to Ray, run one job, print the summary JSON line."""
     from service.cluster import connect_in_background
-    from service.run.checkpoints import open_checkpoint
     from service.run.spec import env_spaces, job_spaces
 
     if in_ray_package():
         preload_modules()  # before Ray connects and unpacks the package again over this copy
-    resume_from, resume = open_checkpoint(args.resume) if args.resume else (None, None)
+    resume_from, resume = None, None
+    if args.resume:  # (checkpoints import torch: without a resume, that waits until Ray is starting)
+        from service.run.checkpoints import open_checkpoint
+        resume_from, resume = open_checkpoint(args.resume)
     spec = spec_from_args(args, base=resume.config if resume else None)
     env_spaces(spec)  # a bad spec, env or env_kwargs fails here, before Ray starts
     connected = connect_in_background(args.address, args.num_cpus or max(os.cpu_count() or 1, spec.cpus_needed))
@@ -472,11 +474,11 @@ def _disconnect_ray(connected: Callable[[], tuple[str, float]]) -> None:
     the job's log (`ray job logs`)."""
     import contextlib
 
-    import ray
+    from service.cluster import disconnect
     with contextlib.suppress(Exception):
         connected()
     with contextlib.suppress(Exception):
-        ray.shutdown()
+        disconnect()
 
 
 class UsageError(ValueError):
@@ -541,6 +543,29 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argpa
     target.error(f"unrecognized arguments: {' '.join(extra)}" + ("; " + "; ".join(hints) if hints else ""))
 
 
+def exit_now(code: int) -> NoReturn:
+    """End this process with `code` once its work is out, without the interpreter's teardown.
+
+    Run at the end of a command: non-daemon threads are joined and the atexit functions run, as
+    at a normal exit (Ray's shutdown, logging's flush, trackers'), and stdout and stderr are
+    flushed; then `os._exit` skips the module teardown that follows, in which torch's and
+    Ray's native modules alone took 0.9 s of a 14 s CartPole job on this machine. Nothing of
+    the job is in flight by then: `run` closes its files and leaves Ray before it returns.
+    """
+    import atexit
+    import contextlib
+    import threading
+
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()  # what the interpreter runs at exit, before the teardown skipped here
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m service.train ...`: the same flags as `a2c train`."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -552,4 +577,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())
