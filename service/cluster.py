@@ -39,7 +39,8 @@ actors are the work: at 15 they lose the CPU to anything at the default 0, inclu
 server's request handling, which `A2C_REQUEST_NICE` puts at +10 on purpose, to yield to
 training. A cluster started with `ray start` keeps its own setting; start it with
 `RAY_worker_niceness=0` in the environment for the same order. (Set per actor instead, in its
-runtime env, it would cost each actor a fresh worker process: 1.5 s more start-up here.)
+runtime env, it would cost each actor a worker process started only when the actor is asked
+for, instead of one Ray started ahead.)
 """
 
 
@@ -191,9 +192,9 @@ def disconnect() -> None:
     """Leave Ray; for an embedded instance, also end its daemons (what `ray.shutdown` does).
 
     Ray ends an embedded instance's daemons one after another, each given up to a second to
-    answer SIGTERM. Its autoscaler monitor, which has nothing to scale on one machine, takes
-    that whole second (measured: 1.0 s of the 1.34 s `ray.shutdown` took). It is killed first,
-    which it cannot report, so that nothing is printed about it.
+    answer SIGTERM. Its autoscaler monitor, which has nothing to scale on one machine, uses that
+    whole second, so it is killed first; killed, it cannot report its end, so nothing is printed
+    about it (docs/benchmarks.md, "Start-up and exit", has the timings).
     """
     global _embedded
     if _embedded:

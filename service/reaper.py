@@ -2,7 +2,7 @@
 
 `ray.init()` starts Ray's daemons under the driver. When the driver ends, even by SIGKILL, the
 GCS and the raylet go with it, but the raylet's dashboard agent and runtime-env agent can stay,
-adopted by PID 1, for minutes (about 210 MB together), and they may not answer SIGTERM. So
+adopted by PID 1, for minutes (holding their memory), and they may not answer SIGTERM. So
 `service.cluster.connect` starts this reaper beside an embedded Ray: it blocks on a pipe whose
 other end only the driver holds, which the kernel closes however the driver ends; then it
 signals every Ray process (a `ray::` process title, or a program of the ray package) that still

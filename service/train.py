@@ -548,9 +548,9 @@ def exit_now(code: int) -> NoReturn:
 
     Run at the end of a command: non-daemon threads are joined and the atexit functions run, as
     at a normal exit (Ray's shutdown, logging's flush, trackers'), and stdout and stderr are
-    flushed; then `os._exit` skips the module teardown that follows, in which torch's and
-    Ray's native modules alone took 0.9 s of a 14 s CartPole job on this machine. Nothing of
-    the job is in flight by then: `run` closes its files and leaves Ray before it returns.
+    flushed; then `os._exit` skips the module teardown that follows, which for torch and Ray
+    takes most of a second (docs/benchmarks.md, "Start-up and exit"). Nothing of the job is in
+    flight by then: `run` closes its files and leaves Ray before it returns.
     """
     import atexit
     import contextlib

@@ -106,9 +106,9 @@ class WorkerGroup:
         """Rollout worker `index` (a replacement gets the same index, hence the same env seeds).
 
         Without task events (as the learner): Ray's GCS keeps an event record of every actor
-        call, up to its task-event cap, and a job makes hundreds of calls a second. With them,
-        the GCS grew 55 -> 122 MB over two minutes of CartPole; without, 46 -> 48 MB, at the
-        same env steps/s. Ray's state API and dashboard then do not list these calls.
+        call, up to its task-event cap, and a job makes hundreds of calls a second, so the GCS
+        grows for as long as the job runs (docs/cluster.md). Ray's state API and dashboard then
+        do not list these calls.
         """
         return ray.remote(RolloutWorker).options(num_cpus=1, enable_task_events=False).remote(*self._args(index))
 
