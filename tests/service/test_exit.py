@@ -50,6 +50,7 @@ print(f"alive: {alive} | connected: {ray.is_initialized()} | embedded: {embedded
 """)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "alive: [] | connected: False | embedded: False"
-    # Killing the autoscaler monitor leaves it no chance to report; SIGTERM would ("The
-    # autoscaler failed with the following error: Terminated with signal 15").
+    # The monitor is killed while Ray is still up: killed, it cannot report its end; sent
+    # SIGTERM at that point, it would ("The autoscaler failed with the following error:
+    # Terminated with signal 15", forwarded by the raylet).
     assert "autoscaler" not in result.stderr.lower(), result.stderr
