@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from learner.config import A2CConfig, PolicyConfig
 from learner.gae import gae
 from learner.normalize import RunningMeanStd
+from learner.optim import make_optimizer
 from learner.policy import ActorCritic, load_numpy_state, numpy_state
 from learner.spaces import SpacesSpec
 from learner.rollout import Rollout
@@ -89,45 +90,6 @@ def explained_variance(predicted: torch.Tensor, target: torch.Tensor) -> float:
     """1 - Var(target - predicted) / Var(target); NaN when the target is constant."""
     var = target.var()
     return float("nan") if var.item() == 0 else float(1 - (target - predicted).var() / var)
-
-
-class RMSpropTF(torch.optim.Optimizer):
-    """RMSprop as TensorFlow (and OpenAI baselines' A2C) has it, unlike torch's in two ways:
-    each parameter's mean of squared gradients v starts at 1 instead of 0, and eps goes under
-    the square root: p -= lr * g / sqrt(v + eps), with v = alpha v + (1 - alpha) g^2.
-
-    With torch's form, v starts at (1 - alpha) g^2, so the first steps move every parameter
-    by about lr / sqrt(1 - alpha) whatever its gradient's size (10 lr for alpha 0.99); here
-    they start at about lr g. SB3 found the difference decisive for A2C on Atari (its
-    RMSpropTFLike, which rl-zoo's Atari settings use).
-    """
-
-    def __init__(self, params, lr: float, alpha: float = 0.99, eps: float = 1e-5) -> None:
-        super().__init__(params, {"lr": lr, "alpha": alpha, "eps": eps})
-
-    @torch.no_grad()
-    def step(self, closure=None) -> None:
-        """One update of every parameter that has a gradient."""
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if not state:
-                    state["square_avg"] = torch.ones_like(p)
-                square_avg = state["square_avg"]
-                square_avg.mul_(group["alpha"]).addcmul_(p.grad, p.grad, value=1 - group["alpha"])
-                p.addcdiv_(p.grad, square_avg.add(group["eps"]).sqrt_(), value=-group["lr"])
-
-
-def make_optimizer(params, config: A2CConfig) -> torch.optim.Optimizer:
-    """The optimizer `config.optimizer` names, over `params`, at `config.learning_rate`."""
-    if config.optimizer == "rmsprop":
-        return torch.optim.RMSprop(params, lr=config.learning_rate, alpha=config.rmsprop_alpha,
-                                   eps=config.optimizer_eps)
-    if config.optimizer == "rmsprop_tf":
-        return RMSpropTF(params, lr=config.learning_rate, alpha=config.rmsprop_alpha, eps=config.optimizer_eps)
-    return torch.optim.Adam(params, lr=config.learning_rate, eps=config.optimizer_eps)
 
 
 class Learner:

@@ -1,7 +1,7 @@
 """Warm actors: rollout-worker and learner processes started before their job is known.
 
-Starting an actor costs a new Ray worker process and its imports (Ray, torch, gymnasium; the
-learner's first optimizer also imports torch's compiler stack): seconds of CPU per process,
+Starting an actor costs a new Ray worker process and its imports (Ray, torch, gymnasium):
+seconds of CPU per process,
 which a small job waits for at every start. A warm actor has paid them already: it is created
 idle, holding no CPU in Ray's accounting (`num_cpus=0`: the job service's own scheduler
 reserves the CPUs of the job it is given), and `configure` turns it into its job's
@@ -42,11 +42,8 @@ class WarmRolloutWorker(RolloutWorker):
 class WarmLearner(Learner):
     """A Learner process waiting for its job; `configure` takes Learner's arguments."""
 
-    def __init__(self) -> None:
-        import torch
-        # The first optimizer built in a process imports torch's compiler stack (torch._dynamo:
-        # over a second of CPU); build a throwaway one now, while nothing waits.
-        torch.optim.Adam([torch.zeros(1, requires_grad=True)])
+    def __init__(self) -> None:  # the imports are done: this module imported learner.learner
+        pass
 
     def configure(self, *args: Any) -> None:
         """Become the job's learner (what `Learner(*args)` would be)."""
