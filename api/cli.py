@@ -38,13 +38,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 f"--env {env}: its spaces differ from the checkpoint's ({ckpt.env_id}): "
                 f"{spaces_difference(spaces, ckpt.spaces)}; evaluate with --env {ckpt.env_id} or an env "
                 "with the same spaces")
-    returns = evaluate_policy(ckpt.policy(), env, env_kwargs, args.episodes, args.seed)
+    returns = evaluate_policy(ckpt.acting(), env, env_kwargs, args.episodes, args.seed)
     mean, std = float(np.mean(returns)), float(np.std(returns))
     print(f"{env}: return {mean:.2f} ± {std:.2f} over {args.episodes} episodes", file=sys.stderr)
     result = {"checkpoint": str(path), "env": env, "episodes": args.episodes, "return_mean": mean, "return_std": std}
     if args.video is not None:
         from workers.video import record_episodes
-        videos = record_episodes(ckpt.policy(), env, env_kwargs, args.episodes, args.seed, args.video)
+        videos = record_episodes(ckpt.acting(), env, env_kwargs, args.episodes, args.seed, args.video)
         print(f"wrote {len(videos)} video(s) to {args.video}", file=sys.stderr)
         result["videos"] = [{"path": v.path, "return": v.episode_return, "frames": v.frames} for v in videos]
     print(json.dumps(result), flush=True)

@@ -127,22 +127,28 @@ def _lean_act(policy, obs, generator):
 
 def policy_forward_rates(batches: list[int]) -> list[dict]:
     """Microseconds per call of `ActorCritic.act` (inference mode, 1 thread) by batch, beside
-    the same computation without torch.distributions (`_lean_act`)."""
+    the same computation without torch.distributions (`_lean_act`) and the numpy policy that
+    rollout workers act with (`learner.acting.NumpyPolicy`, "numpy")."""
     import torch
 
+    from learner.acting import NumpyPolicy
     from learner.config import PolicyConfig
-    from learner.policy import ActorCritic
+    from learner.policy import ActorCritic, numpy_state
     from learner.spaces import SpacesSpec
     torch.set_num_threads(1)
-    policy = ActorCritic(SpacesSpec(obs_shape=(4,), action_type="discrete", action_n=2),
-                         PolicyConfig(share_torso=False)).eval()
+    spaces, config = SpacesSpec(obs_shape=(4,), action_type="discrete", action_n=2), PolicyConfig(share_torso=False)
+    policy = ActorCritic(spaces, config).eval()
+    numpy_policy = NumpyPolicy(spaces, config, seed=0)
+    numpy_policy.load(numpy_state(policy))
     gen = torch.Generator().manual_seed(0)
     out = []
     for b in batches:
         obs = torch.randn(b, 4)
+        obs_np = obs.numpy()
         row: dict[str, Any] = {"batch": b}
         for name, fn in (("act", lambda: policy.act(obs, generator=gen)),
-                         ("lean", lambda: _lean_act(policy, obs, gen))):
+                         ("lean", lambda: _lean_act(policy, obs, gen)),
+                         ("numpy", lambda: numpy_policy.act(obs_np))):
             with torch.inference_mode():
                 for _ in range(20):
                     fn()
@@ -184,7 +190,7 @@ def py_spy_run(seconds: float, workers: int = 2, envs: int = 8) -> dict[str, Any
 
 # Inclusive frames worth reporting per role (function names as py-spy prints them).
 MARKERS = {
-    "worker": ("sample", "act", "step", "value", "clip_action", "load_numpy_state", "set_weights"),
+    "worker": ("sample", "act", "step", "value", "clip_action", "load", "set_weights"),
     "learner": ("update", "_batch", "gae", "a2c_loss", "backward", "step", "weights", "numpy_state"),
     "driver": ("run", "_get", "_row", "metrics", "wait", "get"),
 }

@@ -37,7 +37,8 @@ def measure(env_id: str, episodes: int, max_steps: int, checkpoint: str | None =
     CartPole policy plays 500 steps, a fresh one about 10); per-frame costs and sizes."""
     import torch
 
-    from learner.policy import ActorCritic
+    from learner.acting import acting_policy
+    from learner.policy import ActorCritic, numpy_state
     from service.run.spec import build_spec, job_spaces
     from workers.video import record_episode, render_env
 
@@ -45,9 +46,10 @@ def measure(env_id: str, episodes: int, max_steps: int, checkpoint: str | None =
     spec = build_spec({"env": env_id})
     if checkpoint:
         from service.run.checkpoints import find_archive, read_checkpoint
-        policy = read_checkpoint(find_archive(checkpoint)).policy()
+        policy = read_checkpoint(find_archive(checkpoint)).acting()
     else:
-        policy = ActorCritic(job_spaces(spec), spec.policy).eval()
+        policy = acting_policy(job_spaces(spec), spec.policy, seed=0)  # as the recorder actor plays
+        policy.load(numpy_state(ActorCritic(job_spaces(spec), spec.policy)))
     env, fps = render_env(env_id, spec.env_kwargs)
     rows = []
     try:

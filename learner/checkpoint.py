@@ -29,8 +29,10 @@ import torch
 from safetensors.numpy import load as load_safetensors
 from safetensors.numpy import save as save_safetensors
 
+from learner.acting import NumpyPolicy, TorchActing, acting_policy
 from learner.config import A2CConfig, PolicyConfig
-from learner.learner import LearnerState, Weights
+from learner.learner import LearnerState
+from learner.rollout import Weights
 from learner.policy import ActorCritic, load_numpy_state
 from learner.spaces import SpacesSpec
 
@@ -71,6 +73,13 @@ class Checkpoint:
     def policy(self) -> ActorCritic:
         """The trained policy on CPU, rebuilt from the manifest's spaces and the config."""
         return _rebuild(self.spaces, self.config, self.state.weights.tensors)
+
+    def acting(self, seed: int = 0) -> NumpyPolicy | TorchActing:
+        """The trained policy as rollout workers act with it (`learner.acting.acting_policy`):
+        what `a2c evaluate` plays, so that its returns are those of the run's own evaluations."""
+        acting = acting_policy(self.spaces, PolicyConfig(**self.config.get("policy", {})), seed)
+        acting.load(self.state.weights.tensors)
+        return acting
 
 
 @dataclass(frozen=True)

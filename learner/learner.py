@@ -20,18 +20,10 @@ from learner.normalize import RunningMeanStd
 from learner.optim import make_optimizer
 from learner.policy import ActorCritic, load_numpy_state, numpy_state
 from learner.spaces import SpacesSpec
-from learner.rollout import Rollout
+from learner.rollout import Rollout, Weights
 from learner.schedules import entropy_coef_at, learning_rate_at
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Weights:
-    """One version of the policy weights, as numpy arrays; put in the object store once."""
-
-    version: int
-    tensors: dict[str, np.ndarray]
 
 
 @dataclass(frozen=True)

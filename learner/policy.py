@@ -13,7 +13,7 @@ from torch import nn
 from torch.distributions import Categorical, Normal
 
 from learner.config import PolicyConfig
-from learner.spaces import SpacesSpec, policy_mismatch
+from learner.spaces import SpacesSpec, clip_action, policy_mismatch
 from learner.normalize import RunningMeanStd
 
 
@@ -112,8 +112,9 @@ class ActorCritic(nn.Module):
         """(B, obs_dim) -> (B, hidden): the torso's Linear layers, each followed by the activation.
 
         The same as `torso(x)` for the torsos `__init__` builds (Linear, activation, Linear,
-        activation, ...), without nn.Module's per-call overhead: workers run this at every env
-        step on a few observations, where that overhead is a good part of the cost.
+        activation, ...), without nn.Module's per-call overhead, a good part of the cost on the
+        few observations of a served `act` request. (Rollout workers of MLP policies act with
+        `learner.acting.NumpyPolicy`, this network in numpy.)
         """
         for layer in torso:
             if isinstance(layer, nn.Linear):
@@ -157,8 +158,8 @@ class ActorCritic(nn.Module):
         `sample_exploration(B)` of the rollout. Box actions are returned unclipped (their
         log-prob is of the sampled value); clip them with `clip_action` only when sending them
         to the env. The same distributions as `evaluate_actions`, computed without
-        torch.distributions objects: this runs once per env step on every worker, where their
-        construction cost more than the network.
+        torch.distributions objects, whose construction cost more than the network on a few
+        observations (image policies' rollout workers and served requests call this per step).
         """
         latent, out, value = self._forward(obs)
         if self.discrete:
@@ -208,10 +209,7 @@ class ActorCritic(nn.Module):
 
     def clip_action(self, action: np.ndarray) -> np.ndarray:
         """Actions as the env accepts them: Box actions clipped to the space bounds."""
-        if self.discrete:
-            return action
-        return np.clip(action, self.spaces.action_low, self.spaces.action_high).reshape(
-            (action.shape[0], *self.spaces.action_shape))
+        return clip_action(self.spaces, action)
 
 
 def shape_of(spaces: SpacesSpec, config: PolicyConfig) -> dict[str, tuple[int, ...]]:

@@ -1,4 +1,5 @@
-"""The one type that crosses from rollout workers to the learner."""
+"""The types that cross between rollout workers and the learner: `Rollout` one way, `Weights`
+the other (numpy arrays both, free of torch)."""
 
 from __future__ import annotations
 
@@ -34,3 +35,11 @@ class Rollout:
     def num_steps(self) -> int:
         """Env steps in this rollout: T x N."""
         return int(self.rewards.size)
+
+
+@dataclass(frozen=True)
+class Weights:
+    """One version of the policy weights, as numpy arrays; put in the object store once."""
+
+    version: int
+    tensors: dict[str, np.ndarray]

@@ -68,3 +68,11 @@ def policy_mismatch(spaces: SpacesSpec, config: PolicyConfig) -> tuple[str, str]
         return "policy.torso", (f"images of {spaces.obs_shape} are too small for the Nature CNN "
                                 "(36x36 at least)")
     return None
+
+
+def clip_action(spaces: SpacesSpec, action: np.ndarray) -> np.ndarray:
+    """A batch of policy actions as the env accepts them: Box actions (B, A) clipped to the
+    space's bounds and shaped (B, *action_shape); Discrete actions (B,) as they are."""
+    if spaces.action_type == "discrete":
+        return action
+    return np.clip(action, spaces.action_low, spaces.action_high).reshape((action.shape[0], *spaces.action_shape))

@@ -5,13 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import torch
 
-from learner.policy import ActorCritic, obs_tensor
+from learner.acting import NumpyPolicy, TorchActing
 from workers.env import make_vec_env
 
 
-def evaluate_policy(policy: ActorCritic, env_id: str, env_kwargs: dict[str, Any],
+def evaluate_policy(policy: NumpyPolicy | TorchActing, env_id: str, env_kwargs: dict[str, Any],
                     episodes: int, seed: int, max_steps: int = 100_000) -> list[float]:
     """Returns of `episodes` episodes played with the deterministic policy, one env each.
 
@@ -24,14 +23,13 @@ def evaluate_policy(policy: ActorCritic, env_id: str, env_kwargs: dict[str, Any]
         obs, _ = env.reset(seed=[seed + i for i in range(episodes)])
         totals = np.zeros(episodes)
         running = np.ones(episodes, dtype=bool)
-        with torch.inference_mode():
-            for _ in range(max_steps):
-                action, _, _ = policy.act(obs_tensor(obs, policy.spaces), deterministic=True)
-                obs, reward, terminated, truncated, _ = env.step(policy.clip_action(action.numpy()))
-                totals += np.where(running, reward, 0.0)
-                running &= ~(terminated | truncated)
-                if not running.any():
-                    break
+        for _ in range(max_steps):
+            action, _, _ = policy.act(obs, deterministic=True)
+            obs, reward, terminated, truncated, _ = env.step(policy.clip_action(action))
+            totals += np.where(running, reward, 0.0)
+            running &= ~(terminated | truncated)
+            if not running.any():
+                break
         return totals.tolist()
     finally:
         env.close()

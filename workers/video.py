@@ -15,9 +15,8 @@ from typing import Any, Iterable, Iterator
 
 import gymnasium as gym
 import numpy as np
-import torch
 
-from learner.policy import ActorCritic, obs_tensor
+from learner.acting import NumpyPolicy, TorchActing
 
 ATARI_FPS = 15
 """An Atari agent step is 4 emulator frames of the console's 60 per second."""
@@ -111,7 +110,7 @@ def write_mp4(path: Path, frames: Iterable[np.ndarray], fps: float) -> int:
     return count
 
 
-def record_episode(policy: ActorCritic, env: gym.Env, fps: float, seed: int, path: Path,
+def record_episode(policy: NumpyPolicy | TorchActing, env: gym.Env, fps: float, seed: int, path: Path,
                    max_steps: int = 100_000) -> Video:
     """Play one deterministic episode of `env` (made by `render_env`) from reset seed `seed`,
     encoding its frames into an MP4 at `path` as they come; `max_steps` bounds the episode."""
@@ -121,9 +120,8 @@ def record_episode(policy: ActorCritic, env: gym.Env, fps: float, seed: int, pat
         obs, _ = env.reset(seed=seed)
         yield env.render()
         for _ in range(max_steps):
-            with torch.inference_mode():
-                action, _, _ = policy.act(obs_tensor(np.asarray(obs)[None], policy.spaces), deterministic=True)
-            obs, reward, terminated, truncated, _ = env.step(policy.clip_action(action.numpy())[0])
+            action, _, _ = policy.act(np.asarray(obs)[None], deterministic=True)
+            obs, reward, terminated, truncated, _ = env.step(policy.clip_action(action)[0])
             tally["return"] += float(reward)
             yield env.render()
             if terminated or truncated:
@@ -134,7 +132,7 @@ def record_episode(policy: ActorCritic, env: gym.Env, fps: float, seed: int, pat
     return Video(str(path), tally["return"], count, tally["ended"])
 
 
-def record_episodes(policy: ActorCritic, env_id: str, env_kwargs: dict[str, Any], episodes: int,
+def record_episodes(policy: NumpyPolicy | TorchActing, env_id: str, env_kwargs: dict[str, Any], episodes: int,
                     seed: int, out_dir: Path, max_steps: int = 100_000) -> list[Video]:
     """Play `episodes` deterministic episodes (env seeds seed, seed+1, ...) and write each as
     `<out_dir>/episode-<i>.mp4`; `max_steps` bounds envs without a time limit."""

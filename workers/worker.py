@@ -6,13 +6,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 
+from learner.acting import acting_policy
 from learner.config import PolicyConfig
-from learner.learner import Weights
-from learner.policy import ActorCritic, load_numpy_state, obs_tensor
+from learner.rollout import Rollout, Weights
 from learner.spaces import SpacesSpec
-from learner.rollout import Rollout
 from workers.env import GAME_OVER, GAME_REWARD, env_seeds, make_vec_env
 from workers.evaluate import evaluate_policy
 
@@ -30,18 +28,22 @@ class Episodes:
 
 
 class RolloutWorker:
-    """A plain class; `service/` wraps it with `ray.remote(num_cpus=1)`."""
+    """A plain class; `service/` wraps it with `ray.remote(num_cpus=1)`.
+
+    It acts with `learner.acting.acting_policy`: for vector observations a numpy policy, so a
+    worker process imports no torch; for images torch's ActorCritic (one thread)."""
 
     def __init__(self, env_id: str, env_kwargs: dict[str, Any], num_envs: int, steps_per_env: int,
                  spaces: SpacesSpec, policy_config: PolicyConfig, seed: int, worker_index: int) -> None:
-        torch.set_num_threads(1)
         seeds = env_seeds(seed, worker_index, num_envs + 1)
-        self.generator = torch.Generator().manual_seed(seeds[-1])
+        if spaces.is_image:
+            import torch
+            torch.set_num_threads(1)
         self.env_id, self.env_kwargs = env_id, dict(env_kwargs)
         self.env = make_vec_env(env_id, num_envs, env_kwargs)
         self.num_envs, self.steps_per_env = num_envs, steps_per_env
         self.spaces = spaces
-        self.policy = ActorCritic(spaces, policy_config).eval()
+        self.policy = acting_policy(spaces, policy_config, seeds[-1])
         self.version = -1
         self.obs, _ = self.env.reset(seed=seeds[:num_envs])
         self.episode_return = np.zeros(num_envs)
@@ -50,7 +52,7 @@ class RolloutWorker:
     def set_weights(self, weights: Weights) -> None:
         """Load a new weights version (a no-op if this version is already loaded)."""
         if weights.version != self.version:
-            load_numpy_state(self.policy, weights.tensors)
+            self.policy.load(weights.tensors)
             self.version = weights.version
 
     def sample(self, weights: Weights) -> tuple[Rollout, Episodes]:
@@ -68,36 +70,30 @@ class RolloutWorker:
         final_values = np.zeros((T, N), np.float32)
         ep_returns: list[float] = []
         ep_lengths: list[int] = []
-        with torch.inference_mode():
-            # gSDE: one noise matrix per env for this rollout (SB3's sde_sample_freq=-1).
-            exploration = self.policy.sample_exploration(N, self.generator) if self.policy.config.use_sde else None
-            for t in range(T):
-                obs_buf[t] = self.obs
-                action, log_prob, value = self.policy.act(torch.from_numpy(obs_buf[t]),
-                                                             generator=self.generator, exploration=exploration)
-                action_np = action.numpy()
-                if actions is None:
-                    actions = np.empty((T, *action_np.shape), action_np.dtype)
-                actions[t] = action_np
-                values[t], log_probs[t] = value.numpy(), log_prob.numpy()
-                self.obs, reward, terminated[t], truncated[t], info = self.env.step(
-                    self.policy.clip_action(action_np))
-                rewards[t] = reward
-                # Reported episodes: whole games with raw rewards where the env says so (Atari).
-                self.episode_return += info.get(GAME_REWARD, reward)
-                self.episode_length += 1
-                done = terminated[t] | truncated[t]
-                if done.any():
-                    cut = truncated[t] & ~terminated[t]
-                    if cut.any():
-                        final_obs = obs_tensor(np.stack(info["final_obs"][cut]), self.spaces)
-                        final_values[t, cut] = self.policy.value(final_obs).numpy()
-                    ended = info.get(GAME_OVER, done)
-                    ep_returns += self.episode_return[ended].tolist()
-                    ep_lengths += self.episode_length[ended].tolist()
-                    self.episode_return[ended] = 0
-                    self.episode_length[ended] = 0
-            bootstrap = self.policy.value(obs_tensor(self.obs, self.spaces)).numpy()
+        # gSDE: one noise matrix per env for this rollout (SB3's sde_sample_freq=-1).
+        exploration = self.policy.sample_exploration(N) if self.policy.config.use_sde else None
+        for t in range(T):
+            obs_buf[t] = self.obs
+            action, log_probs[t], values[t] = self.policy.act(obs_buf[t], exploration=exploration)
+            if actions is None:
+                actions = np.empty((T, *action.shape), action.dtype)
+            actions[t] = action
+            self.obs, reward, terminated[t], truncated[t], info = self.env.step(self.policy.clip_action(action))
+            rewards[t] = reward
+            # Reported episodes: whole games with raw rewards where the env says so (Atari).
+            self.episode_return += info.get(GAME_REWARD, reward)
+            self.episode_length += 1
+            done = terminated[t] | truncated[t]
+            if done.any():
+                cut = truncated[t] & ~terminated[t]
+                if cut.any():
+                    final_values[t, cut] = self.policy.value(np.stack(info["final_obs"][cut]))
+                ended = info.get(GAME_OVER, done)
+                ep_returns += self.episode_return[ended].tolist()
+                ep_lengths += self.episode_length[ended].tolist()
+                self.episode_return[ended] = 0
+                self.episode_length[ended] = 0
+        bootstrap = self.policy.value(self.obs)
         episodes = Episodes(np.asarray(ep_returns, np.float64), np.asarray(ep_lengths, np.int64),
                             self.version)
         rollout = Rollout(obs_buf, actions, rewards, terminated, truncated, values, log_probs,

@@ -30,7 +30,7 @@ from service.records import checkpoint_id
 
 if TYPE_CHECKING:
     from learner.config import PolicyConfig
-    from learner.learner import Weights
+    from learner.rollout import Weights
     from learner.spaces import SpacesSpec
     from service.run.sinks import TrainingSink
     from service.run.spec import JobSpec
@@ -92,23 +92,22 @@ class VideoRecorder:
 
     def __init__(self, env_id: str, env_kwargs: dict[str, Any], spaces: SpacesSpec,
                  policy_config: PolicyConfig, run_location: str) -> None:
-        _lowest_priority()  # first: its imports (torch) are seconds of CPU the training needs more
-        import torch
-
-        from learner.policy import ActorCritic
-        torch.set_num_threads(1)
+        _lowest_priority()  # first: its imports are CPU the training needs more
+        from learner.acting import acting_policy
+        if spaces.is_image:  # the CNN runs in torch
+            import torch
+            torch.set_num_threads(1)
         self.env_id, self.env_kwargs, self.run_location = env_id, env_kwargs, run_location
-        self.policy = ActorCritic(spaces, policy_config).eval()
+        self.policy = acting_policy(spaces, policy_config, seed=0)
         self.env = self.fps = None
 
     def record(self, weights: Weights, step: int, seed: int) -> dict[str, Any]:
         """Record the episode from reset seed `seed` with `weights`; write `<step id>.mp4`, then
         its sidecar; returns the sidecar with `seconds`, the time it took."""
-        from learner.policy import load_numpy_state
         from workers.video import record_episode, render_env
 
         t0 = time.monotonic()
-        load_numpy_state(self.policy, weights.tensors)
+        self.policy.load(weights.tensors)
         if self.env is None:
             self.env, self.fps = render_env(self.env_id, self.env_kwargs)
         with tempfile.TemporaryDirectory(prefix="a2c-video-") as tmp:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from learner.config import PolicyConfig
-from learner.learner import Weights
+from learner.rollout import Weights
 from learner.policy import ActorCritic, numpy_state
 from workers.atari import atari_settings
 from workers.env import GAME_OVER, GAME_REWARD, describe_spaces, env_seeds, make_vec_env

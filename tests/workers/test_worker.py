@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from learner.config import PolicyConfig
-from learner.learner import Weights
+from learner.rollout import Weights
 from learner.policy import ActorCritic, numpy_state
 from workers.env import describe_spaces, env_seeds
 from workers.worker import RolloutWorker
@@ -90,13 +90,14 @@ def test_gsde_noise_is_one_linear_map_of_the_features_per_env_and_rollout():
     config = PolicyConfig(hidden_sizes=(4,), use_sde=True, log_std_init=-1.0)
     worker = RolloutWorker("Pendulum-v1", {}, 2, 16, spaces, config, 0, 0)
     torch.manual_seed(5)
-    weights = Weights(1, numpy_state(ActorCritic(spaces, config)))
+    policy = ActorCritic(spaces, config)  # the learner's: the worker acts with a numpy copy
+    weights = Weights(1, numpy_state(policy))
     maps = []
     for _ in range(2):
         rollout, _ = worker.sample(weights)
         with torch.no_grad():
             obs = torch.from_numpy(rollout.obs.reshape(-1, 3))
-            latent, mean, _ = worker.policy._forward(obs)
+            latent, mean, _ = policy._forward(obs)
         noise = (torch.from_numpy(rollout.actions.reshape(-1, 1)) - mean).reshape(16, 2, 1)
         latent = latent.reshape(16, 2, 4)
         for env in range(2):  # 16 steps, 4 features: the noise fits one 4x1 map exactly

@@ -70,5 +70,5 @@ def test_hopper_trains_with_its_tuned_values_resumes_and_evaluates(ray_session, 
     assert done.returncode == 0, done.stderr
     line = json.loads(done.stdout.strip().splitlines()[-1])
     assert line["env"] == "Hopper-v5" and line["episodes"] == 2
-    here = evaluate_policy(ckpt.policy(), "Hopper-v5", {}, 2, seed=5)
+    here = evaluate_policy(ckpt.acting(), "Hopper-v5", {}, 2, seed=5)
     assert line["return_mean"] == pytest.approx(float(np.mean(here)))

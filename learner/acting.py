@@ -1,0 +1,178 @@
+"""The policy as rollout workers and evaluations run it: numpy in, numpy out.
+
+`acting_policy` gives MLP policies as `NumpyPolicy`, the same network's forward pass and
+distributions written in numpy, so that a worker of a vector-observation task never imports
+torch (that import is most of a worker's CPU before its first env step, and every job's start
+waits for its workers; docs/benchmarks.md, "Start-up and exit"). Image policies (the Nature
+CNN) run as torch's `ActorCritic` behind the same interface (`TorchActing`). Both take the
+learner's weights by state-dict name; tests/learner/test_acting.py checks the numpy policy's
+values, log-probabilities and action distributions against `ActorCritic`.
+
+The learner trains with `ActorCritic.evaluate_actions` in torch either way.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from learner.config import PolicyConfig
+from learner.spaces import SpacesSpec, clip_action, policy_mismatch
+
+LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+
+
+class NumpyPolicy:
+    """`ActorCritic`'s `act` and `value` for an MLP torso, in float32 numpy, drawing from its own
+    `numpy.random.Generator` seeded with `seed`."""
+
+    def __init__(self, spaces: SpacesSpec, config: PolicyConfig, seed: int) -> None:
+        mismatch = policy_mismatch(spaces, config)
+        if mismatch is not None:
+            raise ValueError(f"{mismatch[0]}: {mismatch[1]}")
+        if spaces.is_image:
+            raise ValueError("NumpyPolicy runs MLP policies; image observations need TorchActing")
+        self.spaces, self.config = spaces, config
+        self.discrete = spaces.action_type == "discrete"
+        self.rng = np.random.default_rng(seed)
+        self._activation = np.tanh if config.activation == "tanh" else (lambda x: np.maximum(x, 0, out=x))
+        self.torso: list[tuple[np.ndarray, np.ndarray]] | None = None  # set by `load`
+
+    def load(self, tensors: dict[str, np.ndarray]) -> None:
+        """Take the weights of `learner.policy.numpy_state` (a state dict of numpy arrays)."""
+        layers = [f"{2 * i}" for i in range(len(self.config.hidden_sizes))]
+
+        def torso(prefix: str) -> list[tuple[np.ndarray, np.ndarray]]:
+            # x @ W.T as a product with a contiguous transposed copy: one BLAS call per layer.
+            return [(np.ascontiguousarray(tensors[f"{prefix}.{i}.weight"].T, np.float32),
+                     np.asarray(tensors[f"{prefix}.{i}.bias"], np.float32)) for i in layers]
+
+        self.torso = torso("torso")
+        self.value_torso = None if self.config.share_torso else torso("value_torso")
+        self.action_head = (np.ascontiguousarray(tensors["action_head.weight"].T, np.float32),
+                            np.asarray(tensors["action_head.bias"], np.float32))
+        self.value_head = (np.asarray(tensors["value_head.weight"], np.float32).reshape(-1),
+                           float(np.asarray(tensors["value_head.bias"]).reshape(())))
+        self.std = None if self.discrete else np.exp(np.asarray(tensors["log_std"], np.float32))
+        self.obs_norm = None
+        if self.config.normalize_observations:
+            mean, var = (np.asarray(tensors[f"obs_norm.{k}"], np.float64) for k in ("mean", "var"))
+            self.obs_norm = (mean, np.sqrt(var + 1e-8))  # RunningMeanStd's eps and clip (10)
+
+    def _features(self, layers: list[tuple[np.ndarray, np.ndarray]], x: np.ndarray) -> np.ndarray:
+        """(B, obs_dim) -> (B, hidden): each Linear layer, then the activation."""
+        for weight, bias in layers:
+            x = self._activation(x @ weight + bias)
+        return x
+
+    def _forward(self, obs: np.ndarray, with_value: bool = True
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """(B, *obs_shape) -> (latent (B, hidden), action head's out (B, A), values (B,) or None)."""
+        if self.torso is None:
+            raise RuntimeError("NumpyPolicy.load was not called: no weights")
+        x = np.asarray(obs, np.float32).reshape(len(obs), -1)
+        if self.obs_norm is not None:
+            mean, std = self.obs_norm
+            x = np.clip((x - mean) / std, -10.0, 10.0).astype(np.float32)
+        latent = self._features(self.torso, x)
+        out = latent @ self.action_head[0] + self.action_head[1]
+        if not with_value:
+            return latent, out, None
+        value_latent = latent if self.value_torso is None else self._features(self.value_torso, x)
+        return latent, out, value_latent @ self.value_head[0] + np.float32(self.value_head[1])
+
+    def _action_std(self, latent: np.ndarray) -> np.ndarray:
+        """(B, A) std of the Gaussian head: exp(log_std), or gSDE's sqrt(latent^2 @ std^2)."""
+        if not self.config.use_sde:
+            return np.broadcast_to(self.std, (len(latent), self.std.shape[-1]))
+        return np.sqrt(np.square(latent) @ np.square(self.std) + np.float32(1e-6))
+
+    def sample_exploration(self, n: int) -> np.ndarray:
+        """gSDE's noise matrices for n envs, (n, hidden, A), entries N(0, exp(log_std)^2)."""
+        return (self.rng.standard_normal((n, *self.std.shape), dtype=np.float32) * self.std)
+
+    def act(self, obs: np.ndarray, deterministic: bool = False, exploration: np.ndarray | None = None
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """For (B, *obs_shape) observations: (actions, log_prob (B,), value (B,)), as
+        `ActorCritic.act`: Discrete actions (B,) int64, Box actions (B, A) float32 unclipped."""
+        latent, out, value = self._forward(obs)
+        if self.discrete:
+            shifted = out - out.max(-1, keepdims=True)
+            log_p = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+            if deterministic:
+                action = log_p.argmax(-1)
+            else:  # the exponential race (Gumbel-max): argmax of p / Exp(1) is distributed as p
+                action = (np.exp(log_p) / self.rng.standard_exponential(log_p.shape, dtype=np.float32)).argmax(-1)
+            return action.astype(np.int64), np.take_along_axis(log_p, action[:, None], -1)[:, 0], value
+        std = self._action_std(latent)
+        if deterministic:
+            action = out
+        elif self.config.use_sde:
+            if exploration is None:
+                raise ValueError("gSDE sampling needs the rollout's exploration matrices (sample_exploration)")
+            action = out + np.einsum("bh,bha->ba", latent, exploration)
+        else:
+            action = out + std * self.rng.standard_normal(out.shape, dtype=np.float32)
+        z = (action - out) / std
+        log_prob = (-0.5 * np.square(z) - np.log(std) - np.float32(LOG_SQRT_2PI)).sum(-1)
+        return action.astype(np.float32), log_prob.astype(np.float32), value
+
+    def value(self, obs: np.ndarray) -> np.ndarray:
+        """State values V(obs), shape (B,)."""
+        return self._forward(obs)[2]
+
+    def clip_action(self, action: np.ndarray) -> np.ndarray:
+        """Actions as the env accepts them (Box actions clipped to the space bounds)."""
+        return clip_action(self.spaces, action)
+
+
+class TorchActing:
+    """An `ActorCritic` (any torso, the Nature CNN included) behind `NumpyPolicy`'s interface,
+    drawing from its own torch generator seeded with `seed`."""
+
+    def __init__(self, policy: Any, seed: int = 0) -> None:
+        import torch
+        self.torch = torch
+        self.policy = policy.eval()
+        self.spaces, self.config = policy.spaces, policy.config
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def load(self, tensors: dict[str, np.ndarray]) -> None:
+        """Take the weights of `learner.policy.numpy_state`."""
+        from learner.policy import load_numpy_state
+        load_numpy_state(self.policy, tensors)
+
+    def _obs(self, obs: np.ndarray):
+        from learner.policy import obs_tensor
+        return obs_tensor(obs, self.spaces)
+
+    def sample_exploration(self, n: int):
+        """gSDE's noise matrices for n envs (a tensor, as `act` takes them)."""
+        return self.policy.sample_exploration(n, self.generator)
+
+    def act(self, obs: np.ndarray, deterministic: bool = False, exploration: Any = None
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`ActorCritic.act` on numpy observations, numpy results."""
+        with self.torch.inference_mode():
+            action, log_prob, value = self.policy.act(self._obs(obs), deterministic=deterministic,
+                                                      generator=self.generator, exploration=exploration)
+        return action.numpy(), log_prob.numpy(), value.numpy()
+
+    def value(self, obs: np.ndarray) -> np.ndarray:
+        """State values V(obs), shape (B,)."""
+        with self.torch.inference_mode():
+            return self.policy.value(self._obs(obs)).numpy()
+
+    def clip_action(self, action: np.ndarray) -> np.ndarray:
+        """Actions as the env accepts them (Box actions clipped to the space bounds)."""
+        return clip_action(self.spaces, action)
+
+
+def acting_policy(spaces: SpacesSpec, config: PolicyConfig, seed: int) -> NumpyPolicy | TorchActing:
+    """The policy a worker acts with: numpy for vector observations, torch for images."""
+    if spaces.is_image:
+        from learner.policy import ActorCritic
+        return TorchActing(ActorCritic(spaces, config), seed)
+    return NumpyPolicy(spaces, config, seed)
