@@ -59,7 +59,7 @@ class NumpyPolicy:
         self.obs_norm = None
         if self.config.normalize_observations:
             mean, var = (np.asarray(tensors[f"obs_norm.{k}"], np.float64) for k in ("mean", "var"))
-            self.obs_norm = (mean, np.sqrt(var + 1e-8))  # RunningMeanStd's eps and clip (10)
+            self.obs_norm = (mean, np.sqrt(var + 1e-8))  # RunningMeanStd's eps, and its clip below
 
     def _features(self, layers: list[tuple[np.ndarray, np.ndarray]], x: np.ndarray) -> np.ndarray:
         """(B, obs_dim) -> (B, hidden): each Linear layer, then the activation."""
@@ -67,9 +67,8 @@ class NumpyPolicy:
             x = self._activation(x @ weight + bias)
         return x
 
-    def _forward(self, obs: np.ndarray, with_value: bool = True
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """(B, *obs_shape) -> (latent (B, hidden), action head's out (B, A), values (B,) or None)."""
+    def _forward(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(B, *obs_shape) -> (latent (B, hidden), action head's out (B, A), values (B,))."""
         if self.torso is None:
             raise RuntimeError("NumpyPolicy.load was not called: no weights")
         x = np.asarray(obs, np.float32).reshape(len(obs), -1)
@@ -78,8 +77,6 @@ class NumpyPolicy:
             x = np.clip((x - mean) / std, -10.0, 10.0).astype(np.float32)
         latent = self._features(self.torso, x)
         out = latent @ self.action_head[0] + self.action_head[1]
-        if not with_value:
-            return latent, out, None
         value_latent = latent if self.value_torso is None else self._features(self.value_torso, x)
         return latent, out, value_latent @ self.value_head[0] + np.float32(self.value_head[1])
 
