@@ -139,7 +139,7 @@ def policy_forward_rates(batches: list[int]) -> list[dict]:
     spaces, config = SpacesSpec(obs_shape=(4,), action_type="discrete", action_n=2), PolicyConfig(share_torso=False)
     policy = ActorCritic(spaces, config).eval()
     numpy_policy = NumpyPolicy(spaces, config, seed=0)
-    numpy_policy.load(numpy_state(policy))
+    numpy_policy.load_weights(numpy_state(policy))
     gen = torch.Generator().manual_seed(0)
     out = []
     for b in batches:
@@ -190,7 +190,7 @@ def py_spy_run(seconds: float, workers: int = 2, envs: int = 8) -> dict[str, Any
 
 # Inclusive frames worth reporting per role (function names as py-spy prints them).
 MARKERS = {
-    "worker": ("sample", "act", "step", "value", "clip_action", "load", "set_weights"),
+    "worker": ("sample", "act", "step", "value", "clip_action", "load_weights", "set_weights"),
     "learner": ("update", "_batch", "gae", "a2c_loss", "backward", "step", "weights", "numpy_state"),
     "driver": ("run", "_get", "_row", "metrics", "wait", "get"),
 }

@@ -49,7 +49,7 @@ def measure(env_id: str, episodes: int, max_steps: int, checkpoint: str | None =
         policy = read_checkpoint(find_archive(checkpoint)).acting()
     else:
         policy = acting_policy(job_spaces(spec), spec.policy, seed=0)  # as the recorder actor plays
-        policy.load(numpy_state(ActorCritic(job_spaces(spec), spec.policy)))
+        policy.load_weights(numpy_state(ActorCritic(job_spaces(spec), spec.policy)))
     env, fps = render_env(env_id, spec.env_kwargs)
     rows = []
     try:

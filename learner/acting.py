@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from learner.config import PolicyConfig
+from learner.config import NORMALIZE_CLIP, NORMALIZE_EPS, PolicyConfig
 from learner.spaces import SpacesSpec, clip_action, policy_mismatch
 
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
@@ -40,8 +40,33 @@ class NumpyPolicy:
         self._activation = np.tanh if config.activation == "tanh" else (lambda x: np.maximum(x, 0, out=x))
         self.torso: list[tuple[np.ndarray, np.ndarray]] | None = None  # set by `load`
 
-    def load(self, tensors: dict[str, np.ndarray]) -> None:
-        """Take the weights of `learner.policy.numpy_state` (a state dict of numpy arrays)."""
+    def expected_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The state dict's names and shapes for these spaces and config, as `ActorCritic`'s."""
+        shapes: dict[str, tuple[int, ...]] = {}
+        for prefix in ("torso",) if self.config.share_torso else ("torso", "value_torso"):
+            width = self.spaces.obs_dim
+            for i, hidden in enumerate(self.config.hidden_sizes):
+                shapes[f"{prefix}.{2 * i}.weight"], shapes[f"{prefix}.{2 * i}.bias"] = (hidden, width), (hidden,)
+                width = hidden
+        shapes.update({"action_head.weight": (self.spaces.action_dim, width), "action_head.bias": (self.spaces.action_dim,),
+                       "value_head.weight": (1, width), "value_head.bias": (1,)})
+        if not self.discrete:
+            shapes["log_std"] = (width, self.spaces.action_dim) if self.config.use_sde else (self.spaces.action_dim,)
+        if self.config.normalize_observations:
+            shapes.update({"obs_norm.mean": (self.spaces.obs_dim,), "obs_norm.var": (self.spaces.obs_dim,),
+                           "obs_norm.count": ()})
+        return shapes
+
+    def load_weights(self, tensors: dict[str, np.ndarray]) -> None:
+        """Take the weights of `learner.policy.numpy_state` (a state dict of numpy arrays); its
+        names and shapes must be this policy's exactly, as torch's strict loading requires."""
+        expected = self.expected_shapes()
+        given = {name: tuple(np.shape(tensors[name])) for name in tensors}
+        if given != expected:
+            wrong = sorted(n for n in expected.keys() & given.keys() if given[n] != expected[n])
+            raise ValueError(f"weights do not fit this policy: missing {sorted(expected.keys() - given.keys())}, "
+                             f"unexpected {sorted(given.keys() - expected.keys())}, "
+                             f"wrong shapes {[(n, given[n], expected[n]) for n in wrong]}")
         layers = [f"{2 * i}" for i in range(len(self.config.hidden_sizes))]
 
         def torso(prefix: str) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -59,7 +84,7 @@ class NumpyPolicy:
         self.obs_norm = None
         if self.config.normalize_observations:
             mean, var = (np.asarray(tensors[f"obs_norm.{k}"], np.float64) for k in ("mean", "var"))
-            self.obs_norm = (mean, np.sqrt(var + 1e-8))  # RunningMeanStd's eps, and its clip below
+            self.obs_norm = (mean, np.sqrt(var + NORMALIZE_EPS))
 
     def _features(self, layers: list[tuple[np.ndarray, np.ndarray]], x: np.ndarray) -> np.ndarray:
         """(B, obs_dim) -> (B, hidden): each Linear layer, then the activation."""
@@ -70,11 +95,11 @@ class NumpyPolicy:
     def _forward(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(B, *obs_shape) -> (latent (B, hidden), action head's out (B, A), values (B,))."""
         if self.torso is None:
-            raise RuntimeError("NumpyPolicy.load was not called: no weights")
+            raise RuntimeError("NumpyPolicy.load_weights was not called: no weights")
         x = np.asarray(obs, np.float32).reshape(len(obs), -1)
         if self.obs_norm is not None:
             mean, std = self.obs_norm
-            x = np.clip((x - mean) / std, -10.0, 10.0).astype(np.float32)
+            x = np.clip((x - mean) / std, -NORMALIZE_CLIP, NORMALIZE_CLIP).astype(np.float32)
         latent = self._features(self.torso, x)
         out = latent @ self.action_head[0] + self.action_head[1]
         value_latent = latent if self.value_torso is None else self._features(self.value_torso, x)
@@ -136,8 +161,8 @@ class TorchActing:
         self.spaces, self.config = policy.spaces, policy.config
         self.generator = torch.Generator().manual_seed(seed)
 
-    def load(self, tensors: dict[str, np.ndarray]) -> None:
-        """Take the weights of `learner.policy.numpy_state`."""
+    def load_weights(self, tensors: dict[str, np.ndarray]) -> None:
+        """Take the weights of `learner.policy.numpy_state` (strictly, as torch loads them)."""
         from learner.policy import load_numpy_state
         load_numpy_state(self.policy, tensors)
 

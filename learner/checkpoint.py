@@ -78,7 +78,7 @@ class Checkpoint:
         """The trained policy as rollout workers act with it (`learner.acting.acting_policy`):
         what `a2c evaluate` plays, so that its returns are those of the run's own evaluations."""
         acting = acting_policy(self.spaces, PolicyConfig(**self.config.get("policy", {})), seed)
-        acting.load(self.state.weights.tensors)
+        acting.load_weights(self.state.weights.tensors)
         return acting
 
 

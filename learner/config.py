@@ -71,6 +71,12 @@ class A2CConfig(FrozenModel):
         return self
 
 
+NORMALIZE_CLIP = 10.0
+"""Normalised observations and rewards are clipped to +-NORMALIZE_CLIP (SB3's VecNormalize)."""
+NORMALIZE_EPS = 1e-8
+"""Added to running variances before their square root (SB3's VecNormalize)."""
+
+
 class PolicyConfig(FrozenModel):
     """Shape of the actor-critic network: a shared torso, an action head and a value head."""
 

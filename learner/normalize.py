@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from learner.config import NORMALIZE_CLIP, NORMALIZE_EPS
+
 
 class RunningMeanStd(nn.Module):
     """Mean and variance of every sample seen so far, as module buffers (saved with the weights).
@@ -14,7 +16,7 @@ class RunningMeanStd(nn.Module):
     float64 so that millions of samples do not drift; outputs take the input's dtype.
     """
 
-    def __init__(self, shape: tuple[int, ...], clip: float = 10.0, eps: float = 1e-8) -> None:
+    def __init__(self, shape: tuple[int, ...], clip: float = NORMALIZE_CLIP, eps: float = NORMALIZE_EPS) -> None:
         super().__init__()
         self.clip, self.eps = clip, eps
         self.register_buffer("mean", torch.zeros(shape, dtype=torch.float64))

@@ -4,7 +4,7 @@ Not torch.optim: its `Optimizer` base imports `torch._dynamo` when an optimizer 
 again at every `step`, and that import is on the critical path of every job's start (the
 learner is the last actor ready; docs/benchmarks.md, "Start-up and exit"). The update rules
 are torch.optim's own, op for op (Adam; RMSprop without momentum, not centred), which
-tests/learner/test_optim.py checks against torch.optim, and the state dict keeps
+tests/learner/test_optimizer.py checks against torch.optim, and the state dict keeps
 torch.optim's layout, so checkpoints written with torch.optim's optimizers resume here.
 """
 
@@ -22,6 +22,10 @@ Rule = Literal["adam", "rmsprop", "rmsprop_tf"]
 STATE_KEYS: dict[str, tuple[str, ...]] = {"adam": ("exp_avg", "exp_avg_sq"),
                                           "rmsprop": ("square_avg",), "rmsprop_tf": ("square_avg",)}
 """The per-parameter buffers of each rule, named as torch.optim names them."""
+
+TORCH_DEFAULTS = {"weight_decay": 0, "momentum": 0, "centered": False, "amsgrad": False, "maximize": False}
+"""torch.optim options these rules do not have: a saved state that used another value of any
+would not continue the same rule, so loading it is refused."""
 
 
 class Optimizer:
@@ -48,7 +52,9 @@ class Optimizer:
         group: dict[str, Any] = {"lr": lr, "eps": eps}
         group.update({"betas": betas} if rule == "adam" else {"alpha": alpha})
         self.param_groups = [group]
-        self.steps = 0
+        self.steps = [0] * len(self.params)
+        """Updates each parameter has had (torch.optim counts them per parameter too: Adam's bias
+        correction of a parameter starts at its first gradient)."""
         start = torch.ones_like if rule == "rmsprop_tf" else torch.zeros_like
         self.state = [{key: start(p, memory_format=torch.preserve_format) for key in STATE_KEYS[rule]}
                       for p in self.params]
@@ -64,7 +70,8 @@ class Optimizer:
         live = [i for i, p in enumerate(self.params) if p.grad is not None]
         if not live:
             return
-        self.steps += 1
+        for i in live:
+            self.steps[i] += 1
         group = self.param_groups[0]
         lr, eps = group["lr"], group["eps"]
         params = [self.params[i] for i in live]
@@ -76,11 +83,10 @@ class Optimizer:
             torch._foreach_lerp_(exp_avg, grads, 1 - beta1)
             torch._foreach_mul_(exp_avg_sq, beta2)
             torch._foreach_addcmul_(exp_avg_sq, grads, grads, value=1 - beta2)
-            step_size = lr / (1 - beta1 ** self.steps)
             denom = torch._foreach_sqrt(exp_avg_sq)
-            torch._foreach_div_(denom, (1 - beta2 ** self.steps) ** 0.5)
+            torch._foreach_div_(denom, [(1 - beta2 ** self.steps[i]) ** 0.5 for i in live])
             torch._foreach_add_(denom, eps)
-            torch._foreach_addcdiv_(params, exp_avg, denom, value=-step_size)
+            torch._foreach_addcdiv_(params, exp_avg, denom, [-lr / (1 - beta1 ** self.steps[i]) for i in live])
             return
         alpha = group["alpha"]
         square_avg = [self.state[i]["square_avg"] for i in live]
@@ -96,24 +102,31 @@ class Optimizer:
 
     def state_dict(self) -> dict[str, Any]:
         """The state in torch.optim's layout: {"state": {index: {"step", buffers}}, "param_groups"}."""
-        step = torch.tensor(float(self.steps))
-        state = {i: {"step": step.clone(), **{k: v.clone() for k, v in s.items()}}
+        state = {i: {"step": torch.tensor(float(self.steps[i])), **{k: v.clone() for k, v in s.items()}}
                  for i, s in enumerate(self.state)}
         return {"state": state, "param_groups": [{**self.param_groups[0], "params": list(range(len(self.params)))}]}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load a `state_dict` of this class or of the torch.optim optimizer with the same rule."""
+        """Load a `state_dict` of this class, or of the torch.optim optimizer of the same rule
+        (one whose options keep that rule: no momentum, weight decay, amsgrad and so on)."""
         groups = state_dict["param_groups"]
         if len(groups) != 1 or len(groups[0]["params"]) != len(self.params):
             raise ValueError(f"optimizer state: {len(groups)} group(s) of "
                              f"{[len(g['params']) for g in groups]} parameters; this policy has one of {len(self.params)}")
+        other = {k: groups[0][k] for k, default in TORCH_DEFAULTS.items() if groups[0].get(k, default) != default}
+        if other:
+            raise ValueError(f"optimizer state: options {other} are not those of the {self.rule} rule")
         saved = state_dict["state"]
         for i, index in enumerate(groups[0]["params"]):
+            entry = saved.get(index)
+            if entry is None:  # torch.optim keeps no state for a parameter never stepped
+                continue
             for key in STATE_KEYS[self.rule]:
-                if index in saved:
-                    self.state[i][key].copy_(saved[index][key])
-        steps = [saved[i]["step"] for i in groups[0]["params"] if i in saved and "step" in saved[i]]
-        self.steps = int(steps[0]) if steps else 0
+                if tuple(entry[key].shape) != tuple(self.params[i].shape):
+                    raise ValueError(f"optimizer state: {key} of parameter {i} is {tuple(entry[key].shape)}, "
+                                     f"the parameter {tuple(self.params[i].shape)}")
+                self.state[i][key].copy_(entry[key])
+            self.steps[i] = int(entry.get("step", 0))
         self.param_groups[0].update({k: v for k, v in groups[0].items() if k in self.param_groups[0]})
 
 

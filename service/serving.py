@@ -4,9 +4,11 @@
 policies in a `PolicyCache`, least recently used out first, bounded by their parameter bytes.
 A policy is loaded with `read_policy`: only the manifest, the config and the safetensors
 weights of the archive are read, never the optimizer state, and nothing is unpickled. The
-observations are checked against the policy's spaces (`observation_batch`) and go through the
-policy as in evaluation (`obs_tensor`, `ActorCritic.act`, `clip_action`): the checkpoint's
-observation normalisation and the uint8 image scaling happen inside the policy.
+observations are checked against the policy's spaces (`observation_batch`) and go through
+torch's policy (`obs_tensor`, `ActorCritic.act`, `clip_action`): the checkpoint's observation
+normalisation and the uint8 image scaling happen inside the policy. (Evaluations and `a2c
+evaluate` play MLP policies with their numpy twin, `learner.acting.NumpyPolicy`: the same
+actions up to float32 rounding.)
 
 torch runs single-threaded in the server (`inference_torch`, the one place that sets it): the
 server shares its machine with training processes, and for these small networks one thread

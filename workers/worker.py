@@ -52,7 +52,7 @@ class RolloutWorker:
     def set_weights(self, weights: Weights) -> None:
         """Load a new weights version (a no-op if this version is already loaded)."""
         if weights.version != self.version:
-            self.policy.load(weights.tensors)
+            self.policy.load_weights(weights.tensors)
             self.version = weights.version
 
     def sample(self, weights: Weights) -> tuple[Rollout, Episodes]:

@@ -107,7 +107,7 @@ class VideoRecorder:
         from workers.video import record_episode, render_env
 
         t0 = time.monotonic()
-        self.policy.load(weights.tensors)
+        self.policy.load_weights(weights.tensors)
         if self.env is None:
             self.env, self.fps = render_env(self.env_id, self.env_kwargs)
         with tempfile.TemporaryDirectory(prefix="a2c-video-") as tmp:

@@ -1,11 +1,15 @@
 """Warm actors: rollout-worker and learner processes started before their job is known.
 
-Starting an actor costs a new Ray worker process and its imports (Ray, torch, gymnasium):
-seconds of CPU per process,
+Starting an actor costs a new Ray worker process and its imports (Ray, gymnasium, and torch
+for the learner): seconds of CPU per process,
 which a small job waits for at every start. A warm actor has paid them already: it is created
 idle, holding no CPU in Ray's accounting (`num_cpus=0`: the job service's own scheduler
 reserves the CPUs of the job it is given), and `configure` turns it into its job's
 RolloutWorker or Learner, with the same arguments, so it behaves exactly as a cold one.
+
+The warm learner's class is in `service.run.warm_learner`: a Ray actor's process imports the
+module of its class, and a rollout worker of an MLP policy never imports torch (only the
+learner's module does).
 
 A warm actor serves one job and dies with it, so jobs never share an actor's state. The job
 service keeps a *spare* driver process (see `service.run.driver`) holding a set of them;
@@ -20,7 +24,6 @@ from typing import Any
 
 import ray
 
-from learner.learner import Learner
 from workers.worker import RolloutWorker
 
 WARM_WORKERS = 2
@@ -39,17 +42,6 @@ class WarmRolloutWorker(RolloutWorker):
         RolloutWorker.__init__(self, *args)
 
 
-class WarmLearner(Learner):
-    """A Learner process waiting for its job; `configure` takes Learner's arguments."""
-
-    def __init__(self) -> None:  # the imports are done: this module imported learner.learner
-        pass
-
-    def configure(self, *args: Any) -> None:
-        """Become the job's learner (what `Learner(*args)` would be)."""
-        Learner.__init__(self, *args)
-
-
 @dataclass
 class WarmActors:
     """Idle actors of one spare driver: a learner and rollout workers, handed out once each."""
@@ -60,6 +52,7 @@ class WarmActors:
     @classmethod
     def start(cls, workers: int = WARM_WORKERS, timeout_s: float = 600.0) -> "WarmActors":
         """Create the actors and wait until each has done its imports."""
+        from service.run.warm_learner import WarmLearner  # torch: not for this module's workers
         options = {"num_cpus": 0, "enable_task_events": False}
         warm = cls(ray.remote(WarmLearner).options(**options).remote(),
                    [ray.remote(WarmRolloutWorker).options(**options).remote() for _ in range(workers)])

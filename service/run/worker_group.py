@@ -118,7 +118,7 @@ class WorkerGroup:
                 spec.policy, spec.seed, index)
 
     def create(self, warm=None) -> None:
-        """Create the worker actors without waiting: their processes start (and import torch)
+        """Create the worker actors without waiting: their processes start (and do their imports)
         while the caller does other work, such as starting the learner. Warm actors of `warm`
         (`service.run.warm.WarmActors`), while there are any, are configured instead."""
         self.actors = []

@@ -10,7 +10,7 @@ import torch
 
 from learner.acting import NumpyPolicy, TorchActing, acting_policy
 from learner.config import PolicyConfig
-from learner.policy import ActorCritic, numpy_state
+from learner.policy import ActorCritic, numpy_state, shape_of
 from learner.spaces import SpacesSpec
 
 DISCRETE = SpacesSpec(obs_shape=(5,), action_type="discrete", action_n=3)
@@ -39,7 +39,7 @@ def _pair(case: str, seed: int = 0) -> tuple[ActorCritic, NumpyPolicy]:
             policy.obs_norm.mean.copy_(torch.randn(spaces.obs_dim, dtype=torch.float64))
             policy.obs_norm.var.copy_(torch.rand(spaces.obs_dim, dtype=torch.float64) * 4 + 0.1)
     acting = NumpyPolicy(spaces, config, seed=1)
-    acting.load(numpy_state(policy))
+    acting.load_weights(numpy_state(policy))
     return policy, acting
 
 
@@ -111,17 +111,36 @@ def test_same_seed_same_draws_and_weights_must_be_loaded_first():
     with pytest.raises(RuntimeError, match="load"):
         a.act(_obs("discrete tanh shared"))
     weights = numpy_state(ActorCritic(spaces, config))
-    a.load(weights)
-    b.load(weights)
+    a.load_weights(weights)
+    b.load_weights(weights)
     obs = _obs("discrete tanh shared")
     assert np.array_equal(a.act(obs)[0], b.act(obs)[0])
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_the_state_dict_it_expects_is_actor_critics(case):
+    spaces, config = CASES[case]
+    assert NumpyPolicy(spaces, config, seed=0).expected_shapes() == shape_of(spaces, config)
+
+
+def test_weights_of_another_policy_are_refused_by_name_and_shape():
+    spaces, config = CASES["discrete tanh shared"]
+    acting = NumpyPolicy(spaces, config, seed=0)
+    weights = numpy_state(ActorCritic(spaces, config))
+    with pytest.raises(ValueError, match=r"missing \['action_head.bias'\]"):
+        acting.load_weights({k: v for k, v in weights.items() if k != "action_head.bias"})
+    with pytest.raises(ValueError, match=r"unexpected \['log_std'\]"):
+        acting.load_weights({**weights, "log_std": np.zeros(3, np.float32)})
+    wider = numpy_state(ActorCritic(spaces, PolicyConfig(hidden_sizes=(16, 9))))
+    with pytest.raises(ValueError, match=r"wrong shapes .*torso.2.weight"):
+        acting.load_weights(wider)
 
 
 def test_images_act_with_torch_and_vectors_with_numpy():
     image = SpacesSpec(obs_shape=(4, 84, 84), obs_dtype="uint8", action_type="discrete", action_n=6)
     acting = acting_policy(image, PolicyConfig(), seed=0)
     assert isinstance(acting, TorchActing)
-    acting.load(numpy_state(acting.policy))
+    acting.load_weights(numpy_state(acting.policy))
     obs = np.random.default_rng(0).integers(0, 256, (2, 4, 84, 84), dtype=np.uint8)
     action, log_prob, value = acting.act(obs)
     assert action.shape == (2,) and log_prob.shape == (2,) and value.shape == (2,)
@@ -130,20 +149,25 @@ def test_images_act_with_torch_and_vectors_with_numpy():
         NumpyPolicy(DISCRETE, PolicyConfig(use_sde=True), seed=0)
 
 
-def test_a_cartpole_worker_never_imports_torch():
-    # The point of the numpy policy: a worker's process start does not pay torch's import.
+def test_a_cartpole_worker_never_imports_torch_cold_or_warm():
+    # The point of the numpy policy: a worker's process start does not pay torch's import. A
+    # Ray actor's process imports its class's module: workers.worker, or service.run.warm.
     code = """
 import sys
 import numpy as np
 from learner.config import PolicyConfig
 from learner.rollout import Weights
+from service.run.warm import WarmRolloutWorker
 from workers.env import describe_spaces
 from workers.worker import RolloutWorker
 spaces = describe_spaces("CartPole-v1")
 weights = Weights(0, np.load(sys.argv[1]))
-worker = RolloutWorker("CartPole-v1", {}, 4, 32, spaces, PolicyConfig(), 0, 0)
-worker.sample(weights)
-worker.evaluate(weights, 2, 0)
+args = ("CartPole-v1", {}, 4, 32, spaces, PolicyConfig(), 0, 0)
+warm = WarmRolloutWorker()
+warm.configure(*args)
+for worker in (RolloutWorker(*args), warm):
+    worker.sample(weights)
+    worker.evaluate(weights, 2, 0)
 print("torch" in sys.modules)
 """
     import tempfile

@@ -127,7 +127,7 @@ def test_each_rule_steps_as_torch_optim_does_and_resumes_from_its_state(rule, re
     resumed_params = [torch.nn.Parameter(p.detach().clone()) for p in theirs]
     resumed = Optimizer(resumed_params, rule, lr=0.5, eps=1e-5, alpha=0.9)
     resumed.load_state_dict(ref.state_dict())
-    assert resumed.param_groups[0]["lr"] == 1e-2 and resumed.steps == 6
+    assert resumed.param_groups[0]["lr"] == 1e-2 and resumed.steps == [6, 6, 6]
     for step in range(6, 9):
         _set_grads(resumed_params, step)
         _set_grads(theirs, step)
@@ -168,20 +168,47 @@ def test_parameters_without_gradients_are_left_alone_and_zero_grad_drops_gradien
     before = [p.detach().clone() for p in params]
     opt = Optimizer(params, "adam", lr=0.1, eps=1e-5)
     opt.step()  # no gradients at all: not a step
-    assert opt.steps == 0
+    assert opt.steps == [0, 0, 0]
     params[0].grad = torch.ones_like(params[0])
     opt.step()
-    assert opt.steps == 1 and not torch.equal(params[0], before[0])
+    assert opt.steps == [1, 0, 0] and not torch.equal(params[0], before[0])
     assert torch.equal(params[1], before[1]) and torch.equal(params[2], before[2])
     opt.zero_grad()
     assert all(p.grad is None for p in params)
 
 
-def test_a_state_for_another_policy_is_refused_with_the_counts():
+def test_a_parameter_first_stepped_later_is_bias_corrected_from_its_own_first_step():
+    # As torch.optim.Adam, which counts steps per parameter.
+    ours, theirs = _params(2), _params(2)
+    opt, ref = Optimizer(ours, "adam", lr=3e-2, eps=1e-5), torch.optim.Adam(theirs, lr=3e-2, eps=1e-5)
+    for step in range(5):
+        for params in (ours, theirs):
+            _set_grads(params, step)
+            if step < 2:
+                params[1].grad = None  # the bias gets its first gradient at the third step
+        opt.step()
+        ref.step()
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    assert opt.steps == [5, 3, 5]
+    resumed = Optimizer([torch.nn.Parameter(p.detach().clone()) for p in theirs], "adam", lr=3e-2, eps=1e-5)
+    resumed.load_state_dict(ref.state_dict())
+    assert resumed.steps == [5, 3, 5]
+
+
+def test_a_state_for_another_policy_or_rule_is_refused_with_what_differs():
     opt = Optimizer(_params(0), "adam", lr=0.1, eps=1e-5)
     other = Optimizer(_params(0)[:2], "adam", lr=0.1, eps=1e-5)
     with pytest.raises(ValueError, match="1 group.*2.*this policy has one of 3"):
         opt.load_state_dict(other.state_dict())
+    swapped = _params(0)
+    swapped[0], swapped[1] = swapped[1], swapped[0]
+    state = Optimizer(swapped, "adam", lr=0.1, eps=1e-5).state_dict()
+    with pytest.raises(ValueError, match=r"exp_avg of parameter 0 is \(3,\), the parameter \(4, 3\)"):
+        opt.load_state_dict(state)
+    momentum = torch.optim.RMSprop(_params(0), lr=0.1, momentum=0.9)
+    with pytest.raises(ValueError, match=r"options \{'momentum': 0.9\} are not those of the rmsprop rule"):
+        Optimizer(_params(0), "rmsprop", lr=0.1, eps=1e-5).load_state_dict(momentum.state_dict())
 
 
 def test_rmsprop_tf_learner_resumes_from_its_checkpoint_with_its_state():

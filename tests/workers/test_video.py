@@ -15,7 +15,7 @@ from workers.video import record_episodes
 def test_cartpole_episodes_become_mp4s_of_the_rgb_render_one_frame_per_step(tmp_path):
     spaces = SpacesSpec(obs_shape=(4,), action_type="discrete", action_n=2)
     policy = acting_policy(spaces, PolicyConfig(), seed=0)
-    policy.load(numpy_state(ActorCritic(spaces, PolicyConfig())))
+    policy.load_weights(numpy_state(ActorCritic(spaces, PolicyConfig())))
     videos = record_episodes(policy, "CartPole-v1", {}, 2, 0, tmp_path / "videos")
     assert [v.path for v in videos] == [str(tmp_path / "videos" / f"episode-{i}.mp4") for i in range(2)]
     assert sorted(p.name for p in (tmp_path / "videos").iterdir()) == ["episode-0.mp4", "episode-1.mp4"]
