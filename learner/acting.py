@@ -156,19 +156,19 @@ class TorchActing:
 
     def __init__(self, policy: Any, seed: int = 0) -> None:
         import torch
-        self.torch = torch
+
+        from learner.policy import load_numpy_state, obs_tensor
+        self.torch, self._load, self._obs_tensor = torch, load_numpy_state, obs_tensor
         self.policy = policy.eval()
         self.spaces, self.config = policy.spaces, policy.config
         self.generator = torch.Generator().manual_seed(seed)
 
     def load_weights(self, tensors: dict[str, np.ndarray]) -> None:
         """Take the weights of `learner.policy.numpy_state` (strictly, as torch loads them)."""
-        from learner.policy import load_numpy_state
-        load_numpy_state(self.policy, tensors)
+        self._load(self.policy, tensors)
 
     def _obs(self, obs: np.ndarray):
-        from learner.policy import obs_tensor
-        return obs_tensor(obs, self.spaces)
+        return self._obs_tensor(obs, self.spaces)
 
     def sample_exploration(self, n: int):
         """gSDE's noise matrices for n envs (a tensor, as `act` takes them)."""
