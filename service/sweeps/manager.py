@@ -357,12 +357,15 @@ class SweepManager:
         if job is None or job.finished:
             return
         result = trial.last_result or {}
+        step = result.get("step")
+        if error is None and not run.stop.is_set() and isinstance(step, int) and step >= job.spec["total_steps"]:
+            return  # Tune ends a trial at its budget (ASHA's max_t): the job is ending by itself
         if run.stop.is_set():
             reason = f"its sweep {sweep_id} stopped: {run.reason}"
         elif error is not None:
             reason = f"its trial {trial.trial_id} of sweep {sweep_id} failed: {error}"
         elif spec.scheduler == "asha":
-            value, step = result.get(spec.metric), result.get("step")
+            value = result.get(spec.metric)
             rung = spec.grace_steps
             while isinstance(step, int) and rung * spec.asha.reduction_factor <= step:
                 rung *= spec.asha.reduction_factor

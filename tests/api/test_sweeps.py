@@ -14,14 +14,17 @@ SWEEP_BASE = {"env": "CartPole-v1", "total_steps": 8192, "workers": 1, "envs_per
 not the tuned table's optimizer: the ASHA test below needs lr 7e-3 to learn fast in these few
 updates, which Adam does and the tuned CartPole entry's RMSprop (lr 3e-3 there) does not."""
 SWEEP = {
-    "base": SWEEP_BASE,
+    "base": {**SWEEP_BASE, "total_steps": 32768, "eval_every": 8},
     "space": {"a2c.learning_rate": {"choice": [1e-6, 7e-3]}, "a2c.entropy_coef": {"uniform": [0.0, 0.02]}},
     "num_samples": 4, "max_concurrent_trials": 2, "seed": 4,
     "scheduler": "asha", "asha": {"grace_steps": 2048, "reduction_factor": 2},
 }
 """With seed 4, Tune's random search gives the trials learning rates 7e-3, 7e-3, 7e-3, then
 1e-6: the last starts once an earlier trial has ended, so ASHA has good trials' records at
-its rungs (2048 and 4096 steps) when it gets there, and stops it."""
+its rungs (2048, 4096, ... steps; an evaluation every 2048) when it gets there, and stops it.
+The budget, 16x the first rung, leaves the stop time to land: the trial reports at most once a
+poll (1 s), then Tune decides and the server stops the job. With 8192 steps a fast trial once
+finished before its stop (an overshoot of 1.8k steps past the rung is usual here)."""
 SWEEP_TIMEOUT_S = 240
 
 
@@ -57,12 +60,13 @@ def test_tiny_asha_sweep_runs_every_trial_as_a_job(client):
         assert job["spec"]["a2c"]["learning_rate"] == trial["config"]["a2c.learning_rate"] in (1e-6, 7e-3)
         assert 0.0 <= job["spec"]["a2c"]["entropy_coef"] == trial["config"]["a2c.entropy_coef"] <= 0.02
         assert job["status"] in ("SUCCEEDED", "STOPPED"), job
+        stops = [e["message"] for e in job["events"] if e["kind"] == "stop"]
+        assert (job["status"] == "STOPPED") == bool(stops), f"a stop event on, and only on, a stopped job: {job}"
         assert client.all_metrics(job["id"]), "every trial has its own metrics"
         assert client.get(f"/jobs/{job['id']}/checkpoints").json()["checkpoints"], "and its checkpoints"
         if job["status"] == "STOPPED":  # ASHA stopped it: the reason is in its events
-            stops = [e["message"] for e in job["events"] if e["kind"] == "stop"]
-            assert stops and "ASHA scheduler at its" in stops[0] and "-step rung" in stops[0], job["events"]
-            assert job["progress"]["step"] < SWEEP_BASE["total_steps"]
+            assert "ASHA scheduler at its" in stops[0] and "-step rung" in stops[0], job["events"]
+            assert job["progress"]["step"] < SWEEP["base"]["total_steps"]
     hopeless = [t for t in trials if t["config"]["a2c.learning_rate"] == 1e-6]
     assert hopeless and all(t["status"] == "STOPPED" for t in hopeless), f"ASHA did not stop lr 1e-6: {trials}"
 
