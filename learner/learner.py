@@ -25,6 +25,9 @@ from learner.schedules import entropy_coef_at, learning_rate_at
 
 log = logging.getLogger(__name__)
 
+CNN_AUTOCAST = {"float32": None, "bfloat16": torch.bfloat16}
+"""`JobSpec.learner_precision` -> the dtype the learner's convolutional torso autocasts to."""
+
 
 @dataclass(frozen=True)
 class LearnerState:
@@ -90,16 +93,18 @@ class Learner:
     def __init__(self, spaces: SpacesSpec, policy_config: PolicyConfig, config: A2CConfig,
                  total_steps: int, seed: int, device_request: str = "auto",
                  gpu_assigned: bool = False, restore: LearnerState | None = None,
-                 num_threads: int = 1) -> None:
+                 num_threads: int = 1, precision: str = "float32") -> None:
         # As many torch threads as the CPUs the scheduler gave this learner: more would take
         # cores from the rollout workers.
         torch.set_num_threads(num_threads)
         self.device, self.device_reason = choose_device(device_request, gpu_assigned)
+        if CNN_AUTOCAST[precision] is not None:
+            self.device_reason += f"; convolutions in {precision} (learner_precision)"
         log.info("learner device %s", self.device_reason)
         self.config = config
         self.total_steps = total_steps
         torch.manual_seed(seed)
-        self.policy = ActorCritic(spaces, policy_config).to(self.device)
+        self.policy = ActorCritic(spaces, policy_config, cnn_autocast=CNN_AUTOCAST[precision]).to(self.device)
         self.optimizer = make_optimizer(self.policy.parameters(), config)
         self.generator = torch.Generator().manual_seed(seed)
         self.step, self.updates, self.version = 0, 0, 0

@@ -34,8 +34,11 @@ ACTIVATIONS = {"tanh": (nn.Tanh, torch.tanh), "relu": (nn.ReLU, torch.relu)}
 class ActorCritic(nn.Module):
     """The A2C policy. `act` is for collection, `evaluate_actions` for the loss, as in prt_rl."""
 
-    def __init__(self, spaces: SpacesSpec, config: PolicyConfig) -> None:
+    def __init__(self, spaces: SpacesSpec, config: PolicyConfig, cnn_autocast: torch.dtype | None = None) -> None:
+        """`cnn_autocast` (the learner's `learner_precision`): run the convolutional torso under
+        torch's autocast to this dtype, its features cast back to float32; None: float32."""
         super().__init__()
+        self.cnn_autocast = cnn_autocast
         self.spaces = spaces
         self.config = config
         mismatch = policy_mismatch(spaces, config)
@@ -102,11 +105,13 @@ class ActorCritic(nn.Module):
             obs = obs.permute(0, 3, 1, 2)
         return obs.mul(1 / 255)  # uint8 times a float: float32, in one pass
 
-    @staticmethod
-    def _cnn(torso: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) scaled images -> (B, 512) features; the convolutions dominate the cost,
-        so the modules are called as they are."""
-        return torso(x)
+    def _cnn(self, torso: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) scaled images -> (B, 512) float32 features; the convolutions dominate the
+        cost, so the modules are called as they are (under autocast when `cnn_autocast` is set)."""
+        if self.cnn_autocast is None:
+            return torso(x)
+        with torch.autocast(x.device.type, dtype=self.cnn_autocast):
+            return torso(x).float()
 
     def _mlp(self, torso: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
         """(B, obs_dim) -> (B, hidden): the torso's Linear layers, each followed by the activation.

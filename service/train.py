@@ -31,7 +31,8 @@ from service.records import new_job_id
 from service.run.spec import InvalidSpec, JobSpec, build_spec
 
 SPEC_FLAGS = ("env", "total_steps", "workers", "envs_per_worker", "seed", "mode", "eval_every",
-              "eval_episodes", "video_every", "checkpoint_every", "learner_cpus", "learner_device", "max_learner_restarts",
+              "eval_episodes", "video_every", "checkpoint_every", "learner_cpus", "learner_device",
+              "learner_precision", "max_learner_restarts",
               "name", "tags", "tracking")
 
 

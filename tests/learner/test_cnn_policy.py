@@ -109,3 +109,31 @@ def test_learner_trains_on_uint8_frames_and_its_checkpoint_round_trips():
     restored = checkpoint.policy()
     obs = torch.from_numpy(rollout.obs[0])
     torch.testing.assert_close(restored.value(obs), learner.policy.value(obs))
+
+
+def test_bfloat16_learner_runs_the_cnn_in_bfloat16_and_keeps_everything_else_float32():
+    """learner_precision=bfloat16: the convolutions run in bfloat16 under autocast, the
+    features, heads, loss, weights and optimizer stay float32, and the gradient points the way
+    float32's does (bfloat16 keeps 8 bits of mantissa, so not to float32's digits)."""
+    from learner.learner import a2c_loss
+    rng = np.random.default_rng(1)
+    obs = torch.from_numpy(rng.integers(0, 256, (32, 4, 84, 84), dtype=np.uint8))
+    actions = torch.from_numpy(rng.integers(0, 6, 32))
+    advantages, returns = torch.randn(32, generator=torch.Generator().manual_seed(0)), torch.zeros(32)
+    config = A2CConfig(steps_per_batch=32, mini_batch_size=None, optimizer="rmsprop_tf")
+    grads, dtypes = {}, {}
+    for precision in ("float32", "bfloat16"):
+        learner = Learner(ATARI, PolicyConfig(), config, 3200, seed=0, precision=precision)
+        policy = learner.policy
+        hook = policy.torso[0].register_forward_hook(
+            lambda m, i, out, p=precision: dtypes.setdefault(p, out.dtype) and None)
+        loss, parts = a2c_loss(policy, obs, actions, advantages, returns, 0.01, 0.25)
+        hook.remove()
+        assert loss.dtype == torch.float32 and policy.value(obs).dtype == torch.float32
+        loss.backward()
+        grads[precision] = [p.grad.reshape(-1) for p in policy.parameters()]
+        assert all(p.dtype == torch.float32 for p in policy.parameters())
+    assert dtypes == {"float32": torch.float32, "bfloat16": torch.bfloat16}
+    cosines = [float(torch.nn.functional.cosine_similarity(a, b, dim=0)) for a, b in zip(*grads.values())]
+    assert min(cosines) > 0.99, cosines  # each parameter's gradient, the first convolution's too
+    assert not torch.equal(grads["float32"][0], grads["bfloat16"][0]), "the convolutions ran in bfloat16"

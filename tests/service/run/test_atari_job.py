@@ -39,6 +39,13 @@ def test_an_mlp_torso_on_atari_frames_is_refused_naming_the_field():
     assert exc.value.field == "env_kwargs" and "frameskip" in exc.value.message
 
 
+def test_bfloat16_learner_precision_is_for_image_policies_only():
+    assert job_spaces(build_spec({"env": PONG, "learner_precision": "bfloat16"})).is_image
+    with pytest.raises(InvalidSpec) as exc:
+        job_spaces(build_spec({"env": "CartPole-v1", "learner_precision": "bfloat16"}))
+    assert exc.value.field == "learner_precision" and "use float32" in exc.value.message
+
+
 @pytest.mark.parametrize("module, env_id, extra", [("ale_py", "ALE/Pong-v5", "atari"),
                                                     ("mujoco", "HalfCheetah-v5", "mujoco")])
 def test_an_env_whose_extra_is_missing_fails_before_ray_with_the_pip_command(tmp_path, module, env_id, extra):
@@ -57,10 +64,10 @@ class Rows:
     """A sink that keeps the metrics rows and checkpoints."""
 
     def __init__(self):
-        self.rows, self.checkpoints = [], []
+        self.rows, self.checkpoints, self.events = [], [], []
 
     def event(self, kind, message):
-        pass
+        self.events.append((kind, message))
 
     def metrics(self, row):
         self.rows.append(row)
@@ -73,13 +80,16 @@ class Rows:
 
 
 @pytest.mark.ray
-def test_short_pong_run_checkpoints_a_cnn_policy_that_a2c_evaluate_plays(ray_session, tmp_path, capsys):
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_short_pong_run_checkpoints_a_cnn_policy_that_a2c_evaluate_plays(ray_session, tmp_path, capsys, precision):
     # Games cut at 200 frames (50 agent steps), so that each env ends one in its 60 steps.
-    spec = build_spec({"env": PONG, "total_steps": 960, "eval_episodes": 2,
+    spec = build_spec({"env": PONG, "total_steps": 960, "eval_episodes": 2, "learner_precision": precision,
                        "env_kwargs": {"max_num_frames_per_episode": 200}})
     sink = Rows()
     summary = Trainer(spec, tmp_path, sink).run()
     assert summary["status"] == "SUCCEEDED" and summary["steps"] == 960
+    devices = [message for kind, message in sink.events if kind == "device"]
+    assert devices and ("convolutions in bfloat16" in devices[0]) == (precision == "bfloat16"), devices
     assert sum(r["episodes"] for r in sink.rows) >= 16 and "eval_return_mean" in sink.rows[-1]
     checkpoint = read_checkpoint(summary["checkpoint"])
     assert checkpoint.spaces.obs_shape == (4, 84, 84) and checkpoint.spaces.obs_dtype == "uint8"
