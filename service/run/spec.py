@@ -84,8 +84,8 @@ class JobSpec(FrozenModel):
     """bfloat16: the learner runs the convolutional torso (image observations only) under torch's
     autocast to bfloat16, forward and backward; the weights, the optimizer, the heads and the
     loss stay float32, and so do the rollout workers. Faster where the hardware has bfloat16
-    matrix units (GPUs; CPUs with AMX, such as Intel's Xeon from Sapphire Rapids on), slower
-    where it has not: see docs/workloads.md."""
+    matrix units (recent GPUs; CPUs with AMX, Intel's Xeon from Sapphire Rapids on); where it
+    has not, torch converts through float32 and it can be slower: see docs/workloads.md."""
     use_tuned: bool = True
     """Fill `a2c`/`policy` fields the user left unset from the tuned table for this env."""
     tuned: tuple[str, ...] = ()
