@@ -47,7 +47,7 @@ def goal_of(env: str) -> float | None:
     return GOAL if "Pong" in env else None
 
 
-def summarize(games: list[list[float]], goal: float | None = GOAL) -> dict[str, Any]:
+def summarize(games: list[list[float]], goal: float | None) -> dict[str, Any]:
     """Headline numbers from [(step, loop seconds, return, length), ...] in finishing order."""
     means = window_means([g[2] for g in games])
     reached = next(((g[0], g[1]) for g, m in zip(games, means)

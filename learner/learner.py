@@ -98,13 +98,14 @@ class Learner:
         # cores from the rollout workers.
         torch.set_num_threads(num_threads)
         self.device, self.device_reason = choose_device(device_request, gpu_assigned)
-        if CNN_AUTOCAST[precision] is not None:
+        autocast = CNN_AUTOCAST[precision]
+        if autocast is not None:
             self.device_reason += f"; convolutions in {precision} (learner_precision)"
         log.info("learner device %s", self.device_reason)
         self.config = config
         self.total_steps = total_steps
         torch.manual_seed(seed)
-        self.policy = ActorCritic(spaces, policy_config, cnn_autocast=CNN_AUTOCAST[precision]).to(self.device)
+        self.policy = ActorCritic(spaces, policy_config, cnn_autocast=autocast).to(self.device)
         self.optimizer = make_optimizer(self.policy.parameters(), config)
         self.generator = torch.Generator().manual_seed(seed)
         self.step, self.updates, self.version = 0, 0, 0
