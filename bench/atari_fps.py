@@ -36,8 +36,8 @@ OURS = {
     "ours sync, learner 1 thread": [],
     "ours sync, learner 2 threads": ["--learner-cpus", "2"],
     "ours async, learner 1 thread": ["--mode", "async"],
-    "ours sync, learner 2 threads, bfloat16": ["--learner-cpus", "2", "--learner-precision", "bfloat16"],
-    "ours async, learner 1 thread, bfloat16": ["--mode", "async", "--learner-precision", "bfloat16"],
+    "ours sync, learner 2 threads, bfloat16": ["--learner-cpus", "2", "--cnn-precision", "bfloat16"],
+    "ours async, learner 1 thread, bfloat16": ["--mode", "async", "--cnn-precision", "bfloat16"],
 }
 """Our configurations: extra CLI flags over the tuned Atari job."""
 SB3 = {"sb3 1 thread": 1, "sb3 2 threads": 2}

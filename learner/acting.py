@@ -192,9 +192,11 @@ class TorchActing:
         return clip_action(self.spaces, action)
 
 
-def acting_policy(spaces: SpacesSpec, config: PolicyConfig, seed: int) -> NumpyPolicy | TorchActing:
-    """The policy a worker acts with: numpy for vector observations, torch for images."""
+def acting_policy(spaces: SpacesSpec, config: PolicyConfig, seed: int,
+                  cnn_precision: str = "float32") -> NumpyPolicy | TorchActing:
+    """The policy a worker acts with: numpy for vector observations, torch for images, its
+    convolutional torso in `cnn_precision` (a training job's, as its learner's)."""
     if spaces.is_image:
-        from learner.policy import ActorCritic
-        return TorchActing(ActorCritic(spaces, config), seed)
+        from learner.policy import CNN_DTYPES, ActorCritic
+        return TorchActing(ActorCritic(spaces, config, cnn_dtype=CNN_DTYPES[cnn_precision]).to_cnn_dtype(), seed)
     return NumpyPolicy(spaces, config, seed)

@@ -18,16 +18,12 @@ from learner.config import A2CConfig, PolicyConfig
 from learner.gae import gae
 from learner.normalize import RunningMeanStd
 from learner.optim import make_optimizer
-from learner.policy import ActorCritic, load_numpy_state, numpy_state
+from learner.policy import CNN_DTYPES, ActorCritic, load_numpy_state, numpy_state
 from learner.spaces import SpacesSpec
 from learner.rollout import Rollout, Weights
 from learner.schedules import entropy_coef_at, learning_rate_at
 
 log = logging.getLogger(__name__)
-
-CNN_AUTOCAST = {"float32": None, "bfloat16": torch.bfloat16}
-"""`JobSpec.learner_precision` -> the dtype the learner's convolutional torso autocasts to."""
-
 
 @dataclass(frozen=True)
 class LearnerState:
@@ -93,19 +89,19 @@ class Learner:
     def __init__(self, spaces: SpacesSpec, policy_config: PolicyConfig, config: A2CConfig,
                  total_steps: int, seed: int, device_request: str = "auto",
                  gpu_assigned: bool = False, restore: LearnerState | None = None,
-                 num_threads: int = 1, precision: str = "float32") -> None:
+                 num_threads: int = 1, cnn_precision: str = "float32") -> None:
         # As many torch threads as the CPUs the scheduler gave this learner: more would take
         # cores from the rollout workers.
         torch.set_num_threads(num_threads)
         self.device, self.device_reason = choose_device(device_request, gpu_assigned)
-        autocast = CNN_AUTOCAST[precision]
-        if autocast is not None:
-            self.device_reason += f"; convolutions in {precision} (learner_precision)"
+        cnn_dtype = CNN_DTYPES[cnn_precision]
+        if cnn_dtype is not None:
+            self.device_reason += f"; convolutions in {cnn_precision} (cnn_precision)"
         log.info("learner device %s", self.device_reason)
         self.config = config
         self.total_steps = total_steps
         torch.manual_seed(seed)
-        self.policy = ActorCritic(spaces, policy_config, cnn_autocast=autocast).to(self.device)
+        self.policy = ActorCritic(spaces, policy_config, cnn_dtype=cnn_dtype).to(self.device)
         self.optimizer = make_optimizer(self.policy.parameters(), config)
         self.generator = torch.Generator().manual_seed(seed)
         self.step, self.updates, self.version = 0, 0, 0

@@ -27,6 +27,9 @@ def nature_cnn(channels: int, height: int, width: int) -> nn.Sequential:
     return nn.Sequential(*convs, nn.Linear(flat, 512), nn.ReLU())
 
 
+CNN_DTYPES: dict[str, torch.dtype | None] = {"float32": None, "bfloat16": torch.bfloat16}
+"""`JobSpec.cnn_precision` -> the dtype of the convolutional torso in training (None: float32)."""
+
 ACTIVATIONS = {"tanh": (nn.Tanh, torch.tanh), "relu": (nn.ReLU, torch.relu)}
 """`PolicyConfig.activation` -> (the torso's module between layers, the same as a function)."""
 
@@ -34,11 +37,13 @@ ACTIVATIONS = {"tanh": (nn.Tanh, torch.tanh), "relu": (nn.ReLU, torch.relu)}
 class ActorCritic(nn.Module):
     """The A2C policy. `act` is for collection, `evaluate_actions` for the loss, as in prt_rl."""
 
-    def __init__(self, spaces: SpacesSpec, config: PolicyConfig, cnn_autocast: torch.dtype | None = None) -> None:
-        """`cnn_autocast` (the learner's `learner_precision`): run the convolutional torso under
-        torch's autocast to this dtype, its features cast back to float32; None: float32."""
+    def __init__(self, spaces: SpacesSpec, config: PolicyConfig, cnn_dtype: torch.dtype | None = None) -> None:
+        """`cnn_dtype` (a job's `cnn_precision`, from `CNN_DTYPES`): run the convolutional torso
+        in this dtype, under torch's autocast while the weights are float32 (the learner), or
+        with weights stored in it after `to_cnn_dtype` (rollout workers); its features are cast
+        back to float32. None: float32."""
         super().__init__()
-        self.cnn_autocast = cnn_autocast
+        self.cnn_dtype = cnn_dtype
         self.spaces = spaces
         self.config = config
         mismatch = policy_mismatch(spaces, config)
@@ -99,19 +104,35 @@ class ActorCritic(nn.Module):
         return latent, out, F.linear(value_latent, self.value_head.weight, self.value_head.bias).squeeze(-1)
 
     def _scaled(self, obs: torch.Tensor) -> torch.Tensor:
-        """(B, *obs_shape) uint8 images -> (B, C, H, W) float in [0, 1], made on the input's
-        device: images travel as uint8 (4x fewer bytes) up to here."""
+        """(B, *obs_shape) uint8 images -> (B, C, H, W) in [0, 1], float32 or `cnn_dtype`, made
+        on the input's device: images travel as uint8 (4x fewer bytes) up to here. The learner
+        and the workers scale alike, so both run the same function in either dtype."""
         if self.spaces.channels_last:
             obs = obs.permute(0, 3, 1, 2)
-        return obs.mul(1 / 255)  # uint8 times a float: float32, in one pass
+        if self.cnn_dtype is None:
+            return obs.mul(1 / 255)  # uint8 times a float: float32, in one pass
+        return obs.to(self.cnn_dtype).mul_(1 / 255)  # no float32 copy of the batch
 
     def _cnn(self, torso: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) scaled images -> (B, 512) float32 features; the convolutions dominate the
-        cost, so the modules are called as they are (under autocast when `cnn_autocast` is set)."""
-        if self.cnn_autocast is None:
+        cost, so the modules are called as they are: in `cnn_dtype` when it is set, under
+        autocast while the weights are float32."""
+        if self.cnn_dtype is None:
             return torso(x)
-        with torch.autocast(x.device.type, dtype=self.cnn_autocast):
+        if torso[0].weight.dtype == self.cnn_dtype:  # stored in it (`to_cnn_dtype`)
             return torso(x).float()
+        with torch.autocast(x.device.type, dtype=self.cnn_dtype):
+            return torso(x).float()
+
+    def to_cnn_dtype(self) -> "ActorCritic":
+        """Store the convolutional torso's weights in `cnn_dtype`, for acting only (no gradients):
+        autocast would convert them at every call, which costs a worker's forward pass on a few
+        frames about what it saves. Loading float32 weights afterwards converts them."""
+        if self.cnn_dtype is not None and self.image:
+            for torso in (self.torso, self.value_torso):
+                if torso is not None:
+                    torso.to(self.cnn_dtype)
+        return self
 
     def _mlp(self, torso: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
         """(B, obs_dim) -> (B, hidden): the torso's Linear layers, each followed by the activation.

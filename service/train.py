@@ -32,7 +32,7 @@ from service.run.spec import InvalidSpec, JobSpec, build_spec
 
 SPEC_FLAGS = ("env", "total_steps", "workers", "envs_per_worker", "seed", "mode", "eval_every",
               "eval_episodes", "video_every", "checkpoint_every", "learner_cpus", "learner_device",
-              "learner_precision", "max_learner_restarts",
+              "cnn_precision", "max_learner_restarts",
               "name", "tags", "tracking")
 
 
@@ -408,6 +408,16 @@ def run_location(out: str | None, base: str | None, job_id: str, cwd: Path | Non
     return out if out is not None else storage.join(root, job_id)
 
 
+RENAMED_FIELDS = {"learner_precision": "cnn_precision"}
+"""Job spec fields renamed since archives were written: old name -> new name."""
+
+
+def archived_spec(config: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's job spec with fields renamed since it was written under their new names,
+    so that a resumed job takes the archive's settings."""
+    return {RENAMED_FIELDS.get(k, k): v for k, v in config.items()}
+
+
 def run(args: argparse.Namespace) -> int:
     """Validate, connect to Ray, run one job, print the summary JSON line."""
     from service.cluster import connect_in_background
@@ -419,7 +429,7 @@ def run(args: argparse.Namespace) -> int:
     if args.resume:  # (checkpoints import torch: without a resume, that waits until Ray is starting)
         from service.run.checkpoints import open_checkpoint
         resume_from, resume = open_checkpoint(args.resume)
-    spec = spec_from_args(args, base=resume.config if resume else None)
+    spec = spec_from_args(args, base=archived_spec(resume.config) if resume else None)
     env_spaces(spec)  # a bad spec, env or env_kwargs fails here, before Ray starts
     connected = connect_in_background(args.address, args.num_cpus or max(os.cpu_count() or 1, spec.cpus_needed))
     try:

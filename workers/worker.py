@@ -34,7 +34,8 @@ class RolloutWorker:
     worker process imports no torch; for images torch's ActorCritic (one thread)."""
 
     def __init__(self, env_id: str, env_kwargs: dict[str, Any], num_envs: int, steps_per_env: int,
-                 spaces: SpacesSpec, policy_config: PolicyConfig, seed: int, worker_index: int) -> None:
+                 spaces: SpacesSpec, policy_config: PolicyConfig, seed: int, worker_index: int,
+                 cnn_precision: str = "float32") -> None:
         seeds = env_seeds(seed, worker_index, num_envs + 1)
         if spaces.is_image:
             import torch
@@ -43,7 +44,7 @@ class RolloutWorker:
         self.env = make_vec_env(env_id, num_envs, env_kwargs)
         self.num_envs, self.steps_per_env = num_envs, steps_per_env
         self.spaces = spaces
-        self.policy = acting_policy(spaces, policy_config, seeds[-1])
+        self.policy = acting_policy(spaces, policy_config, seeds[-1], cnn_precision)
         self.version = -1
         self.obs, _ = self.env.reset(seed=seeds[:num_envs])
         self.episode_return = np.zeros(num_envs)

@@ -139,7 +139,7 @@ class Trainer:
         calls make no task events, as the workers' (see `WorkerGroup._new`)."""
         spec = self.spec
         args = (spaces, spec.policy, spec.a2c, spec.total_steps, spec.seed, spec.learner_device,
-                self.use_gpu, restore, spec.learner_cpus, spec.learner_precision)
+                self.use_gpu, restore, spec.learner_cpus, spec.cnn_precision)
         warm = self.warm.take_learner() if self.warm is not None and not self.use_gpu else None
         if warm is not None:
             warm.configure.remote(*args)

@@ -80,12 +80,14 @@ class JobSpec(FrozenModel):
     (a convolutional policy's update is most of an Atari job's time)."""
     learner_device: Literal["auto", "cpu", "cuda"] = "auto"
     """auto: a GPU when the cluster has one, else CPU. cuda fails when the cluster has none."""
-    learner_precision: Literal["float32", "bfloat16"] = "float32"
-    """bfloat16: the learner runs the convolutional torso (image observations only) under torch's
-    autocast to bfloat16, forward and backward; the weights, the optimizer, the heads and the
-    loss stay float32, and so do the rollout workers. Faster where the hardware has bfloat16
-    matrix units (recent GPUs; CPUs with AMX, Intel's Xeon from Sapphire Rapids on); where it
-    has not, torch converts through float32 and it can be slower: see docs/workloads.md."""
+    cnn_precision: Literal["float32", "bfloat16"] = "float32"
+    """bfloat16: the convolutional torso (image observations only) runs in bfloat16 in training:
+    the learner's forward and backward passes under torch's autocast (the weights, optimizer,
+    heads and loss stay float32), and the rollout workers' acting, with a bfloat16 copy of the
+    torso's weights, so that they act with the function the learner trains. Evaluation of a
+    checkpoint (`a2c evaluate`, serving, export) stays float32. Faster where the hardware has
+    bfloat16 matrix units (recent GPUs; CPUs with AMX, Intel's Xeon from Sapphire Rapids on);
+    where it has not, torch converts through float32 and it can be slower: see docs/workloads.md."""
     use_tuned: bool = True
     """Fill `a2c`/`policy` fields the user left unset from the tuned table for this env."""
     tuned: tuple[str, ...] = ()
@@ -252,8 +254,8 @@ def env_spaces(spec: JobSpec) -> SpacesSpec:
     mismatch = policy_mismatch(spaces, spec.policy)
     if mismatch is not None:
         raise InvalidSpec(mismatch[0], f"{spec.env}: {mismatch[1]}")
-    if spec.learner_precision != "float32" and not spaces.is_image:
-        raise InvalidSpec("learner_precision", f"{spec.env}: {spec.learner_precision} applies to the convolutional "
+    if spec.cnn_precision != "float32" and not spaces.is_image:
+        raise InvalidSpec("cnn_precision", f"{spec.env}: {spec.cnn_precision} applies to the convolutional "
                           f"torso of image observations; these are {spaces.obs_dtype} {spaces.obs_shape}, "
                           "so the policy is an MLP: use float32")
     if spec.video_every and spec.eval_every:

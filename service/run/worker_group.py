@@ -115,7 +115,7 @@ class WorkerGroup:
     def _args(self, index: int) -> tuple:
         spec = self.spec
         return (spec.env, spec.env_kwargs, spec.envs_per_worker, spec.steps_per_env, self.spaces,
-                spec.policy, spec.seed, index)
+                spec.policy, spec.seed, index, spec.cnn_precision)
 
     def create(self, warm=None) -> None:
         """Create the worker actors without waiting: their processes start (and do their imports)

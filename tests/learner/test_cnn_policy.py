@@ -112,7 +112,7 @@ def test_learner_trains_on_uint8_frames_and_its_checkpoint_round_trips():
 
 
 def test_bfloat16_learner_runs_the_cnn_in_bfloat16_and_keeps_everything_else_float32():
-    """learner_precision=bfloat16: the convolutions run in bfloat16 under autocast, the
+    """cnn_precision=bfloat16: the convolutions run in bfloat16 under autocast, the
     features, heads, loss, weights and optimizer stay float32, and the gradient points the way
     float32's does (bfloat16 keeps 8 bits of mantissa, so not to float32's digits)."""
     from learner.learner import a2c_loss
@@ -123,7 +123,7 @@ def test_bfloat16_learner_runs_the_cnn_in_bfloat16_and_keeps_everything_else_flo
     config = A2CConfig(steps_per_batch=32, mini_batch_size=None, optimizer="rmsprop_tf")
     grads, dtypes = {}, {}
     for precision in ("float32", "bfloat16"):
-        learner = Learner(ATARI, PolicyConfig(), config, 3200, seed=0, precision=precision)
+        learner = Learner(ATARI, PolicyConfig(), config, 3200, seed=0, cnn_precision=precision)
         policy = learner.policy
         hook = policy.torso[0].register_forward_hook(
             lambda m, i, out, p=precision: dtypes.setdefault(p, out.dtype) and None)
@@ -137,3 +137,33 @@ def test_bfloat16_learner_runs_the_cnn_in_bfloat16_and_keeps_everything_else_flo
     cosines = [float(torch.nn.functional.cosine_similarity(a, b, dim=0)) for a, b in zip(*grads.values())]
     assert min(cosines) > 0.99, cosines  # each parameter's gradient, the first convolution's too
     assert not torch.equal(grads["float32"][0], grads["bfloat16"][0]), "the convolutions ran in bfloat16"
+
+
+def test_bfloat16_workers_act_with_the_function_the_learner_trains():
+    """cnn_precision=bfloat16: a worker keeps its torso's weights in bfloat16 (no conversion at
+    every step) and computes, to the bit, what the learner's autocast computes; a float32
+    worker would act with another function than the one the learner trains."""
+    from learner.acting import acting_policy
+    learner = Learner(ATARI, PolicyConfig(), A2CConfig(steps_per_batch=32, mini_batch_size=None), 3200,
+                      seed=0, cnn_precision="bfloat16")
+    weights = learner.weights().tensors
+    obs = np.random.default_rng(1).integers(0, 256, (8, 4, 84, 84), dtype=np.uint8)
+    with torch.no_grad():
+        trained = learner.policy.value(torch.from_numpy(obs)).numpy()
+        log_p = torch.log_softmax(learner.policy._forward(torch.from_numpy(obs))[1], -1).numpy()
+    acting = {}
+    for precision in ("bfloat16", "float32"):
+        acting[precision] = acting_policy(ATARI, PolicyConfig(), 0, precision)
+        acting[precision].load_weights(weights)
+    worker = acting["bfloat16"]
+    assert {p.dtype for p in worker.policy.torso.parameters()} == {torch.bfloat16}
+    assert worker.policy.value_head.weight.dtype == torch.float32
+    action, log_prob, value = worker.act(obs)
+    assert value.dtype == log_prob.dtype == np.float32
+    np.testing.assert_array_equal(value, trained)
+    np.testing.assert_array_equal(log_prob, log_p[np.arange(8), action])
+    assert not np.array_equal(acting["float32"].value(obs), trained)
+    # Weights loaded after the conversion are converted too, as the next update's are.
+    learner.policy.value_head.bias.data += 1
+    worker.load_weights(learner.weights().tensors)
+    np.testing.assert_array_equal(worker.value(obs), trained + 1)

@@ -39,11 +39,11 @@ def test_an_mlp_torso_on_atari_frames_is_refused_naming_the_field():
     assert exc.value.field == "env_kwargs" and "frameskip" in exc.value.message
 
 
-def test_bfloat16_learner_precision_is_for_image_policies_only():
-    assert job_spaces(build_spec({"env": PONG, "learner_precision": "bfloat16"})).is_image
+def test_bfloat16_cnn_precision_is_for_image_policies_only():
+    assert job_spaces(build_spec({"env": PONG, "cnn_precision": "bfloat16"})).is_image
     with pytest.raises(InvalidSpec) as exc:
-        job_spaces(build_spec({"env": "CartPole-v1", "learner_precision": "bfloat16"}))
-    assert exc.value.field == "learner_precision" and "use float32" in exc.value.message
+        job_spaces(build_spec({"env": "CartPole-v1", "cnn_precision": "bfloat16"}))
+    assert exc.value.field == "cnn_precision" and "use float32" in exc.value.message
 
 
 @pytest.mark.parametrize("module, env_id, extra", [("ale_py", "ALE/Pong-v5", "atari"),
@@ -83,7 +83,7 @@ class Rows:
 @pytest.mark.parametrize("precision", ["float32", "bfloat16"])
 def test_short_pong_run_checkpoints_a_cnn_policy_that_a2c_evaluate_plays(ray_session, tmp_path, capsys, precision):
     # Games cut at 200 frames (50 agent steps), so that each env ends one in its 60 steps.
-    spec = build_spec({"env": PONG, "total_steps": 960, "eval_episodes": 2, "learner_precision": precision,
+    spec = build_spec({"env": PONG, "total_steps": 960, "eval_episodes": 2, "cnn_precision": precision,
                        "env_kwargs": {"max_num_frames_per_episode": 200}})
     sink = Rows()
     summary = Trainer(spec, tmp_path, sink).run()
