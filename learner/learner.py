@@ -25,6 +25,7 @@ from learner.schedules import entropy_coef_at, learning_rate_at
 
 log = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class LearnerState:
     """Everything a resumed learner needs: weights, optimizer state, progress counters."""
@@ -202,7 +203,7 @@ class Learner:
 
         size = cfg.mini_batch_size or steps
         # One full batch is taken as it is: shuffling it would change only the order of the
-        # loss's sums, for a copy of every observation (a tenth of an Atari update's time).
+        # loss's sums, for a copy of every observation.
         batches = ([slice(None)] if size >= steps else
                    torch.randperm(steps, generator=self.generator).to(self.device).split(size))
         totals: dict[str, torch.Tensor] = {}

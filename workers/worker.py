@@ -31,7 +31,8 @@ class RolloutWorker:
     """A plain class; `service/` wraps it with `ray.remote(num_cpus=1)`.
 
     It acts with `learner.acting.acting_policy`: for vector observations a numpy policy, so a
-    worker process imports no torch; for images torch's ActorCritic (one thread)."""
+    worker process imports no torch; for images torch's ActorCritic (one thread), its
+    convolutional torso in the job's `cnn_precision`."""
 
     def __init__(self, env_id: str, env_kwargs: dict[str, Any], num_envs: int, steps_per_env: int,
                  spaces: SpacesSpec, policy_config: PolicyConfig, seed: int, worker_index: int,
