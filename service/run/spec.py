@@ -85,9 +85,10 @@ class JobSpec(FrozenModel):
     the learner's forward and backward passes under torch's autocast (the weights, optimizer,
     heads and loss stay float32), and the rollout workers' acting, with a bfloat16 copy of the
     torso's weights, so that they act with the function the learner trains (the job's
-    evaluations too). Evaluation of a checkpoint (`a2c evaluate`, serving, export) stays float32. Faster where the hardware has
-    bfloat16 matrix units (recent GPUs; CPUs with AMX, Intel's Xeon from Sapphire Rapids on);
-    where it has not, torch converts through float32 and it can be slower: see docs/workloads.md."""
+    evaluations too). Evaluation of a checkpoint (`a2c evaluate`, serving, export) stays
+    float32. Faster where the hardware has bfloat16 matrix units (recent GPUs; CPUs with AMX,
+    Intel's Xeon from Sapphire Rapids on); where it has not, torch converts through float32 and
+    it can be slower: see docs/workloads.md."""
     use_tuned: bool = True
     """Fill `a2c`/`policy` fields the user left unset from the tuned table for this env."""
     tuned: tuple[str, ...] = ()
