@@ -38,6 +38,9 @@ OURS = {
     "ours async, learner 1 thread": ["--mode", "async"],
     "ours sync, learner 2 threads, bfloat16": ["--learner-cpus", "2", "--cnn-precision", "bfloat16"],
     "ours async, learner 1 thread, bfloat16": ["--mode", "async", "--cnn-precision", "bfloat16"],
+    "ours async, 1 worker x 16 envs": ["--mode", "async", "--workers", "1", "--envs-per-worker", "16"],
+    "ours async, 1 worker x 16 envs, bfloat16": ["--mode", "async", "--workers", "1", "--envs-per-worker", "16",
+                                                 "--cnn-precision", "bfloat16"],
 }
 """Our configurations: extra CLI flags over the tuned Atari job."""
 SB3 = {"sb3 1 thread": 1, "sb3 2 threads": 2}
