@@ -113,9 +113,8 @@ class ActorCritic(nn.Module):
         and the workers scale alike, so both run the same function in either dtype.
 
         The result is stored channels-last (torch.channels_last), as the torso's convolution
-        weights are: oneDNN's CPU convolutions run on that layout without reordering, and
-        a learner's forward and backward pass on 80 Atari frames takes about a third less
-        time than on (B, C, H, W)-contiguous tensors (docs/workloads.md, "Benchmarks")."""
+        weights are: the layout torch's oneDNN CPU convolutions are written for, faster here
+        than (B, C, H, W)-contiguous tensors (docs/workloads.md, "Channels-last convolutions")."""
         if self.spaces.channels_last:
             obs = obs.permute(0, 3, 1, 2)
         dtype = self.cnn_dtype or torch.float32  # no float32 copy of the batch for bfloat16
