@@ -62,6 +62,32 @@ def test_torsos_that_do_not_fit_the_observations_are_refused(spaces, config, fie
         ActorCritic(spaces, config)
 
 
+def test_convolutions_run_channels_last_as_a_layout_only():
+    """The torso's convolutions are stored channels-last (faster on CPU; docs/workloads.md); the
+    function, its gradients and the state dict archives store are those of the usual layout."""
+    import copy
+
+    from learner.policy import numpy_state
+    policy = ActorCritic(ATARI, PolicyConfig())
+    assert all(m.weight.is_contiguous(memory_format=torch.channels_last)
+               for m in policy.torso if isinstance(m, nn.Conv2d))
+    obs = torch.randint(0, 256, (6, 4, 84, 84), dtype=torch.uint8)
+    assert policy._scaled(obs).is_contiguous(memory_format=torch.channels_last)
+    usual = copy.deepcopy(policy)
+    usual.torso.to(memory_format=torch.contiguous_format)
+    assert not usual.torso[0].weight.is_contiguous(memory_format=torch.channels_last)
+    x = obs.float() / 255  # (B, C, H, W)-contiguous: the usual layout's kernels for `usual`
+    features = [p.torso(x) for p in (policy, usual)]
+    torch.testing.assert_close(features[0], features[1], rtol=1e-4, atol=1e-5)
+    for p, f in zip((policy, usual), features):
+        f.square().sum().backward()
+    for a, b in zip(policy.torso.parameters(), usual.torso.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-3, atol=1e-4)
+    state = numpy_state(policy)
+    assert all(a.flags.c_contiguous for a in state.values())
+    assert all(np.array_equal(state[k], v.numpy()) for k, v in usual.state_dict().items())
+
+
 def test_init_is_orthogonal_with_the_zoo_gains():
     policy = ActorCritic(ATARI, PolicyConfig())
     for module, gain in [*((m, math.sqrt(2)) for m in policy.torso if isinstance(m, (nn.Conv2d, nn.Linear))),
