@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -265,5 +266,12 @@ def numpy_state(policy: nn.Module) -> dict[str, np.ndarray]:
 
 
 def load_numpy_state(policy: nn.Module, state: dict[str, np.ndarray]) -> None:
-    """Load weights produced by `numpy_state` (shapes and names must match exactly)."""
-    policy.load_state_dict({k: torch.tensor(np.asarray(v)) for k, v in state.items()}, strict=True)
+    """Load weights produced by `numpy_state` (shapes and names must match exactly).
+
+    The arrays are viewed, not copied, and `load_state_dict` copies them into the policy's own
+    tensors, once. They may be read-only (a worker's weights are views of Ray's object store);
+    nothing writes to them, so torch's warning that a tensor made from one could be is muted."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "The given NumPy array is not writable", UserWarning)
+        views = {k: torch.from_numpy(np.asarray(v)) for k, v in state.items()}
+    policy.load_state_dict(views, strict=True)

@@ -149,6 +149,28 @@ def test_images_act_with_torch_and_vectors_with_numpy():
         NumpyPolicy(DISCRETE, PolicyConfig(use_sde=True), seed=0)
 
 
+def test_weights_load_from_read_only_arrays_silently_and_are_copied():
+    """A worker's weights are read-only views of Ray's object store: they load without a
+    warning, into the policy's own tensors (a later change to the arrays does not reach it)."""
+    import warnings
+
+    image = SpacesSpec(obs_shape=(4, 84, 84), obs_dtype="uint8", action_type="discrete", action_n=6)
+    weights = {k: v.copy() for k, v in numpy_state(ActorCritic(image, PolicyConfig())).items()}
+    for array in weights.values():
+        array.setflags(write=False)
+    acting = acting_policy(image, PolicyConfig(), seed=0, cnn_precision="bfloat16")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        acting.load_weights(weights)
+    loaded = acting.policy.state_dict()
+    assert loaded["torso.0.weight"].dtype == torch.bfloat16  # converted as it was copied in
+    np.testing.assert_array_equal(loaded["action_head.weight"].numpy(), weights["action_head.weight"])
+    before = loaded["action_head.weight"].clone()
+    weights["action_head.weight"].setflags(write=True)
+    weights["action_head.weight"][:] = 7.0
+    assert torch.equal(acting.policy.state_dict()["action_head.weight"], before)
+
+
 def test_a_cartpole_worker_never_imports_torch_cold_or_warm():
     # The point of the numpy policy: a worker's process start does not pay torch's import. A
     # Ray actor's process imports its class's module: workers.worker, or service.run.warm.
