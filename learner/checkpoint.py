@@ -22,19 +22,19 @@ import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
-import torch
 from safetensors.numpy import load as load_safetensors
 from safetensors.numpy import save as save_safetensors
 
 from learner.acting import NumpyPolicy, TorchActing, acting_policy
 from learner.config import A2CConfig, PolicyConfig
-from learner.learner import LearnerState
-from learner.rollout import Weights
-from learner.policy import ActorCritic, load_numpy_state
+from learner.rollout import LearnerState, Weights
 from learner.spaces import SpacesSpec
+
+if TYPE_CHECKING:
+    from learner.policy import ActorCritic
 
 ALGO = "A2C"
 FORMAT_VERSION = 1
@@ -104,6 +104,8 @@ class PolicyCheckpoint:
 
 def _rebuild(spaces: SpacesSpec, config: dict[str, Any], tensors: dict[str, np.ndarray]) -> ActorCritic:
     """The policy of `config`'s policy section for `spaces`, with these weights, in eval mode."""
+    from learner.policy import ActorCritic, load_numpy_state  # torch: only where a policy is rebuilt
+
     policy = ActorCritic(spaces, PolicyConfig(**config.get("policy", {})))
     load_numpy_state(policy, tensors)
     return policy.eval()
@@ -330,6 +332,8 @@ def read_archive(source: Path | str | bytes) -> Checkpoint:
     non-finite weights, or contents that do not load (weights that do not fit the manifest,
     an optimizer state that would need unpickling of code).
     """
+    import torch  # here, not at import: the API server imports this module for its errors
+
     data = source if isinstance(source, bytes) else _read_file(Path(source))
     files = _read_members(data)
     manifest, config = _manifest_and_config(files)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import io
 import logging
 import os
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -20,24 +19,10 @@ from learner.normalize import RunningMeanStd
 from learner.optim import make_optimizer
 from learner.policy import CNN_DTYPES, ActorCritic, load_numpy_state, numpy_state
 from learner.spaces import SpacesSpec
-from learner.rollout import Rollout, Weights
+from learner.rollout import LearnerState, Rollout, Weights
 from learner.schedules import entropy_coef_at, learning_rate_at
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class LearnerState:
-    """Everything a resumed learner needs: weights, optimizer state, progress counters."""
-
-    weights: Weights
-    optimizer: bytes
-    """`torch.save` of the optimizer state dict; read back with weights_only=True."""
-    step: int
-    """Env steps trained on so far; schedules continue from here."""
-    updates: int
-    reward_norm: tuple[float, float, float] | None = None
-    """(mean, var, count) of the discounted-return statistics when `normalize_rewards` is on."""
 
 
 def choose_device(request: str, gpu_assigned: bool) -> tuple[torch.device, str]:

@@ -1,5 +1,6 @@
-"""The types that cross between rollout workers and the learner: `Rollout` one way, `Weights`
-the other (numpy arrays both, free of torch)."""
+"""The types that cross between the actors, numpy and bytes only, free of torch: `Rollout` from
+rollout workers to the learner, `Weights` back, and `LearnerState` from the learner to the
+driver and its checkpoint archives."""
 
 from __future__ import annotations
 
@@ -43,3 +44,17 @@ class Weights:
 
     version: int
     tensors: dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class LearnerState:
+    """Everything a resumed learner needs: weights, optimizer state, progress counters."""
+
+    weights: Weights
+    optimizer: bytes
+    """`torch.save` of the optimizer state dict; read back with weights_only=True."""
+    step: int
+    """Env steps trained on so far; schedules continue from here."""
+    updates: int
+    reward_norm: tuple[float, float, float] | None = None
+    """(mean, var, count) of the discounted-return statistics when `normalize_rewards` is on."""

@@ -12,7 +12,7 @@ from typing import Any
 
 from learner.checkpoint import (Checkpoint, CheckpointRejected, PolicyCheckpoint, archive_bytes, read_archive,
                                read_manifest, read_policy)
-from learner.learner import LearnerState
+from learner.rollout import LearnerState
 from learner.spaces import SpacesSpec
 from service import storage
 from service.records import CHECKPOINT_ID_PATTERN

@@ -26,7 +26,8 @@ import ray
 from ray.exceptions import GetTimeoutError
 
 from learner.checkpoint import Checkpoint
-from learner.learner import Learner, LearnerState
+from learner.learner import Learner
+from learner.rollout import LearnerState
 from learner.spaces import SpacesSpec
 from service.cluster import cluster_has_gpu
 from service.records import UPDATE_STATS, JobStatus, MetricsRow, checkpoint_id, new_job_id

@@ -29,7 +29,8 @@ ZYGOTE = textwrap.dedent("""
     from pathlib import Path
     from service.run.checkpoints import write_checkpoint
     from learner.config import A2CConfig, PolicyConfig
-    from learner.learner import Learner, LearnerState
+    from learner.learner import Learner
+    from learner.rollout import LearnerState
     from learner.spaces import SpacesSpec
 
     def say(line):  # one write(2) per line: the writer and the zygote share the pipe

@@ -88,6 +88,15 @@ def test_a2c_checkpoints_lists_eval_returns_and_marks_the_best(run_dir):
     assert next(line for line in lines if line.startswith("step-0000001536")).split()[2] == "-"
 
 
+def test_listing_checkpoints_reads_manifests_without_importing_torch(run_dir):
+    code = ("import sys\nfrom api.cli import main\n"
+            f"assert main(['checkpoints', {str(run_dir)!r}]) == 0\n"
+            "print(sorted(m for m in ('torch', 'ray') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "step-0000002048" in result.stdout and result.stdout.strip().splitlines()[-1] == "[]"
+
+
 def test_a2c_evaluate_takes_best_and_refuses_a_bad_choice_in_one_line(run_dir):
     result = a2c("evaluate", str(run_dir), "--checkpoint", "best", "--episodes", "2")
     assert result.returncode == 0, result.stderr
