@@ -119,7 +119,9 @@ class ActorCritic(nn.Module):
         if self.spaces.channels_last:
             obs = obs.permute(0, 3, 1, 2)
         dtype = self.cnn_dtype or torch.float32  # no float32 copy of the batch for bfloat16
-        return obs.to(dtype, memory_format=torch.channels_last).mul_(1 / 255)
+        # copy=True: the in-place scaling never writes into the caller's tensor, even one already
+        # in this dtype and layout (a uint8 batch is copied by the conversion anyway).
+        return obs.to(dtype, memory_format=torch.channels_last, copy=True).mul_(1 / 255)
 
     def _cnn(self, torso: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) scaled images -> (B, 512) float32 features; the convolutions dominate the
@@ -254,6 +256,13 @@ def shape_of(spaces: SpacesSpec, config: PolicyConfig) -> dict[str, tuple[int, .
     return {name: tuple(t.shape) for name, t in policy.state_dict().items()}
 
 
+# Tensors made here from read-only arrays (Ray's object store hands those out: a worker's weights,
+# the learner's rollouts) are only read, so torch's warning that they could be written is muted,
+# for this module only. Set once at import: a `catch_warnings` block per call would reset every
+# module's record of the warnings already shown, which would then be printed again.
+warnings.filterwarnings("ignore", "The given NumPy array is not writable", UserWarning, module=__name__)
+
+
 def obs_tensor(obs: np.ndarray, spaces: SpacesSpec) -> torch.Tensor:
     """A batch of observations from an env as the policy takes it: uint8 images as they are
     (no copy), anything else as float32 (a copy only when the env's dtype differs)."""
@@ -270,8 +279,7 @@ def load_numpy_state(policy: nn.Module, state: dict[str, np.ndarray]) -> None:
 
     The arrays are viewed, not copied, and `load_state_dict` copies them into the policy's own
     tensors, once. They may be read-only (a worker's weights are views of Ray's object store);
-    nothing writes to them, so torch's warning that a tensor made from one could be is muted."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "The given NumPy array is not writable", UserWarning)
-        views = {k: torch.from_numpy(np.asarray(v)) for k, v in state.items()}
+    nothing writes to them, and torch's warning that a tensor made from one could be is muted
+    for this module (above `obs_tensor`)."""
+    views = {k: torch.from_numpy(np.asarray(v)) for k, v in state.items()}
     policy.load_state_dict(views, strict=True)

@@ -149,19 +149,15 @@ def test_images_act_with_torch_and_vectors_with_numpy():
         NumpyPolicy(DISCRETE, PolicyConfig(use_sde=True), seed=0)
 
 
-def test_weights_load_from_read_only_arrays_silently_and_are_copied():
-    """A worker's weights are read-only views of Ray's object store: they load without a
-    warning, into the policy's own tensors (a later change to the arrays does not reach it)."""
-    import warnings
-
+def test_weights_load_from_read_only_arrays_into_the_policys_own_tensors():
+    """A worker's weights are read-only views of Ray's object store: they are copied into the
+    policy's own tensors (a later change to the arrays does not reach it)."""
     image = SpacesSpec(obs_shape=(4, 84, 84), obs_dtype="uint8", action_type="discrete", action_n=6)
     weights = {k: v.copy() for k, v in numpy_state(ActorCritic(image, PolicyConfig())).items()}
     for array in weights.values():
         array.setflags(write=False)
     acting = acting_policy(image, PolicyConfig(), seed=0, cnn_precision="bfloat16")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        acting.load_weights(weights)
+    acting.load_weights(weights)
     loaded = acting.policy.state_dict()
     assert loaded["torso.0.weight"].dtype == torch.bfloat16  # converted as it was copied in
     np.testing.assert_array_equal(loaded["action_head.weight"].numpy(), weights["action_head.weight"])
@@ -169,6 +165,29 @@ def test_weights_load_from_read_only_arrays_silently_and_are_copied():
     weights["action_head.weight"].setflags(write=True)
     weights["action_head.weight"][:] = 7.0
     assert torch.equal(acting.policy.state_dict()["action_head.weight"], before)
+
+
+def test_read_only_weights_and_observations_load_without_a_warning():
+    # In a fresh process: torch warns about a read-only array once per process, so a test in
+    # pytest's process could pass only because an earlier one had used that warning up.
+    code = """
+import numpy as np
+from learner.acting import acting_policy
+from learner.config import PolicyConfig
+from learner.policy import ActorCritic, numpy_state, obs_tensor
+from learner.spaces import SpacesSpec
+image = SpacesSpec(obs_shape=(4, 84, 84), obs_dtype="uint8", action_type="discrete", action_n=6)
+weights = numpy_state(ActorCritic(image, PolicyConfig()))
+for array in weights.values():
+    array.setflags(write=False)
+acting_policy(image, PolicyConfig(), seed=0, cnn_precision="bfloat16").load_weights(weights)
+obs = np.zeros((2, 4, 84, 84), np.uint8)
+obs.setflags(write=False)
+obs_tensor(obs, image)
+print("loaded")
+"""
+    out = subprocess.run([sys.executable, "-W", "error::UserWarning", "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout == "loaded\n" and out.stderr == "", out.stderr
 
 
 def test_a_cartpole_worker_never_imports_torch_cold_or_warm():
