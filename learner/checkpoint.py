@@ -332,7 +332,7 @@ def read_archive(source: Path | str | bytes) -> Checkpoint:
     non-finite weights, or contents that do not load (weights that do not fit the manifest,
     an optimizer state that would need unpickling of code).
     """
-    import torch  # here, not at import: the API server imports this module for its errors
+    import torch  # here, not at import: listing a run's archives reads manifests only
 
     data = source if isinstance(source, bytes) else _read_file(Path(source))
     files = _read_members(data)

@@ -119,8 +119,7 @@ def test_box_actions_are_the_clipped_gaussian_means_after_the_stored_normalisati
     tensors["obs_norm.mean"] = np.array([0.5, -0.5, 3.0])
     tensors["obs_norm.var"] = np.array([0.25, 4.0, 9.0])
     tensors["action_head.weight"] = tensors["action_head.weight"] * 300
-    from learner.rollout import LearnerState
-    from learner.rollout import Weights
+    from learner.rollout import LearnerState, Weights
     state = LearnerState(Weights(1, tensors), ckpt.state.optimizer, 256, 1)
     path.write_bytes(archive_bytes(state, PENDULUM, "Pendulum-v1", ckpt.config))
     policy = read_archive(path).policy()
