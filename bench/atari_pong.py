@@ -62,9 +62,25 @@ def summarize(games: list[list[float]], goal: float | None) -> dict[str, Any]:
     }
 
 
+def spec_difference(spec: dict[str, Any], other: dict[str, Any]) -> str:
+    """The fields where a job spec differs from `other`, as "a2c.learning_rate_schedule=linear"
+    (nested sections flattened with dots), for telling two runs apart on one plot. `tuned`, the
+    list of fields the tuned table filled, is left out: it differs whenever the fields do."""
+    def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            if k == "tuned":
+                continue
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+    a, b = flat(spec), flat(other)
+    return ", ".join(f"{k}={a.get(k)}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)) or "same spec"
+
+
 def plot(result: dict[str, Any], path: Path, compare: dict[str, Any] | None = None) -> None:
-    """Game returns and their 100-game mean against frames, with the goal line; `compare`, a
-    `bench.sb3_atari` record, adds its 100-episode mean (SB3's Monitor: whole games) in black."""
+    """Game returns and their 100-game mean against frames, with the goal line. `compare` adds a
+    100-game mean in black: a `bench.sb3_atari` record's (SB3's Monitor: whole games), or an
+    earlier record of this bench's, labelled with the spec fields where it differs."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -76,7 +92,12 @@ def plot(result: dict[str, Any], path: Path, compare: dict[str, Any] | None = No
     ax.scatter(frames, [g[2] for g in games], s=3, alpha=0.25, color="tab:blue", label="game return")
     ax.plot([f for f, m in zip(frames, means) if m is not None], [m for m in means if m is not None],
             color="tab:red", label=f"mean of the last {WINDOW} games")
-    if compare is not None:
+    if compare is not None and "games" in compare:  # an earlier run of this bench
+        other = [(g[0] * FRAMES_PER_STEP / 1e6, m) for g, m in
+                 zip(compare["games"], window_means([g[2] for g in compare["games"]])) if m is not None]
+        ax.plot([f for f, _ in other], [m for _, m in other], color="black", linewidth=1,
+                label=f"earlier run, {spec_difference(compare['spec'], result['spec'])}: mean of the last {WINDOW} games")
+    elif compare is not None:
         points = [(c[1] * FRAMES_PER_STEP / 1e6, c[2]) for c in compare["curve"] if c[2] is not None]
         threads = compare["config"].get("torch_threads")
         ax.plot([f for f, _ in points], [m for _, m in points], color="black", linewidth=1,
@@ -93,7 +114,7 @@ def plot(result: dict[str, Any], path: Path, compare: dict[str, Any] | None = No
     ax.set_xlabel("frames (millions)")
     ax.set_ylabel("return (whole game, raw score)")
     ax.grid(alpha=0.3)
-    ax.legend(loc="center right", fontsize=8)
+    ax.legend(loc="upper left", fontsize=8)  # the curves start at the bottom left and rise to the right
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -109,7 +130,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--plot-only", action="store_true", help="redraw the plot of an existing --out JSON")
     p.add_argument("--compare", type=Path, default=None,
-                   help="with --plot-only: a bench.sb3_atari record whose curve is drawn beside")
+                   help="with --plot-only: a bench.sb3_atari record, or an earlier record of this bench, "
+                   "whose 100-game mean is drawn beside")
     args = p.parse_args(argv)
     if args.plot_only:
         compare = json.loads(args.compare.read_text()) if args.compare else None

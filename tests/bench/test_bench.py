@@ -186,3 +186,18 @@ def test_startup_cpu_is_split_by_process_named_by_its_script_or_actor(tmp_path):
                    (11.0, {5: ("driver", 2.0), 7: ("learner", 1.2), 9: ("worker", 0.4)})]
     assert monitor.cpu_by_process_s(10.5) == {"driver": 1.5, "learner": 0.7, "ray IDLE": 0.1, "worker 1": 0.2}
     assert monitor.cpu_by_process_s(12.0) is None
+
+
+def test_pong_plot_labels_an_earlier_run_by_the_spec_fields_it_differs_in(tmp_path):
+    from bench.atari_pong import plot, spec_difference
+    spec = {"env": "PongNoFrameskip-v4", "seed": 0, "tuned": ["a2c.gamma"],
+            "a2c": {"learning_rate_schedule": "constant", "gamma": 0.99}}
+    earlier = {**spec, "tuned": ["a2c.gamma", "a2c.learning_rate_schedule"],
+               "a2c": {"learning_rate_schedule": "linear", "gamma": 0.99}}
+    assert spec_difference(earlier, spec) == "a2c.learning_rate_schedule=linear"
+    assert spec_difference(spec, spec) == "same spec"
+    games = [[i * 1000, float(i), -21.0 + i / 10, 800] for i in range(150)]
+    result = {"env": "PongNoFrameskip-v4", "seed": 0, "spec": spec, "games": games,
+              "summary": {"games": 150, "last_100_mean": -13.5}}
+    plot(result, tmp_path / "run.png", compare={"spec": earlier, "games": games[:120]})
+    assert (tmp_path / "run.png").stat().st_size > 0
