@@ -23,7 +23,8 @@ def test_every_atari_id_gets_the_tuned_atari_entry_and_no_tuned_keeps_the_defaul
         assert spec.workers * spec.envs_per_worker == 16 and spec.steps_per_env == 5
         assert spec.a2c.optimizer == "rmsprop_tf" and spec.a2c.optimizer_eps == 1e-5
         assert (spec.a2c.entropy_coef, spec.a2c.value_coef, spec.a2c.gae_lambda) == (0.01, 0.25, 1.0)
-        assert spec.a2c.learning_rate_schedule == "linear" and spec.a2c.mini_batch_size is None
+        assert spec.a2c.learning_rate_schedule == "constant" and spec.a2c.learning_rate == 7e-4
+        assert spec.a2c.mini_batch_size is None
         assert "a2c.optimizer" in spec.tuned
     plain = build_spec({"env": PONG, "use_tuned": False})
     assert plain.tuned == () and plain.a2c.optimizer == "adam" and plain.a2c.steps_per_batch == 2048
