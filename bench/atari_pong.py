@@ -66,15 +66,16 @@ def spec_difference(spec: dict[str, Any], other: dict[str, Any]) -> str:
     """The fields where a job spec differs from `other`, as "a2c.learning_rate_schedule=linear"
     (nested sections flattened with dots), for telling two runs apart on one plot. `tuned`, the
     list of fields the tuned table filled, is left out: it differs whenever the fields do."""
-    def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for k, v in d.items():
-            if k == "tuned":
-                continue
-            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-        return out
-    a, b = flat(spec), flat(other)
+    from service.run.tracking import flatten_spec
+    a, b = (flatten_spec({k: v for k, v in s.items() if k != "tuned"}) for s in (spec, other))
     return ", ".join(f"{k}={a.get(k)}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)) or "same spec"
+
+
+def mean_curve(games: list[list[float]]) -> tuple[list[float], list[float]]:
+    """Frames (millions) and the mean of the last `WINDOW` games there, from the first full window."""
+    means = window_means([g[2] for g in games])
+    return ([g[0] * FRAMES_PER_STEP / 1e6 for g, m in zip(games, means) if m is not None],
+            [m for m in means if m is not None])
 
 
 def plot(result: dict[str, Any], path: Path, compare: dict[str, Any] | None = None) -> None:
@@ -86,16 +87,12 @@ def plot(result: dict[str, Any], path: Path, compare: dict[str, Any] | None = No
     import matplotlib.pyplot as plt
 
     games = result["games"]
-    frames = [g[0] * FRAMES_PER_STEP / 1e6 for g in games]
-    means = window_means([g[2] for g in games])
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    ax.scatter(frames, [g[2] for g in games], s=3, alpha=0.25, color="tab:blue", label="game return")
-    ax.plot([f for f, m in zip(frames, means) if m is not None], [m for m in means if m is not None],
-            color="tab:red", label=f"mean of the last {WINDOW} games")
+    ax.scatter([g[0] * FRAMES_PER_STEP / 1e6 for g in games], [g[2] for g in games], s=3, alpha=0.25,
+               color="tab:blue", label="game return")
+    ax.plot(*mean_curve(games), color="tab:red", label=f"mean of the last {WINDOW} games")
     if compare is not None and "games" in compare:  # an earlier run of this bench
-        other = [(g[0] * FRAMES_PER_STEP / 1e6, m) for g, m in
-                 zip(compare["games"], window_means([g[2] for g in compare["games"]])) if m is not None]
-        ax.plot([f for f, _ in other], [m for _, m in other], color="black", linewidth=1,
+        ax.plot(*mean_curve(compare["games"]), color="black", linewidth=1,
                 label=f"earlier run, {spec_difference(compare['spec'], result['spec'])}: mean of the last {WINDOW} games")
     elif compare is not None:
         points = [(c[1] * FRAMES_PER_STEP / 1e6, c[2]) for c in compare["curve"] if c[2] is not None]

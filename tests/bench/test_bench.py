@@ -189,7 +189,7 @@ def test_startup_cpu_is_split_by_process_named_by_its_script_or_actor(tmp_path):
 
 
 def test_pong_plot_labels_an_earlier_run_by_the_spec_fields_it_differs_in(tmp_path):
-    from bench.atari_pong import plot, spec_difference
+    from bench.atari_pong import mean_curve, plot, spec_difference
     spec = {"env": "PongNoFrameskip-v4", "seed": 0, "tuned": ["a2c.gamma"],
             "a2c": {"learning_rate_schedule": "constant", "gamma": 0.99}}
     earlier = {**spec, "tuned": ["a2c.gamma", "a2c.learning_rate_schedule"],
@@ -197,6 +197,9 @@ def test_pong_plot_labels_an_earlier_run_by_the_spec_fields_it_differs_in(tmp_pa
     assert spec_difference(earlier, spec) == "a2c.learning_rate_schedule=linear"
     assert spec_difference(spec, spec) == "same spec"
     games = [[i * 1000, float(i), -21.0 + i / 10, 800] for i in range(150)]
+    frames, means = mean_curve(games)  # from the 100th game on: 51 points
+    assert len(frames) == len(means) == 51 and frames[0] == 99 * 1000 * 4 / 1e6
+    assert means[0] == pytest.approx(sum(-21.0 + i / 10 for i in range(100)) / 100)
     result = {"env": "PongNoFrameskip-v4", "seed": 0, "spec": spec, "games": games,
               "summary": {"games": 150, "last_100_mean": -13.5}}
     plot(result, tmp_path / "run.png", compare={"spec": earlier, "games": games[:120]})
