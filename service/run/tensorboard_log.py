@@ -11,24 +11,27 @@ On a local path the file is opened, appended to and closed for every row: nothin
 a job ends or its server dies, no writer thread, and every row is in the file once `write`
 returns. An object store cannot append: there the records are kept in memory and the whole
 object is rewritten at `flush()` (at each checkpoint), as `storage.JsonLines` does. The record
-framing is TFRecord's; the protocol buffers and the checksum are tensorboardX's.
+framing is TFRecord's; the protocol buffers and the checksum are tensorboardX's, imported at the
+first log: tensorboardX's package imports torch whenever it is installed (about 1.1 s), which
+`a2c serve` does not need before a job is submitted.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import socket
 import struct
 import time
-from typing import Any
-
-from tensorboardX.proto.event_pb2 import Event
-from tensorboardX.proto.summary_pb2 import Summary
-from tensorboardX.record_writer import masked_crc32c
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
 
 from service import storage
 from service.run.tracking import flatten_spec, metric_values, run_name
+
+if TYPE_CHECKING:
+    from tensorboardX.proto.event_pb2 import Event
 
 
 _opened = itertools.count()
@@ -45,10 +48,20 @@ def tensorboard_dir(root: str | os.PathLike, spec: dict[str, Any], job_id: str) 
     return storage.join(root, "tensorboard", run_name(spec["env"], spec.get("name"), job_id))
 
 
+@functools.cache
+def _tbx() -> SimpleNamespace:
+    """tensorboardX's `Event`, `Summary` and `masked_crc32c`, imported on first use."""
+    from tensorboardX.proto.event_pb2 import Event
+    from tensorboardX.proto.summary_pb2 import Summary
+    from tensorboardX.record_writer import masked_crc32c
+    return SimpleNamespace(Event=Event, Summary=Summary, masked_crc32c=masked_crc32c)
+
+
 def _record(data: bytes) -> bytes:
     """One TFRecord: length, its checksum, the data, its checksum."""
+    crc = _tbx().masked_crc32c
     header = struct.pack("<Q", len(data))
-    return header + struct.pack("<I", masked_crc32c(header)) + data + struct.pack("<I", masked_crc32c(data))
+    return header + struct.pack("<I", crc(header)) + data + struct.pack("<I", crc(data))
 
 
 class TensorBoardLog:
@@ -68,7 +81,7 @@ class TensorBoardLog:
             storage.local_path(log_dir).mkdir(parents=True, exist_ok=True)
         else:
             self._buffer = []
-        self._append(Event(wall_time=time.time(), file_version="brain.Event:2"))
+        self._append(_tbx().Event(wall_time=time.time(), file_version="brain.Event:2"))
         if hparams:
             self.write_hparams(hparams)
 
@@ -78,10 +91,11 @@ class TensorBoardLog:
         from tensorboardX.summary import hparams as hparams_summaries
         flat = {key: value for key, value in flatten_spec(spec).items() if key not in HPARAMS_LEFT_OUT}
         for summary in hparams_summaries(flat, {key: 0.0 for key in HPARAMS_METRICS}):
-            self._append(Event(wall_time=time.time(), summary=summary))
+            self._append(_tbx().Event(wall_time=time.time(), summary=summary))
 
     def write(self, row: dict[str, Any]) -> None:
         """One event at `row["step"]`: a scalar per finite number in the row (step aside)."""
+        Event, Summary = _tbx().Event, _tbx().Summary
         values = [Summary.Value(tag=key, simple_value=value) for key, value in metric_values(row).items()]
         self._append(Event(wall_time=time.time(), step=int(row["step"]), summary=Summary(value=values)))
 

@@ -356,6 +356,18 @@ def test_serve_on_a_busy_port_fails_at_once_before_ray_starts(tmp_path):
     assert elapsed < 10, elapsed  # the interpreter and the parser; Ray's start-up alone takes longer
 
 
+def test_the_server_and_its_app_import_without_torch(tmp_path):
+    # `a2c serve` needs torch only once a job is submitted (its spec checks); tensorboardX, whose
+    # package imports torch when installed, is imported at a job's first TensorBoard row.
+    code = ("import sys\nfrom api.server import serve\nfrom api.app import create_app\n"
+            "from api.config import Settings\n"
+            f"create_app(Settings(data_dir={str(tmp_path)!r}))\n"
+            "print(sorted(m for m in ('torch', 'tensorboardX') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
 def test_name_and_tags_flags_go_into_the_spec():
     from api.cli import build_parser
     from service.train import spec_from_args
