@@ -53,8 +53,7 @@ TUNED: dict[str, dict[str, Any]] = {
     "CartPole-v1": {
         "envs_per_worker": 16,
         "a2c": {"steps_per_batch": 512, "mini_batch_size": None, "optimizer": "rmsprop", "learning_rate": 3e-3,
-                "learning_rate_schedule": "linear", "learning_rate_final": 0.0,
-                "gae_lambda": 0.95, "normalize_rewards": True},
+                "learning_rate_schedule": "linear", "gae_lambda": 0.95, "normalize_rewards": True},
         "policy": {"share_torso": False, "normalize_observations": True},
     },
     # Seed defaults stay near the random policy's -1400. Without gSDE, the best found (128-sample
