@@ -45,6 +45,20 @@ def choose_device(request: str, gpu_assigned: bool) -> tuple[torch.device, str]:
         f"(torch.version.cuda={torch.version.cuda})")
 
 
+def bfloat16_warning(device: torch.device) -> str:
+    """Why bfloat16 convolutions would be slow on `device`, or "" when it has bfloat16 units.
+
+    On CPU only AMX makes them faster than float32: with oneDNN kept from this CPU's AMX
+    (ONEDNN_MAX_CPU_ISA), the Pong learner's update took 1.5x float32's time with AVX512-BF16,
+    3.2x with AVX-512 and 8.7x with AVX2, against 0.5x with AMX (docs/workloads.md)."""
+    if device.type == "cuda":
+        return "" if torch.cuda.is_bf16_supported() else "this GPU has no bfloat16 units"
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    if amx is not None and not amx():
+        return "this CPU has no AMX, so they run slower than float32: use float32"
+    return ""
+
+
 def a2c_loss(policy: ActorCritic, obs: torch.Tensor, actions: torch.Tensor,
              advantages: torch.Tensor, returns: torch.Tensor, entropy_coef: float,
              value_coef: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -83,6 +97,10 @@ class Learner:
         cnn_dtype = CNN_DTYPES[cnn_precision]
         if cnn_dtype is not None:
             self.device_reason += f"; convolutions in {cnn_precision} (cnn_precision)"
+            warning = bfloat16_warning(self.device)
+            if warning:
+                self.device_reason += f", but {warning}"
+                log.warning("learner: cnn_precision=%s, but %s", cnn_precision, warning)
         log.info("learner device %s", self.device_reason)
         self.config = config
         self.total_steps = total_steps

@@ -169,6 +169,18 @@ def test_bfloat16_learner_runs_the_cnn_in_bfloat16_and_keeps_everything_else_flo
     assert not torch.equal(grads["float32"][0], grads["bfloat16"][0]), "the convolutions ran in bfloat16"
 
 
+@pytest.mark.parametrize("amx", [True, False])
+def test_bfloat16_on_a_cpu_without_amx_is_named_slow_in_the_device_line(monkeypatch, caplog, amx):
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    config = A2CConfig(steps_per_batch=32, mini_batch_size=None)
+    bf16 = Learner(ATARI, PolicyConfig(), config, 3200, seed=0, cnn_precision="bfloat16").device_info()[1]
+    fp32 = Learner(ATARI, PolicyConfig(), config, 3200, seed=0, cnn_precision="float32").device_info()[1]
+    assert bf16.startswith("cpu: no GPU in the cluster; convolutions in bfloat16 (cnn_precision)")
+    assert ("this CPU has no AMX, so they run slower than float32: use float32" in bf16) == (not amx), bf16
+    assert ("no AMX" in caplog.text) == (not amx)
+    assert fp32 == "cpu: no GPU in the cluster"  # float32 has nothing to warn about
+
+
 def test_bfloat16_workers_act_with_the_function_the_learner_trains():
     """cnn_precision=bfloat16: a worker keeps its torso's weights in bfloat16 (no conversion at
     every step) and computes, to the bit, what the learner's autocast computes; a float32
