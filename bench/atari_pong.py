@@ -4,10 +4,14 @@ frames (2.5M agent steps), with the mean of the last 100 whole games against fra
 The job runs through the real `Trainer` on an embedded Ray, in this process; every finished
 game (full game, raw score, as the workers report them) is kept with the step and loop time
 at which its update was recorded. The JSON is rewritten every minute while the run goes on,
-so that a long run can be followed, and a plot (matplotlib) is drawn at the end.
+so that a long run can be followed, and a plot (matplotlib) is drawn at the end. A run that was
+stopped (a killed process, a rebooted machine) continues with `--resume` from the newest
+checkpoint in its run directory, with the games and rows recorded past it dropped: a run longer
+than one sitting can be made in parts.
 
     nohup nice -n 10 python -m bench.atari_pong --out bench/results/pong-2core.json > pong.log 2>&1 &
-    python -m bench.atari_pong --plot-only bench/results/pong-2core.json
+    python -m bench.atari_pong --resume --out bench/results/pong-2core.json   # after a stop
+    python -m bench.atari_pong --plot-only --out bench/results/pong-2core.json
 """
 
 from __future__ import annotations
@@ -116,6 +120,26 @@ def plot(result: dict[str, Any], path: Path, compare: dict[str, Any] | None = No
     fig.savefig(path, dpi=110)
 
 
+def resume_point(result: dict[str, Any], run_dir: Path | None = None):
+    """For `--resume`: the newest checkpoint in the run's directory (`run_dir` if given, which
+    is then recorded), after dropping from `result` the games and rows recorded past its step;
+    returns it with the loop time recorded at that step, from which the loop times go on."""
+    from service.run.checkpoints import open_checkpoint
+    if run_dir is not None:
+        result["run_dir"] = str(run_dir.resolve())
+    if "run_dir" not in result:
+        raise SystemExit("--resume: this record names no run directory (made before --resume existed); "
+                         "pass --run-dir with its checkpoints")
+    _, checkpoint = open_checkpoint(result["run_dir"])
+    step = checkpoint.state.step
+    result["games"] = [g for g in result["games"] if g[0] <= step]
+    result["rows"] = [r for r in result["rows"] if r["step"] <= step]
+    result.setdefault("parts", [{"commit": result["commit"], "command": result["command"], "from_step": 0,
+                                 "wall_s": result.get("wall_s")}])
+    loop_s = max([g[1] for g in result["games"]] + [r["wall_s"] for r in result["rows"]], default=0.0)
+    return checkpoint, loop_s
+
+
 def main(argv: list[str] | None = None) -> None:
     """Train, record every game, write the JSON (and the plot at the end)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -125,6 +149,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--spec", default="{}", help="JSON of job spec fields over the tuned ones")
     p.add_argument("--num-cpus", type=int, default=None, help="logical CPUs of the embedded Ray")
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--run-dir", type=Path, default=None,
+                   help="the job's checkpoints (default /tmp/bench-pong-<pid>); kept in the JSON for --resume")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the stopped run of --out from the newest checkpoint in its run directory "
+                   "(the run's own spec, seed and frames; --env, --frames, --seed and --spec are not used)")
     p.add_argument("--plot-only", action="store_true", help="redraw the plot of an existing --out JSON")
     p.add_argument("--compare", type=Path, default=None,
                    help="with --plot-only: a bench.sb3_atari record, or an earlier record of this bench, "
@@ -140,19 +169,31 @@ def main(argv: list[str] | None = None) -> None:
     from service.run.loop import Trainer
     from service.run.sinks import NullSink
 
-    spec = build_spec({"env": args.env, "total_steps": args.frames // FRAMES_PER_STEP, "seed": args.seed,
-                       **json.loads(args.spec)})
-    result: dict[str, Any] = {
-        "bench": "atari_pong", "env": args.env, "seed": args.seed, "frames": args.frames,
-        "spec": spec.model_dump(mode="json"), "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                 cwd=Path(__file__).parent).stdout.strip(),
-        "command": " ".join([sys.executable.rsplit("/", 1)[-1], "-m", "bench.atari_pong", *(argv or sys.argv[1:])]),
-        "games": [], "rows": [],
-    }
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=Path(__file__).parent).stdout.strip()
+    command = " ".join([sys.executable.rsplit("/", 1)[-1], "-m", "bench.atari_pong", *(argv or sys.argv[1:])])
+    resume, loop_offset = None, 0.0
+    if args.resume:
+        result = json.loads(args.out.read_text())
+        resume, loop_offset = resume_point(result, args.run_dir)
+        spec = build_spec(result["spec"])
+        result["parts"].append({"commit": commit, "command": command, "from_step": resume.state.step, "wall_s": 0.0})
+    else:
+        spec = build_spec({"env": args.env, "total_steps": args.frames // FRAMES_PER_STEP, "seed": args.seed,
+                           **json.loads(args.spec)})
+        result = {
+            "bench": "atari_pong", "env": args.env, "seed": args.seed, "frames": args.frames,
+            "spec": spec.model_dump(mode="json"), "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+            "commit": commit, "command": command,
+            "run_dir": str((args.run_dir or Path(f"/tmp/bench-pong-{os.getpid()}")).resolve()),
+            "parts": [{"commit": commit, "command": command, "from_step": 0, "wall_s": 0.0}],
+            "games": [], "rows": [],
+        }
 
     def write(final: bool = False) -> None:
-        result["summary"] = summarize(result["games"], goal_of(args.env))
+        result["parts"][-1]["wall_s"] = round(time.time() - LAUNCHED_AT, 1)
+        result["wall_s"] = round(sum(part["wall_s"] for part in result["parts"]), 1)
+        result["summary"] = summarize(result["games"], goal_of(result["env"]))
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result) + "\n")
         if final:
@@ -171,6 +212,7 @@ def main(argv: list[str] | None = None) -> None:
                 result["rows"].append({k: row.get(k) for k in (
                     "step", "wall_s", "env_steps_per_s", "episode_return_mean", "eval_return_mean", "entropy",
                     "value_loss", "explained_variance", "learning_rate", "grad_norm")})
+                result["rows"][-1]["wall_s"] += loop_offset
             if time.monotonic() - self.last_write > 60:
                 self.last_write = time.monotonic()
                 write()
@@ -185,15 +227,14 @@ def main(argv: list[str] | None = None) -> None:
         def _row(self, stats, episodes, loop_t0):
             row = super()._row(stats, episodes, loop_t0)
             for e in episodes:
-                result["games"] += [[row.step, row.wall_s, float(r), int(n)]
+                result["games"] += [[row.step, row.wall_s + loop_offset, float(r), int(n)]
                                     for r, n in zip(e.returns, e.lengths)]
             return row
 
     connect(None, num_cpus=args.num_cpus or max(os.cpu_count() or 1, spec.cpus_needed))
-    trainer = GameRecordingTrainer(spec, Path(f"/tmp/bench-pong-{os.getpid()}"), Recorder())
+    trainer = GameRecordingTrainer(spec, Path(result["run_dir"]), Recorder(), resume=resume)
     summary = trainer.run()
     result["trainer_summary"] = summary
-    result["wall_s"] = round(time.time() - LAUNCHED_AT, 1)
     result["loop_s"] = result["rows"][-1]["wall_s"] if result["rows"] else None
     write(final=True)
     print(json.dumps(result["summary"]), flush=True)

@@ -204,3 +204,32 @@ def test_pong_plot_labels_an_earlier_run_by_the_spec_fields_it_differs_in(tmp_pa
               "summary": {"games": 150, "last_100_mean": -13.5}}
     plot(result, tmp_path / "run.png", compare={"spec": earlier, "games": games[:120]})
     assert (tmp_path / "run.png").stat().st_size > 0
+
+
+@pytest.mark.ray
+def test_a_stopped_pong_bench_run_resumes_from_its_newest_checkpoint(ray_session, tmp_path):
+    """`bench.atari_pong --resume`: the games and rows past the newest checkpoint are dropped, the
+    job goes on from it to the run's budget, loop times go on from the checkpoint's, and each part
+    is recorded. (CartPole stands in for Pong: the bench takes any env id.)"""
+    from bench.atari_pong import main
+    out, run_dir = tmp_path / "run.json", tmp_path / "job"
+    main(["--env", "CartPole-v1", "--frames", str(6 * 512 * 4), "--seed", "0", "--out", str(out),
+          "--run-dir", str(run_dir), "--spec", '{"checkpoint_every": 1, "eval_every": 0, "video_every": 0}'])
+    first = json.loads(out.read_text())
+    assert first["run_dir"] == str(run_dir.resolve()) and len(first["parts"]) == 1
+    archives = sorted((run_dir / "checkpoints").glob("step-*.tar.gz"))
+    assert [a.name for a in archives][-1] == "step-0000003072.tar.gz"
+    for archive in archives[-4:]:  # as if the run had stopped after its second update
+        archive.unlink()
+    loop_at_stop = max(g[1] for g in first["games"] if g[0] <= 1024)
+
+    main(["--resume", "--out", str(out)])
+    second = json.loads(out.read_text())
+    assert [p["from_step"] for p in second["parts"]] == [0, 1024]
+    assert second["spec"] == first["spec"] and second["trainer_summary"]["steps"] == 3072
+    steps = [g[0] for g in second["games"]]
+    assert steps == sorted(steps) and steps[-1] == 3072
+    assert [g for g in second["games"] if g[0] <= 1024] == [g for g in first["games"] if g[0] <= 1024]
+    assert min(g[1] for g in second["games"] if g[0] > 1024) > loop_at_stop
+    assert second["wall_s"] == pytest.approx(sum(p["wall_s"] for p in second["parts"]), abs=0.2)
+    assert (out.with_suffix(".png")).stat().st_size > 0
