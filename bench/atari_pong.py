@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> None:
                 s = result["summary"]
                 print(f"step {row['step']} frames {row['step'] * FRAMES_PER_STEP / 1e6:.2f}M games {s['games']} "
                       f"last-100 {s['last_100_mean']} sps {row['env_steps_per_s']:.0f} "
-                      f"loop {row['wall_s']:.0f}s", flush=True)
+                      f"loop {row['wall_s'] + loop_offset:.0f}s", flush=True)
 
     class GameRecordingTrainer(Trainer):
         """The Trainer, also keeping every finished game (the metrics rows keep a 20-game mean)."""
