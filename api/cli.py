@@ -17,7 +17,8 @@ from service import train
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    """`a2c evaluate`: play deterministic episodes with a checkpoint's policy, without Ray."""
+    """`a2c evaluate`: play episodes with a checkpoint's policy, without Ray: its most likely
+    actions, or with --stochastic actions sampled from it (seeded by --seed)."""
     import numpy as np
 
     from service.run.checkpoints import open_checkpoint
@@ -38,13 +39,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 f"--env {env}: its spaces differ from the checkpoint's ({ckpt.env_id}): "
                 f"{spaces_difference(spaces, ckpt.spaces)}; evaluate with --env {ckpt.env_id} or an env "
                 "with the same spaces")
-    returns = evaluate_policy(ckpt.acting(), env, env_kwargs, args.episodes, args.seed)
+    deterministic = not args.stochastic
+    returns = evaluate_policy(ckpt.acting(args.seed), env, env_kwargs, args.episodes, args.seed,
+                              deterministic=deterministic)
     mean, std = float(np.mean(returns)), float(np.std(returns))
-    print(f"{env}: return {mean:.2f} ± {std:.2f} over {args.episodes} episodes", file=sys.stderr)
-    result = {"checkpoint": str(path), "env": env, "episodes": args.episodes, "return_mean": mean, "return_std": std}
+    print(f"{env}: return {mean:.2f} ± {std:.2f} over {args.episodes} episodes"
+          + ("" if deterministic else " (sampled actions)"), file=sys.stderr)
+    result = {"checkpoint": str(path), "env": env, "episodes": args.episodes, "deterministic": deterministic,
+              "return_mean": mean, "return_std": std}
     if args.video is not None:
         from workers.video import record_episodes
-        videos = record_episodes(ckpt.acting(), env, env_kwargs, args.episodes, args.seed, args.video)
+        videos = record_episodes(ckpt.acting(args.seed), env, env_kwargs, args.episodes, args.seed, args.video,
+                                 deterministic=deterministic)
         print(f"wrote {len(videos)} video(s) to {args.video}", file=sys.stderr)
         result["videos"] = [{"path": v.path, "return": v.episode_return, "frames": v.frames} for v in videos]
     print(json.dumps(result), flush=True)
@@ -153,8 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run a hyperparameter sweep from a YAML file on Ray Tune, each trial a job, on a running "
                     "`a2c serve` (--server) or on an embedded one (docs/sweeps.md)."))
     ev = sub.add_parser("evaluate", help="evaluate a checkpoint archive (or one of a run directory's)",
-                        description="Play deterministic episodes with a checkpoint's policy, without Ray; "
-                                    "prints the mean return, then one JSON line on stdout.")
+                        description="Play episodes with a checkpoint's policy (its most likely actions, or "
+                                    "sampled ones with --stochastic), without Ray; prints the mean return, "
+                                    "then one JSON line on stdout.")
     ev.add_argument("archive", metavar="ARCHIVE_OR_DIR",
                     help="an archive or a run directory: a path or a storage URI (s3://..., file://...)")
     ev.add_argument("--episodes", type=int, default=10, metavar="N", help="episodes to play (default: 10)")
@@ -164,6 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="seed of the first episode's env; each next episode takes the next seed (default: 12345)")
     ev.add_argument("--checkpoint", default="latest", metavar="WHICH",
                     help="for a run directory: latest (default), best (the highest evaluation return) or an id")
+    ev.add_argument("--stochastic", action="store_true",
+                    help="sample each action from the policy, seeded by --seed, instead of taking the most likely "
+                         "one (rl-zoo evaluates Atari games this way)")
     ev.add_argument("--video", type=Path, metavar="DIR",
                     help="also record each episode as DIR/episode-<i>.mp4 (the env's rgb_array render; "
                          "Atari: the raw screen)")

@@ -1,4 +1,4 @@
-"""Deterministic evaluation of a policy on fresh envs."""
+"""Evaluation of a policy on fresh envs: deterministic (its most likely actions), or sampled."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from workers.env import make_vec_env
 
 
 def evaluate_policy(policy: NumpyPolicy | TorchActing, env_id: str, env_kwargs: dict[str, Any],
-                    episodes: int, seed: int, max_steps: int = 100_000) -> list[float]:
-    """Returns of `episodes` episodes played with the deterministic policy, one env each.
+                    episodes: int, seed: int, max_steps: int = 100_000, deterministic: bool = True) -> list[float]:
+    """Returns of `episodes` episodes, one env each, played with the policy's most likely actions
+    or, with `deterministic=False`, actions sampled from it (as rl-zoo evaluates Atari games).
 
     Each env plays exactly one episode (later auto-resets are ignored); `max_steps` bounds
     envs without a time limit. Atari games are played whole, with raw rewards, under the
@@ -24,7 +25,7 @@ def evaluate_policy(policy: NumpyPolicy | TorchActing, env_id: str, env_kwargs: 
         totals = np.zeros(episodes)
         running = np.ones(episodes, dtype=bool)
         for _ in range(max_steps):
-            action, _, _ = policy.act(obs, deterministic=True)
+            action, _, _ = policy.act(obs, deterministic=deterministic)
             obs, reward, terminated, truncated, _ = env.step(policy.clip_action(action))
             totals += np.where(running, reward, 0.0)
             running &= ~(terminated | truncated)

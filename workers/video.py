@@ -111,16 +111,17 @@ def write_mp4(path: Path, frames: Iterable[np.ndarray], fps: float) -> int:
 
 
 def record_episode(policy: NumpyPolicy | TorchActing, env: gym.Env, fps: float, seed: int, path: Path,
-                   max_steps: int = 100_000) -> Video:
-    """Play one deterministic episode of `env` (made by `render_env`) from reset seed `seed`,
-    encoding its frames into an MP4 at `path` as they come; `max_steps` bounds the episode."""
+                   max_steps: int = 100_000, deterministic: bool = True) -> Video:
+    """Play one episode of `env` (made by `render_env`) from reset seed `seed`, deterministic or
+    with sampled actions, encoding its frames into an MP4 at `path` as they come; `max_steps`
+    bounds the episode."""
     tally = {"return": 0.0, "ended": False}
 
     def frames() -> Iterator[np.ndarray]:
         obs, _ = env.reset(seed=seed)
         yield env.render()
         for _ in range(max_steps):
-            action, _, _ = policy.act(np.asarray(obs)[None], deterministic=True)
+            action, _, _ = policy.act(np.asarray(obs)[None], deterministic=deterministic)
             obs, reward, terminated, truncated, _ = env.step(policy.clip_action(action)[0])
             tally["return"] += float(reward)
             yield env.render()
@@ -133,14 +134,15 @@ def record_episode(policy: NumpyPolicy | TorchActing, env: gym.Env, fps: float, 
 
 
 def record_episodes(policy: NumpyPolicy | TorchActing, env_id: str, env_kwargs: dict[str, Any], episodes: int,
-                    seed: int, out_dir: Path, max_steps: int = 100_000) -> list[Video]:
-    """Play `episodes` deterministic episodes (env seeds seed, seed+1, ...) and write each as
-    `<out_dir>/episode-<i>.mp4`; `max_steps` bounds envs without a time limit."""
+                    seed: int, out_dir: Path, max_steps: int = 100_000, deterministic: bool = True) -> list[Video]:
+    """Play `episodes` episodes (env seeds seed, seed+1, ...), deterministic or with sampled
+    actions, and write each as `<out_dir>/episode-<i>.mp4`; `max_steps` bounds envs without a
+    time limit."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     env, fps = render_env(env_id, env_kwargs)
     try:
-        return [record_episode(policy, env, fps, seed + i, out_dir / f"episode-{i}.mp4", max_steps)
+        return [record_episode(policy, env, fps, seed + i, out_dir / f"episode-{i}.mp4", max_steps, deterministic)
                 for i in range(episodes)]
     finally:
         env.close()

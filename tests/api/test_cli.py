@@ -63,9 +63,13 @@ def test_train_then_evaluate_tiny_budget(tmp_path):
     ev = a2c("evaluate", summary["checkpoint"], "--episodes", "3", timeout=120)
     assert ev.returncode == 0, ev.stderr
     line = json.loads(ev.stdout.strip().splitlines()[-1])
-    assert line["episodes"] == 3 and line["env"] == "CartPole-v1"
-    assert set(line) == {"checkpoint", "env", "episodes", "return_mean", "return_std"}
-    assert "±" in ev.stderr
+    assert line["episodes"] == 3 and line["env"] == "CartPole-v1" and line["deterministic"] is True
+    assert set(line) == {"checkpoint", "env", "episodes", "deterministic", "return_mean", "return_std"}
+    assert "±" in ev.stderr and "sampled" not in ev.stderr
+    sampled = a2c("evaluate", summary["checkpoint"], "--episodes", "3", "--stochastic", timeout=120)
+    assert sampled.returncode == 0, sampled.stderr
+    assert json.loads(sampled.stdout.strip().splitlines()[-1])["deterministic"] is False
+    assert sampled.stderr.strip().endswith("over 3 episodes (sampled actions)")
 
 
 def test_config_file_gives_the_spec_and_flags_override_it(tmp_path):

@@ -85,6 +85,24 @@ def test_evaluate_runs_each_env_for_one_episode(env_id):
     assert len(returns) == 3 and all(np.isfinite(returns))
 
 
+def test_stochastic_evaluation_samples_actions_reproducibly_from_the_policys_seed():
+    from learner.acting import acting_policy
+    from workers.evaluate import evaluate_policy
+    spaces = describe_spaces("CartPole-v1")
+    torch.manual_seed(123)
+    state = numpy_state(ActorCritic(spaces, PolicyConfig()))
+
+    def play(deterministic, policy_seed):
+        policy = acting_policy(spaces, PolicyConfig(), policy_seed)
+        policy.load_weights(state)
+        return evaluate_policy(policy, "CartPole-v1", {}, 6, seed=5, deterministic=deterministic)
+
+    sampled = play(False, 1)
+    assert play(False, 1) == sampled and play(False, 2) != sampled
+    most_likely = play(True, 1)  # no draw: the policy's seed does not matter
+    assert play(True, 2) == most_likely != sampled
+
+
 def test_gsde_noise_is_one_linear_map_of_the_features_per_env_and_rollout():
     spaces = describe_spaces("Pendulum-v1")
     config = PolicyConfig(hidden_sizes=(4,), use_sde=True, log_std_init=-1.0)
