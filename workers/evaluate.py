@@ -13,7 +13,8 @@ from workers.env import make_vec_env
 def evaluate_policy(policy: NumpyPolicy | TorchActing, env_id: str, env_kwargs: dict[str, Any],
                     episodes: int, seed: int, max_steps: int = 100_000, deterministic: bool = True) -> list[float]:
     """Returns of `episodes` episodes, one env each, played with the policy's most likely actions
-    or, with `deterministic=False`, actions sampled from it (as rl-zoo evaluates Atari games).
+    or, with `deterministic=False`, actions sampled from it (as rl-zoo evaluates Atari games;
+    under gSDE each env draws its exploration matrix once, for its one episode, as a rollout does).
 
     Each env plays exactly one episode (later auto-resets are ignored); `max_steps` bounds
     envs without a time limit. Atari games are played whole, with raw rewards, under the
@@ -24,8 +25,9 @@ def evaluate_policy(policy: NumpyPolicy | TorchActing, env_id: str, env_kwargs: 
         obs, _ = env.reset(seed=[seed + i for i in range(episodes)])
         totals = np.zeros(episodes)
         running = np.ones(episodes, dtype=bool)
+        exploration = policy.sample_exploration(episodes) if not deterministic and policy.config.use_sde else None
         for _ in range(max_steps):
-            action, _, _ = policy.act(obs, deterministic=deterministic)
+            action, _, _ = policy.act(obs, deterministic=deterministic, exploration=exploration)
             obs, reward, terminated, truncated, _ = env.step(policy.clip_action(action))
             totals += np.where(running, reward, 0.0)
             running &= ~(terminated | truncated)

@@ -1,4 +1,5 @@
-"""Videos of a policy's deterministic episodes: one MP4 per episode, written atomically.
+"""Videos of a policy's episodes (deterministic; sampled for `a2c evaluate --stochastic`): one
+MP4 per episode, written atomically.
 
 The frames are what a person would watch, not what the policy sees: the env's `rgb_array`
 render, and for Atari the raw 210x160 colour screen (the policy still gets the preprocessed
@@ -120,8 +121,9 @@ def record_episode(policy: NumpyPolicy | TorchActing, env: gym.Env, fps: float, 
     def frames() -> Iterator[np.ndarray]:
         obs, _ = env.reset(seed=seed)
         yield env.render()
+        exploration = policy.sample_exploration(1) if not deterministic and policy.config.use_sde else None
         for _ in range(max_steps):
-            action, _, _ = policy.act(np.asarray(obs)[None], deterministic=deterministic)
+            action, _, _ = policy.act(np.asarray(obs)[None], deterministic=deterministic, exploration=exploration)
             obs, reward, terminated, truncated, _ = env.step(policy.clip_action(action)[0])
             tally["return"] += float(reward)
             yield env.render()

@@ -103,6 +103,27 @@ def test_stochastic_evaluation_samples_actions_reproducibly_from_the_policys_see
     assert play(True, 2) == most_likely != sampled
 
 
+def test_stochastic_evaluation_and_video_of_a_gsde_policy_draw_its_exploration_matrices(tmp_path):
+    from learner.acting import acting_policy
+    from workers.evaluate import evaluate_policy
+    from workers.video import record_episodes
+    spaces, config = describe_spaces("Pendulum-v1"), PolicyConfig(use_sde=True, log_std_init=0.0)
+    torch.manual_seed(123)
+    state = numpy_state(ActorCritic(spaces, config))
+
+    def policy(seed):
+        acting = acting_policy(spaces, config, seed)
+        acting.load_weights(state)
+        return acting
+
+    sampled = evaluate_policy(policy(1), "Pendulum-v1", {}, 2, seed=5, deterministic=False)
+    assert sampled == evaluate_policy(policy(1), "Pendulum-v1", {}, 2, seed=5, deterministic=False)
+    assert sampled != evaluate_policy(policy(1), "Pendulum-v1", {}, 2, seed=5)
+    pytest.importorskip("imageio_ffmpeg")
+    (video,) = record_episodes(policy(1), "Pendulum-v1", {}, 1, 5, tmp_path, max_steps=20, deterministic=False)
+    assert video.frames == 21
+
+
 def test_gsde_noise_is_one_linear_map_of_the_features_per_env_and_rollout():
     spaces = describe_spaces("Pendulum-v1")
     config = PolicyConfig(hidden_sizes=(4,), use_sde=True, log_std_init=-1.0)
