@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 LAUNCHED_AT = time.time()
+REPO = Path(__file__).resolve().parents[1]
 
 GOAL = 18.0
 """The issue's target for Pong: a mean of the last 100 whole games of at least 18 within 10M
@@ -134,23 +135,27 @@ def resume_point(result: dict[str, Any], run_dir: Path | None = None):
     step = checkpoint.state.step
     result["games"] = [g for g in result["games"] if g[0] <= step]
     result["rows"] = [r for r in result["rows"] if r["step"] <= step]
-    result.setdefault("parts", [{"commit": result["commit"], "command": result["command"], "from_step": 0,
-                                 "wall_s": result.get("wall_s")}])
     loop_s = max([g[1] for g in result["games"]] + [r["wall_s"] for r in result["rows"]], default=0.0)
+    if "parts" not in result:  # a record of before --resume: wall time written at the end only
+        result["parts"] = [{"commit": result["commit"], "command": result["command"], "from_step": 0,
+                            "wall_s": result.get("wall_s") or loop_s,
+                            **({} if result.get("wall_s") else {"wall_s_is": "its loop time at the checkpoint"})}]
     return checkpoint, loop_s
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Train, record every game, write the JSON (and the plot at the end)."""
+def main(argv: list[str] | None = None, launched_at: float = LAUNCHED_AT) -> None:
+    """Train, record every game, write the JSON (and the plot at the end). The part's wall time
+    counts from `launched_at`: by default this module's import, i.e. the process's launch."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--env", default="PongNoFrameskip-v4")
-    p.add_argument("--frames", type=int, default=10_000_000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--spec", default="{}", help="JSON of job spec fields over the tuned ones")
+    p.add_argument("--env", help="default PongNoFrameskip-v4")
+    p.add_argument("--frames", type=int, help="default 10M")
+    p.add_argument("--seed", type=int, help="default 0")
+    p.add_argument("--spec", help="JSON of job spec fields over the tuned ones")
     p.add_argument("--num-cpus", type=int, default=None, help="logical CPUs of the embedded Ray")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--run-dir", type=Path, default=None,
-                   help="the job's checkpoints (default /tmp/bench-pong-<pid>); kept in the JSON for --resume")
+                   help="the job's checkpoints (default runs/bench/<--out's name> in the repository, which "
+                   "git ignores); kept in the JSON for --resume")
     p.add_argument("--resume", action="store_true",
                    help="continue the stopped run of --out from the newest checkpoint in its run directory "
                    "(the run's own spec, seed and frames; --env, --frames, --seed and --spec are not used)")
@@ -159,6 +164,12 @@ def main(argv: list[str] | None = None) -> None:
                    help="with --plot-only: a bench.sb3_atari record, or an earlier record of this bench, "
                    "whose 100-game mean is drawn beside")
     args = p.parse_args(argv)
+    run_fields = {"--env": args.env, "--frames": args.frames, "--seed": args.seed, "--spec": args.spec}
+    if args.resume and any(value is not None for value in run_fields.values()):
+        p.error(f"--resume continues the run with its own settings: leave out "
+                f"{', '.join(flag for flag, value in run_fields.items() if value is not None)}")
+    args.env, args.frames = args.env or "PongNoFrameskip-v4", args.frames or 10_000_000
+    args.seed, args.spec = args.seed if args.seed is not None else 0, args.spec or "{}"
     if args.plot_only:
         compare = json.loads(args.compare.read_text()) if args.compare else None
         plot(json.loads(args.out.read_text()), args.out.with_suffix(".png"), compare)
@@ -185,13 +196,13 @@ def main(argv: list[str] | None = None) -> None:
             "bench": "atari_pong", "env": args.env, "seed": args.seed, "frames": args.frames,
             "spec": spec.model_dump(mode="json"), "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
             "commit": commit, "command": command,
-            "run_dir": str((args.run_dir or Path(f"/tmp/bench-pong-{os.getpid()}")).resolve()),
+            "run_dir": str((args.run_dir or REPO / "runs" / "bench" / args.out.stem).resolve()),
             "parts": [{"commit": commit, "command": command, "from_step": 0, "wall_s": 0.0}],
             "games": [], "rows": [],
         }
 
     def write(final: bool = False) -> None:
-        result["parts"][-1]["wall_s"] = round(time.time() - LAUNCHED_AT, 1)
+        result["parts"][-1]["wall_s"] = round(time.time() - launched_at, 1)
         result["wall_s"] = round(sum(part["wall_s"] for part in result["parts"]), 1)
         result["summary"] = summarize(result["games"], goal_of(result["env"]))
         args.out.parent.mkdir(parents=True, exist_ok=True)
