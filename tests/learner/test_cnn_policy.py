@@ -172,6 +172,7 @@ def test_bfloat16_learner_runs_the_cnn_in_bfloat16_and_keeps_everything_else_flo
 @pytest.mark.parametrize("amx", [True, False])
 def test_bfloat16_on_a_cpu_without_amx_is_named_slow_in_the_device_line(monkeypatch, caplog, amx):
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr("platform.machine", lambda: "x86_64")
     config = A2CConfig(steps_per_batch=32, mini_batch_size=None)
     bf16 = Learner(ATARI, PolicyConfig(), config, 3200, seed=0, cnn_precision="bfloat16").device_info()[1]
     fp32 = Learner(ATARI, PolicyConfig(), config, 3200, seed=0, cnn_precision="float32").device_info()[1]
@@ -179,6 +180,18 @@ def test_bfloat16_on_a_cpu_without_amx_is_named_slow_in_the_device_line(monkeypa
     assert ("this CPU has no AMX, so they run slower than float32: use float32" in bf16) == (not amx), bf16
     assert ("no AMX" in caplog.text) == (not amx)
     assert fp32 == "cpu: no GPU in the cluster"  # float32 has nothing to warn about
+
+
+def test_bfloat16_warning_counts_only_native_units(monkeypatch):
+    from learner.learner import bfloat16_warning
+    asked = {}
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: asked.setdefault(
+        "emulation", including_emulation))
+    assert bfloat16_warning(torch.device("cuda")) == "this GPU has no bfloat16 units"
+    assert asked == {"emulation": False}  # a V100 or T4 emulates bfloat16: not fast
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    monkeypatch.setattr("platform.machine", lambda: "aarch64")
+    assert bfloat16_warning(torch.device("cpu")) == ""  # not measured on ARM: nothing said
 
 
 def test_bfloat16_workers_act_with_the_function_the_learner_trains():
