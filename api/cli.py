@@ -176,7 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "one (rl-zoo evaluates Atari games this way)")
     ev.add_argument("--video", type=Path, metavar="DIR",
                     help="also record each episode as DIR/episode-<i>.mp4 (the env's rgb_array render; "
-                         "Atari: the raw screen)")
+                         "Atari: the raw screen); with --stochastic these are episodes of their own, "
+                         "with their own returns")
     ex = sub.add_parser("export", help="export a checkpoint's policy as an ONNX model (raw observations -> action)",
                         description="Write a checkpoint's policy as an ONNX model: raw observations in, the "
                                     "deterministic action out (docs/api.md#onnx-export).")

@@ -75,8 +75,10 @@ class Checkpoint:
         return _rebuild(self.spaces, self.config, self.state.weights.tensors)
 
     def acting(self, seed: int = 0) -> NumpyPolicy | TorchActing:
-        """The trained policy as rollout workers act with it (`learner.acting.acting_policy`):
-        what `a2c evaluate` plays, so that its returns are those of the run's own evaluations."""
+        """The trained policy as rollout workers act with it (`learner.acting.acting_policy`), in
+        float32, drawing from `seed` when it samples: what `a2c evaluate` plays, so that its
+        deterministic returns are those of the run's own evaluations (up to bfloat16's rounding
+        for a job whose workers act in bfloat16)."""
         acting = acting_policy(self.spaces, PolicyConfig(**self.config.get("policy", {})), seed)
         acting.load_weights(self.state.weights.tensors)
         return acting

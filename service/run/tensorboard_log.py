@@ -11,8 +11,8 @@ On a local path the file is opened, appended to and closed for every row: nothin
 a job ends or its server dies, no writer thread, and every row is in the file once `write`
 returns. An object store cannot append: there the records are kept in memory and the whole
 object is rewritten at `flush()` (at each checkpoint), as `storage.JsonLines` does. The record
-framing is TFRecord's; the protocol buffers and the checksum are tensorboardX's, imported at the
-first log: tensorboardX's package imports torch whenever it is installed (about 1.1 s), which
+framing is TFRecord's; the protocol buffers and the checksum are tensorboardX's, imported when
+the first log is made: tensorboardX's package imports torch whenever it is installed (about 1.1 s), which
 `a2c serve` does not need before a job is submitted.
 """
 
