@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None, launched_at: float = LAUNCHED_AT) -> Non
                    "git ignores); kept in the JSON for --resume")
     p.add_argument("--resume", action="store_true",
                    help="continue the stopped run of --out from the newest checkpoint in its run directory "
-                   "(the run's own spec, seed and frames; --env, --frames, --seed and --spec are not used)")
+                   "with the run's own spec, seed and frames (--env, --frames, --seed and --spec are refused)")
     p.add_argument("--plot-only", action="store_true", help="redraw the plot of an existing --out JSON")
     p.add_argument("--compare", type=Path, default=None,
                    help="with --plot-only: a bench.sb3_atari record, or an earlier record of this bench, "
