@@ -111,8 +111,11 @@ class NumpyPolicy:
             return np.broadcast_to(self.std, (len(latent), self.std.shape[-1]))
         return np.sqrt(np.square(latent) @ np.square(self.std) + np.float32(1e-6))
 
-    def sample_exploration(self, n: int) -> np.ndarray:
-        """gSDE's noise matrices for n envs, (n, hidden, A), entries N(0, exp(log_std)^2)."""
+    def sample_exploration(self, n: int) -> np.ndarray | None:
+        """gSDE's noise matrices for n envs, (n, hidden, A), entries N(0, exp(log_std)^2); None
+        for a policy without gSDE."""
+        if not self.config.use_sde:
+            return None
         return (self.rng.standard_normal((n, *self.std.shape), dtype=np.float32) * self.std)
 
     def act(self, obs: np.ndarray, deterministic: bool = False, exploration: np.ndarray | None = None
@@ -171,7 +174,7 @@ class TorchActing:
         return self._obs_tensor(obs, self.spaces)
 
     def sample_exploration(self, n: int):
-        """gSDE's noise matrices for n envs (a tensor, as `act` takes them)."""
+        """gSDE's noise matrices for n envs (a tensor, as `act` takes them); None without gSDE."""
         return self.policy.sample_exploration(n, self.generator)
 
     def act(self, obs: np.ndarray, deterministic: bool = False, exploration: Any = None

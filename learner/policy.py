@@ -224,10 +224,13 @@ class ActorCritic(nn.Module):
         return action, log_prob, value
 
     @torch.no_grad()
-    def sample_exploration(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample_exploration(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor | None:
         """gSDE's noise matrices for n envs, (n, hidden, action_dim), with N(0, exp(log_std)^2)
-        entries. A worker draws them at the start of each rollout: for its T steps, each env's
-        exploration noise is then a fixed linear function of its state's features."""
+        entries; None for a policy without gSDE, whose `act` needs none. A worker draws them at
+        the start of each rollout: for its T steps, each env's exploration noise is then a fixed
+        linear function of its state's features."""
+        if not self.config.use_sde:
+            return None
         std = self.log_std.exp()
         return torch.randn((n, *std.shape), generator=generator, dtype=std.dtype) * std
 

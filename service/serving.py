@@ -270,8 +270,7 @@ def policy_actions(policy: "ActorCritic", batch: np.ndarray, deterministic: bool
     torch = inference_torch()
     with torch.inference_mode():
         obs = obs_tensor(batch, policy.spaces)
-        exploration = (policy.sample_exploration(len(batch))
-                       if policy.config.use_sde and not deterministic else None)
+        exploration = None if deterministic else policy.sample_exploration(len(batch))
         action, _, value = policy.act(obs, deterministic=deterministic, exploration=exploration)
     action_np, value_np = policy.clip_action(action.numpy()), value.numpy()
     finite = np.isfinite(value_np) & np.isfinite(action_np.reshape(len(batch), -1)).all(axis=1)

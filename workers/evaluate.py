@@ -25,7 +25,7 @@ def evaluate_policy(policy: NumpyPolicy | TorchActing, env_id: str, env_kwargs: 
         obs, _ = env.reset(seed=[seed + i for i in range(episodes)])
         totals = np.zeros(episodes)
         running = np.ones(episodes, dtype=bool)
-        exploration = policy.sample_exploration(episodes) if not deterministic and policy.config.use_sde else None
+        exploration = None if deterministic else policy.sample_exploration(episodes)
         for _ in range(max_steps):
             action, _, _ = policy.act(obs, deterministic=deterministic, exploration=exploration)
             obs, reward, terminated, truncated, _ = env.step(policy.clip_action(action))

@@ -121,7 +121,7 @@ def record_episode(policy: NumpyPolicy | TorchActing, env: gym.Env, fps: float, 
     def frames() -> Iterator[np.ndarray]:
         obs, _ = env.reset(seed=seed)
         yield env.render()
-        exploration = policy.sample_exploration(1) if not deterministic and policy.config.use_sde else None
+        exploration = None if deterministic else policy.sample_exploration(1)
         for _ in range(max_steps):
             action, _, _ = policy.act(np.asarray(obs)[None], deterministic=deterministic, exploration=exploration)
             obs, reward, terminated, truncated, _ = env.step(policy.clip_action(action)[0])

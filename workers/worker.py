@@ -73,7 +73,7 @@ class RolloutWorker:
         ep_returns: list[float] = []
         ep_lengths: list[int] = []
         # gSDE: one noise matrix per env for this rollout (SB3's sde_sample_freq=-1).
-        exploration = self.policy.sample_exploration(N) if self.policy.config.use_sde else None
+        exploration = self.policy.sample_exploration(N)
         for t in range(T):
             obs_buf[t] = self.obs
             action, log_probs[t], values[t] = self.policy.act(obs_buf[t], exploration=exploration)

@@ -66,7 +66,8 @@ def test_values_and_deterministic_actions_are_torchs(case):
 def test_sampled_actions_carry_the_log_probs_the_learner_computes(case):
     policy, acting = _pair(case)
     obs = _obs(case)
-    exploration = acting.sample_exploration(len(obs)) if CASES[case][1].use_sde else None
+    exploration = acting.sample_exploration(len(obs))
+    assert (exploration is None) == (policy.sample_exploration(1) is None) == (not CASES[case][1].use_sde)
     action, log_prob, _ = acting.act(obs, exploration=exploration)
     _, t_log_prob, _ = policy.evaluate_actions(torch.from_numpy(obs), torch.from_numpy(action))
     np.testing.assert_allclose(log_prob, t_log_prob.detach().numpy(), rtol=1e-4, atol=1e-3)
