@@ -5,9 +5,10 @@ own process tree, launched one after another and interleaved over --rounds, so t
 on the machine falls on every configuration alike. Two rates are given per run: in the training
 loop (first env step to the last update), and from process launch (start-up included: imports,
 Ray and its actors, envs). A third figure depends little on other load: frames per CPU-second
-of the whole process tree (Ray's daemons included) in the loop. Ours runs the tuned Atari job through its CLI (2 workers x 8 envs,
-1 torch thread each; the learner with `--learner-cpus` threads); SB3 runs `bench.sb3_atari`
-with 1 and 2 torch threads.
+of the whole process tree (Ray's daemons included) in the loop. Ours runs the tuned Atari job
+through its CLI (1 torch thread per worker; the learner with `--learner-cpus` threads), as it
+is and with other layouts and precisions (`OURS`); SB3 runs `bench.sb3_atari` with 1 and 2
+torch threads. The CPU's bfloat16 units (which `cnn_precision` auto looks for) are recorded.
 
     python -m bench.atari_fps --steps 40000 --rounds 2 --out bench/results/atari-fps-2core.json
 """
@@ -33,16 +34,18 @@ ENV = "PongNoFrameskip-v4"
 FRAMES_PER_STEP = 4
 
 OURS = {
-    "ours sync, learner 1 thread": [],
-    "ours sync, learner 2 threads": ["--learner-cpus", "2"],
-    "ours async, learner 1 thread": ["--mode", "async"],
-    "ours sync, learner 2 threads, bfloat16": ["--learner-cpus", "2", "--cnn-precision", "bfloat16"],
-    "ours async, learner 1 thread, bfloat16": ["--mode", "async", "--cnn-precision", "bfloat16"],
-    "ours async, 1 worker x 16 envs": ["--mode", "async", "--workers", "1", "--envs-per-worker", "16"],
-    "ours async, 1 worker x 16 envs, bfloat16": ["--mode", "async", "--workers", "1", "--envs-per-worker", "16",
-                                                 "--cnn-precision", "bfloat16"],
+    "ours tuned (async, 1 worker x 16 envs, cnn_precision auto)": [],
+    "ours async, 1 worker x 16 envs, float32": ["--cnn-precision", "float32"],
+    "ours async, 1 worker x 16 envs, bfloat16": ["--cnn-precision", "bfloat16"],
+    "ours async, 2 workers x 8 envs, float32": ["--workers", "2", "--envs-per-worker", "8", "--cnn-precision", "float32"],
+    "ours sync, 2 workers x 8 envs, float32": ["--mode", "sync", "--workers", "2", "--envs-per-worker", "8",
+                                               "--cnn-precision", "float32"],
+    "ours sync, 2 workers x 8 envs, learner 2 threads, float32": ["--mode", "sync", "--workers", "2",
+                                                                  "--envs-per-worker", "8", "--learner-cpus", "2",
+                                                                  "--cnn-precision", "float32"],
 }
-"""Our configurations: extra CLI flags over the tuned Atari job."""
+"""Our configurations: extra CLI flags over the tuned Atari job (async, 1 worker x 16 envs,
+the learner on 1 thread, `cnn_precision` auto)."""
 SB3 = {"sb3 1 thread": 1, "sb3 2 threads": 2}
 """SB3's configurations: torch threads."""
 
@@ -98,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
         for r in range(args.rounds):
             for name in configs:
                 if name in OURS:
-                    record = run_ours(ENV, args.steps, seed=r, workers=2, extra=[*OURS[name], "--eval-episodes", "1"],
+                    record = run_ours(ENV, args.steps, seed=r, workers=None, extra=[*OURS[name], "--eval-episodes", "1"],
                                       timeout_s=args.max_wall_s + 300, log_dir=Path(log_dir), track_processes=True)
                 else:
                     record = run_sb3(SB3[name], args.steps, r, Path(log_dir), args.max_wall_s)
@@ -113,13 +116,15 @@ def main(argv: list[str] | None = None) -> None:
                        "median_frames_per_cpu_s": statistics.median(per_cpu) if per_cpu else None,
                        "runs": rs}
     base = table.get("sb3 2 threads", {}).get("median_loop_fps")
-    print(f"\n{'configuration':32s} {'loop frames/s':>14s} {'from launch':>12s} {'x sb3 2 thr':>12s} "
+    print(f"\n{'configuration':58s} {'loop frames/s':>14s} {'from launch':>12s} {'x sb3 2 thr':>12s} "
           f"{'frames/CPU-s':>13s}")
     for name, row in table.items():
         ratio = f"{row['median_loop_fps'] / base:.2f}" if base and row["median_loop_fps"] else "-"
-        print(f"{name:32s} {row['median_loop_fps'] or '-':>14} {row['median_launch_fps'] or '-':>12} {ratio:>12s} "
+        print(f"{name:58s} {row['median_loop_fps'] or '-':>14} {row['median_launch_fps'] or '-':>12} {ratio:>12s} "
               f"{row['median_frames_per_cpu_s'] or '-':>13}")
     if args.out:
+        import torch
+        from learner.policy import bfloat16_units
         args.out.parent.mkdir(parents=True, exist_ok=True)
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                 cwd=REPO).stdout.strip()
@@ -127,6 +132,7 @@ def main(argv: list[str] | None = None) -> None:
             "bench": "atari_fps", "env": ENV, "steps_per_run": args.steps, "rounds": args.rounds,
             "commit": commit, "time": time.strftime("%Y-%m-%d %H:%M:%S"), "cpus": os.cpu_count(),
             "platform": platform.platform(), "command": "python -m bench.atari_fps " + " ".join(argv or sys.argv[1:]),
+            "bfloat16_units": bfloat16_units(torch.device("cpu")) or None,
             "threads": {"ours": "workers 1 torch thread + 1 ALE thread each; learner --learner-cpus threads",
                         "sb3": "torch threads as named; envs in the same process (DummyVecEnv)"},
             "results": table}, indent=2) + "\n")

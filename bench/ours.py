@@ -31,13 +31,14 @@ RAY_UP = re.compile(r"up in ([0-9.]+)s$")
 """The end of the CLI's "ray" event: the seconds `connect` took."""
 
 
-def train_command(env: str, steps: int, seed: int, workers: int, envs_per_worker: int | None,
+def train_command(env: str, steps: int, seed: int, workers: int | None, envs_per_worker: int | None,
                   out: Path, extra: list[str] | None = None) -> list[str]:
-    """The `a2c train` command line of one benchmark run (envs per worker None: the job's
-    default or the tuned table's)."""
-    envs = ["--envs-per-worker", str(envs_per_worker)] if envs_per_worker else []
+    """The `a2c train` command line of one benchmark run (workers or envs per worker None: the
+    job's default or the tuned table's)."""
+    layout = [*(["--workers", str(workers)] if workers else []),
+              *(["--envs-per-worker", str(envs_per_worker)] if envs_per_worker else [])]
     return [sys.executable, "-m", "api.cli", "train", "--env", env, "--total-steps", str(steps),
-            "--workers", str(workers), *envs, "--seed", str(seed),
+            *layout, "--seed", str(seed),
             "--eval-every", "0", "--checkpoint-every", "1000000", "--out", str(out), *(extra or [])]
 
 
@@ -103,7 +104,7 @@ def running_cluster(num_cpus: int, log_dir: Path) -> Iterator[tuple[str, dict[st
         shutil.rmtree(root, ignore_errors=True)
 
 
-def run_ours(env: str, steps: int, seed: int, workers: int = 2, envs_per_worker: int | None = None,
+def run_ours(env: str, steps: int, seed: int, workers: int | None = 2, envs_per_worker: int | None = None,
              extra: list[str] | None = None, timeout_s: float = 300.0, log_dir: Path | None = None,
              roles_every_s: float | None = None, proc_env: dict[str, str] | None = None,
              track_processes: bool = False) -> RunRecord:

@@ -13,6 +13,7 @@ The learner trains with `ActorCritic.evaluate_actions` in torch either way.
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -20,6 +21,8 @@ import numpy as np
 
 from learner.config import NORMALIZE_CLIP, NORMALIZE_EPS, PolicyConfig
 from learner.spaces import SpacesSpec, clip_action, policy_mismatch
+
+log = logging.getLogger(__name__)
 
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -198,8 +201,12 @@ class TorchActing:
 def acting_policy(spaces: SpacesSpec, config: PolicyConfig, seed: int,
                   cnn_precision: str = "float32") -> NumpyPolicy | TorchActing:
     """The policy a worker acts with: numpy for vector observations, torch for images, its
-    convolutional torso in `cnn_precision` (a training job's, as its learner's)."""
+    convolutional torso in `cnn_precision` (a training job's, as its learner's; auto is
+    resolved for this process's CPU, which may differ from the learner's device)."""
     if spaces.is_image:
-        from learner.policy import CNN_DTYPES, ActorCritic
-        return TorchActing(ActorCritic(spaces, config, cnn_dtype=CNN_DTYPES[cnn_precision]).to_cnn_dtype(), seed)
+        import torch
+        from learner.policy import CNN_DTYPES, ActorCritic, resolve_cnn_precision
+        precision, why = resolve_cnn_precision(cnn_precision, torch.device("cpu"))
+        log.info("acting: convolutions in %s (%s)", precision, why)
+        return TorchActing(ActorCritic(spaces, config, cnn_dtype=CNN_DTYPES[precision]).to_cnn_dtype(), seed)
     return NumpyPolicy(spaces, config, seed)

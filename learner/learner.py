@@ -18,7 +18,8 @@ from learner.config import A2CConfig, PolicyConfig
 from learner.gae import gae
 from learner.normalize import RunningMeanStd
 from learner.optim import make_optimizer
-from learner.policy import CNN_DTYPES, ActorCritic, load_numpy_state, numpy_state
+from learner.policy import (CNN_DTYPES, ActorCritic, bfloat16_units, load_numpy_state, numpy_state,
+                            resolve_cnn_precision)
 from learner.spaces import SpacesSpec
 from learner.rollout import LearnerState, Rollout, Weights
 from learner.schedules import entropy_coef_at, learning_rate_at
@@ -47,17 +48,14 @@ def choose_device(request: str, gpu_assigned: bool) -> tuple[torch.device, str]:
 
 
 def bfloat16_warning(device: torch.device) -> str:
-    """Why bfloat16 convolutions would be slow on `device`, or "" when it has bfloat16 units.
-
-    On CPU only AMX makes them faster than float32: with oneDNN kept from this CPU's AMX
-    (ONEDNN_MAX_CPU_ISA), the Pong learner's update took 1.5x float32's time with AVX512-BF16,
-    3.2x with AVX-512 and 8.7x with AVX2, against 0.5x with AMX (docs/workloads.md). Other CPU
-    architectures (ARM's bfloat16 instructions) were not measured: nothing is said of them."""
-    if device.type == "cuda":  # torch's default counts emulation on GPUs before Ampere as support
-        return "" if torch.cuda.is_bf16_supported(including_emulation=False) else "this GPU has no bfloat16 units"
-    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    if platform.machine().lower() in ("x86_64", "amd64") and amx is not None and not amx():
-        return "this CPU has no AMX, so they run slower than float32: use float32"
+    """Why bfloat16 convolutions asked for would be slow on `device`, or "" when it has units
+    for them (`bfloat16_units`) or was not measured (CPUs other than x86)."""
+    if bfloat16_units(device):
+        return ""
+    if device.type == "cuda":
+        return "this GPU has no bfloat16 units"
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        return "this CPU has neither AMX nor AVX512-BF16, so they run slower than float32: use float32"
     return ""
 
 
@@ -96,10 +94,12 @@ class Learner:
         # cores from the rollout workers.
         torch.set_num_threads(num_threads)
         self.device, self.device_reason = choose_device(device_request, gpu_assigned)
-        cnn_dtype = CNN_DTYPES[cnn_precision]
-        if cnn_dtype is not None:
-            self.device_reason += f"; convolutions in {cnn_precision} (cnn_precision)"
-            warning = bfloat16_warning(self.device)
+        cnn_dtype = None
+        if spaces.is_image:
+            precision, why = resolve_cnn_precision(cnn_precision, self.device)
+            cnn_dtype = CNN_DTYPES[precision]
+            self.device_reason += f"; convolutions in {precision} ({why})"
+            warning = bfloat16_warning(self.device) if cnn_precision == "bfloat16" else ""
             if warning:
                 self.device_reason += f", but {warning}"
                 log.warning("learner: cnn_precision=%s, but %s", cnn_precision, warning)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import math
+import platform
 import warnings
 
 import numpy as np
@@ -29,7 +30,40 @@ def nature_cnn(channels: int, height: int, width: int) -> nn.Sequential:
 
 
 CNN_DTYPES: dict[str, torch.dtype | None] = {"float32": None, "bfloat16": torch.bfloat16}
-"""`JobSpec.cnn_precision` -> the dtype of the convolutional torso in training (None: float32)."""
+"""A resolved `JobSpec.cnn_precision` -> the dtype of the convolutional torso in training
+(None: float32). `resolve_cnn_precision` turns "auto" into one of these."""
+
+
+def bfloat16_units(device: torch.device) -> str:
+    """The bfloat16 matrix units `device` has, by name ("AMX", "AVX512-BF16", "native bfloat16"), or "".
+
+    Only units measured faster than float32 on the Nature CNN count (docs/workloads.md): the
+    learner's update took 0.51x float32's time with AMX (Intel Xeon, Sapphire Rapids) and 0.62x
+    with AVX512-BF16 (AMD EPYC, Zen 4), against 3.2x with AVX-512 alone and 8.7x with AVX2. GPUs
+    count when they have native bfloat16 (torch counts emulation on pre-Ampere GPUs as support).
+    Other CPU architectures (ARM) were not measured: none counted."""
+    if device.type == "cuda":
+        return "native bfloat16" if torch.cuda.is_bf16_supported(including_emulation=False) else ""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return ""
+    for name, probe in (("AMX", "_is_amx_tile_supported"), ("AVX512-BF16", "_is_avx512_bf16_supported")):
+        supported = getattr(torch.cpu, probe, None)
+        if supported is not None and supported():
+            return name
+    return ""
+
+
+def resolve_cnn_precision(precision: str, device: torch.device) -> tuple[str, str]:
+    """A job's `cnn_precision` as a process on `device` runs it, and why, e.g.
+    ("bfloat16", "cnn_precision auto: this CPU has AMX"). auto: bfloat16 where `bfloat16_units`
+    finds units, else float32; float32 and bfloat16 stand as asked."""
+    if precision != "auto":
+        return precision, f"cnn_precision {precision}"
+    units = bfloat16_units(device)
+    where = "this GPU" if device.type == "cuda" else "this CPU"
+    if units:
+        return "bfloat16", f"cnn_precision auto: {where} has {units}"
+    return "float32", f"cnn_precision auto: {where} has no bfloat16 units measured faster than float32"
 
 ACTIVATIONS = {"tanh": (nn.Tanh, torch.tanh), "relu": (nn.ReLU, torch.relu)}
 """`PolicyConfig.activation` -> (the torso's module between layers, the same as a function)."""

@@ -80,15 +80,16 @@ class JobSpec(FrozenModel):
     (a convolutional policy's update is most of an Atari job's time)."""
     learner_device: Literal["auto", "cpu", "cuda"] = "auto"
     """auto: a GPU when the cluster has one, else CPU. cuda fails when the cluster has none."""
-    cnn_precision: Literal["float32", "bfloat16"] = "float32"
-    """bfloat16: the convolutional torso (image observations only) runs in bfloat16 in training:
-    the learner's forward and backward passes under torch's autocast (the weights, optimizer,
-    heads and loss stay float32), and the rollout workers' acting, with a bfloat16 copy of the
-    torso's weights, so that they act with the function the learner trains (the job's
-    evaluations too). Evaluation of a checkpoint (`a2c evaluate`, serving, export) stays
-    float32. Faster where the hardware has bfloat16 matrix units (recent GPUs; CPUs with AMX,
-    Intel's Xeon from Sapphire Rapids on); where it has not, torch converts through float32 and
-    it can be slower: see docs/workloads.md."""
+    cnn_precision: Literal["auto", "float32", "bfloat16"] = "auto"
+    """Precision of the convolutional torso in training (image observations; MLP policies are
+    float32). bfloat16: the learner's forward and backward passes under torch's autocast (the
+    weights, optimizer, heads and loss stay float32), and the rollout workers' acting, with a
+    bfloat16 copy of the torso's weights, so that they act with the function the learner trains
+    (the job's evaluations too). Evaluation of a checkpoint (`a2c evaluate`, serving, export)
+    stays float32. auto: bfloat16 in each process whose device has bfloat16 units measured
+    faster than float32 (a GPU with native bfloat16; an x86 CPU with AMX or AVX512-BF16), else
+    float32; the learner's device line says which. Elsewhere bfloat16 is slower: see
+    docs/workloads.md."""
     use_tuned: bool = True
     """Fill `a2c`/`policy` fields the user left unset from the tuned table for this env."""
     tuned: tuple[str, ...] = ()
@@ -255,7 +256,7 @@ def env_spaces(spec: JobSpec) -> SpacesSpec:
     mismatch = policy_mismatch(spaces, spec.policy)
     if mismatch is not None:
         raise InvalidSpec(mismatch[0], f"{spec.env}: {mismatch[1]}")
-    if spec.cnn_precision != "float32" and not spaces.is_image:
+    if spec.cnn_precision == "bfloat16" and not spaces.is_image:
         raise InvalidSpec("cnn_precision", f"{spec.env}: {spec.cnn_precision} applies to the convolutional "
                           f"torso of image observations; these are {spaces.obs_dtype} {spaces.obs_shape}, "
                           "so the policy is an MLP: use float32")

@@ -169,29 +169,65 @@ def test_bfloat16_learner_runs_the_cnn_in_bfloat16_and_keeps_everything_else_flo
     assert not torch.equal(grads["float32"][0], grads["bfloat16"][0]), "the convolutions ran in bfloat16"
 
 
-@pytest.mark.parametrize("amx", [True, False])
-def test_bfloat16_on_a_cpu_without_amx_is_named_slow_in_the_device_line(monkeypatch, caplog, amx):
+def _cpu(monkeypatch, amx: bool, avx512_bf16: bool, machine: str = "x86_64") -> None:
+    """Make this CPU look like one with (or without) AMX and AVX512-BF16."""
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
-    monkeypatch.setattr("platform.machine", lambda: "x86_64")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr("platform.machine", lambda: machine)
+
+
+@pytest.mark.parametrize("amx, avx512_bf16", [(True, False), (False, True), (False, False)])
+def test_the_device_line_names_the_convolutions_precision_and_why(monkeypatch, caplog, amx, avx512_bf16):
+    """auto runs bfloat16 where the CPU has AMX or AVX512-BF16 (both measured faster than float32)
+    and float32 elsewhere; bfloat16 asked for on a CPU with neither is named slow."""
+    _cpu(monkeypatch, amx, avx512_bf16)
     config = A2CConfig(steps_per_batch=32, mini_batch_size=None)
-    bf16 = Learner(ATARI, PolicyConfig(), config, 3200, seed=0, cnn_precision="bfloat16").device_info()[1]
-    fp32 = Learner(ATARI, PolicyConfig(), config, 3200, seed=0, cnn_precision="float32").device_info()[1]
-    assert bf16.startswith("cpu: no GPU in the cluster; convolutions in bfloat16 (cnn_precision)")
-    assert ("this CPU has no AMX, so they run slower than float32: use float32" in bf16) == (not amx), bf16
-    assert ("no AMX" in caplog.text) == (not amx)
-    assert fp32 == "cpu: no GPU in the cluster"  # float32 has nothing to warn about
+    line = {precision: Learner(ATARI, PolicyConfig(), config, 3200, seed=0, cnn_precision=precision)
+            for precision in ("auto", "bfloat16", "float32")}
+    units = "AMX" if amx else "AVX512-BF16" if avx512_bf16 else ""
+    auto = line["auto"]
+    assert auto.policy.cnn_dtype == (torch.bfloat16 if units else None)
+    assert auto.device_info()[1] == ("cpu: no GPU in the cluster; convolutions in bfloat16 (cnn_precision auto: "
+                                     f"this CPU has {units})" if units else
+                                     "cpu: no GPU in the cluster; convolutions in float32 (cnn_precision auto: "
+                                     "this CPU has no bfloat16 units measured faster than float32)")
+    bf16 = line["bfloat16"].device_info()[1]
+    assert bf16.startswith("cpu: no GPU in the cluster; convolutions in bfloat16 (cnn_precision bfloat16)")
+    slow = "this CPU has neither AMX nor AVX512-BF16, so they run slower than float32: use float32"
+    assert (slow in bf16) == (not units), bf16
+    assert ("neither AMX" in caplog.text) == (not units)  # logged once, for the explicit bfloat16
+    assert line["float32"].device_info()[1] == "cpu: no GPU in the cluster; convolutions in float32 (cnn_precision float32)"
+    mlp = Learner(VECTOR, PolicyConfig(), config, 3200, seed=0, cnn_precision="auto").device_info()[1]
+    assert mlp == "cpu: no GPU in the cluster"  # no convolutions to speak of
 
 
-def test_bfloat16_warning_counts_only_native_units(monkeypatch):
+@pytest.mark.parametrize("avx512_bf16", [True, False])
+def test_a_worker_resolves_auto_for_its_own_cpu(monkeypatch, avx512_bf16):
+    """Workers run on CPU nodes that may differ from the learner's: each resolves auto itself."""
+    from learner.acting import acting_policy
+    _cpu(monkeypatch, amx=False, avx512_bf16=avx512_bf16)
+    acting = acting_policy(ATARI, PolicyConfig(), seed=0, cnn_precision="auto")
+    assert acting.policy.cnn_dtype == (torch.bfloat16 if avx512_bf16 else None)
+    assert acting.policy.torso[0].weight.dtype == (torch.bfloat16 if avx512_bf16 else torch.float32)
+    assert acting_policy(ATARI, PolicyConfig(), seed=0).policy.cnn_dtype is None  # evaluations: float32
+
+
+def test_bfloat16_units_count_only_native_ones(monkeypatch):
     from learner.learner import bfloat16_warning
+    from learner.policy import bfloat16_units, resolve_cnn_precision
     asked = {}
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: asked.setdefault(
         "emulation", including_emulation))
+    assert bfloat16_units(torch.device("cuda")) == "" and asked == {"emulation": False}  # a V100 emulates it
     assert bfloat16_warning(torch.device("cuda")) == "this GPU has no bfloat16 units"
-    assert asked == {"emulation": False}  # a V100 or T4 emulates bfloat16: not fast
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
-    monkeypatch.setattr("platform.machine", lambda: "aarch64")
-    assert bfloat16_warning(torch.device("cpu")) == ""  # not measured on ARM: nothing said
+    assert resolve_cnn_precision("auto", torch.device("cuda"))[0] == "float32"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    assert resolve_cnn_precision("auto", torch.device("cuda")) == ("bfloat16", "cnn_precision auto: this GPU has "
+                                                                               "native bfloat16")
+    _cpu(monkeypatch, amx=True, avx512_bf16=True, machine="aarch64")
+    assert bfloat16_units(torch.device("cpu")) == ""  # ARM not measured: auto stays float32...
+    assert bfloat16_warning(torch.device("cpu")) == ""  # ...and bfloat16 asked for gets no claim either way
+    assert resolve_cnn_precision("float32", torch.device("cuda")) == ("float32", "cnn_precision float32")
 
 
 def test_bfloat16_workers_act_with_the_function_the_learner_trains():

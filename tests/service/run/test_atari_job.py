@@ -21,6 +21,7 @@ def test_every_atari_id_gets_the_tuned_atari_entry_and_no_tuned_keeps_the_defaul
     for env_id in (PONG, "ALE/Breakout-v5", "SpaceInvadersNoFrameskip-v4"):
         spec = build_spec({"env": env_id})
         assert spec.workers * spec.envs_per_worker == 16 and spec.steps_per_env == 5
+        assert (spec.mode, spec.workers, spec.cnn_precision) == ("async", 1, "auto")
         assert spec.a2c.optimizer == "rmsprop_tf" and spec.a2c.optimizer_eps == 1e-5
         assert (spec.a2c.entropy_coef, spec.a2c.value_coef, spec.a2c.gae_lambda) == (0.01, 0.25, 1.0)
         assert spec.a2c.learning_rate_schedule == "constant" and spec.a2c.learning_rate == 7e-4
@@ -42,6 +43,8 @@ def test_an_mlp_torso_on_atari_frames_is_refused_naming_the_field():
 
 def test_bfloat16_cnn_precision_is_for_image_policies_only():
     assert job_spaces(build_spec({"env": PONG, "cnn_precision": "bfloat16"})).is_image
+    cartpole = build_spec({"env": "CartPole-v1"})
+    assert cartpole.cnn_precision == "auto" and not job_spaces(cartpole).is_image  # auto: float32 for MLPs
     with pytest.raises(InvalidSpec) as exc:
         job_spaces(build_spec({"env": "CartPole-v1", "cnn_precision": "bfloat16"}))
     assert exc.value.field == "cnn_precision" and "use float32" in exc.value.message
