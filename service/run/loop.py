@@ -185,7 +185,7 @@ class Trainer:
             self.sink.event("placement", f"learner on node {self.learner_node[:12]}; workers on nodes "
                             + ", ".join(n[:12] for n in nodes))
             startup_s = time.monotonic() - t0
-            self.sink.event("started", f"{spec.workers} workers x {spec.envs_per_worker} envs, "
+            self.sink.event("started", f"{spec.workers} worker{'s' * (spec.workers != 1)} x {spec.envs_per_worker} envs, "
                             f"T={spec.steps_per_env}, mode={spec.mode}, startup {startup_s:.1f}s")
             step, updates = (start.step, start.updates) if start else (0, 0)
             loop_t0 = self._last_row_t = time.monotonic()

@@ -79,7 +79,7 @@ def test_bar_clock_starts_with_the_training_loop_not_with_ray(tmp_path, capsys, 
     monkeypatch.setattr(train, "_is_terminal", lambda: True)
     sink = ConsoleSink(tmp_path, total_steps=1024)
     time.sleep(1.2)  # Ray starting, actors being placed
-    sink.event("started", "1 workers x 4 envs")
+    sink.event("started", "1 worker x 4 envs")
     sink.metrics(rows(1)[0])
     sink.close()
     bar = [line for line in capsys.readouterr().err.replace("\r", "\n").splitlines() if "256/1.02k" in line]
