@@ -205,8 +205,12 @@ def acting_policy(spaces: SpacesSpec, config: PolicyConfig, seed: int,
     resolved for this process's CPU, which may differ from the learner's device)."""
     if spaces.is_image:
         import torch
-        from learner.policy import CNN_DTYPES, ActorCritic, resolve_cnn_precision
+        from learner.policy import CNN_DTYPES, ActorCritic, bfloat16_warning, resolve_cnn_precision
         precision, why = resolve_cnn_precision(cnn_precision, torch.device("cpu"))
-        log.info("acting: convolutions in %s (%s)", precision, why)
+        warning = bfloat16_warning(torch.device("cpu")) if cnn_precision == "bfloat16" else ""
+        if warning:
+            log.warning("acting: cnn_precision=bfloat16, but %s", warning)
+        else:
+            log.info("acting: convolutions in %s (%s)", precision, why)
         return TorchActing(ActorCritic(spaces, config, cnn_dtype=CNN_DTYPES[precision]).to_cnn_dtype(), seed)
     return NumpyPolicy(spaces, config, seed)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import io
 import logging
 import os
-import platform
 
 import numpy as np
 import torch
@@ -18,7 +17,7 @@ from learner.config import A2CConfig, PolicyConfig
 from learner.gae import gae
 from learner.normalize import RunningMeanStd
 from learner.optim import make_optimizer
-from learner.policy import (CNN_DTYPES, ActorCritic, bfloat16_units, load_numpy_state, numpy_state,
+from learner.policy import (CNN_DTYPES, ActorCritic, bfloat16_warning, load_numpy_state, numpy_state,
                             resolve_cnn_precision)
 from learner.spaces import SpacesSpec
 from learner.rollout import LearnerState, Rollout, Weights
@@ -45,18 +44,6 @@ def choose_device(request: str, gpu_assigned: bool) -> tuple[torch.device, str]:
         f"cpu: fell back from GPU — Ray assigned GPU CUDA_VISIBLE_DEVICES="
         f"{os.environ.get('CUDA_VISIBLE_DEVICES', '?')} but torch {torch.__version__} cannot use CUDA "
         f"(torch.version.cuda={torch.version.cuda})")
-
-
-def bfloat16_warning(device: torch.device) -> str:
-    """Why bfloat16 convolutions asked for would be slow on `device`, or "" when it has units
-    for them (`bfloat16_units`) or was not measured (CPUs other than x86)."""
-    if bfloat16_units(device):
-        return ""
-    if device.type == "cuda":
-        return "this GPU has no bfloat16 units"
-    if platform.machine().lower() in ("x86_64", "amd64"):
-        return "this CPU has neither AMX nor AVX512-BF16, so they run slower than float32: use float32"
-    return ""
 
 
 def a2c_loss(policy: ActorCritic, obs: torch.Tensor, actions: torch.Tensor,

@@ -65,6 +65,18 @@ def resolve_cnn_precision(precision: str, device: torch.device) -> tuple[str, st
         return "bfloat16", f"cnn_precision auto: {where} has {units}"
     return "float32", f"cnn_precision auto: {where} has no bfloat16 units measured faster than float32"
 
+
+def bfloat16_warning(device: torch.device) -> str:
+    """Why bfloat16 convolutions asked for would be slow on `device`, or "" when it has units
+    for them (`bfloat16_units`) or was not measured (CPUs other than x86)."""
+    if bfloat16_units(device):
+        return ""
+    if device.type == "cuda":
+        return "this GPU has no bfloat16 units"
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        return "this CPU has neither AMX nor AVX512-BF16, so they run slower than float32: use float32"
+    return ""
+
 ACTIVATIONS = {"tanh": (nn.Tanh, torch.tanh), "relu": (nn.ReLU, torch.relu)}
 """`PolicyConfig.activation` -> (the torso's module between layers, the same as a function)."""
 

@@ -202,19 +202,23 @@ def test_the_device_line_names_the_convolutions_precision_and_why(monkeypatch, c
 
 
 @pytest.mark.parametrize("avx512_bf16", [True, False])
-def test_a_worker_resolves_auto_for_its_own_cpu(monkeypatch, avx512_bf16):
-    """Workers run on CPU nodes that may differ from the learner's: each resolves auto itself."""
+def test_a_worker_resolves_auto_for_its_own_cpu(monkeypatch, caplog, avx512_bf16):
+    """Workers run on CPU nodes that may differ from the learner's: each resolves auto itself,
+    and warns of bfloat16 asked for on a CPU without units for it."""
     from learner.acting import acting_policy
     _cpu(monkeypatch, amx=False, avx512_bf16=avx512_bf16)
     acting = acting_policy(ATARI, PolicyConfig(), seed=0, cnn_precision="auto")
     assert acting.policy.cnn_dtype == (torch.bfloat16 if avx512_bf16 else None)
     assert acting.policy.torso[0].weight.dtype == (torch.bfloat16 if avx512_bf16 else torch.float32)
     assert acting_policy(ATARI, PolicyConfig(), seed=0).policy.cnn_dtype is None  # evaluations: float32
+    assert "neither AMX" not in caplog.text
+    assert acting_policy(ATARI, PolicyConfig(), seed=0, cnn_precision="bfloat16").policy.cnn_dtype == torch.bfloat16
+    assert ("acting: cnn_precision=bfloat16, but this CPU has neither AMX nor AVX512-BF16" in caplog.text) == (
+        not avx512_bf16), caplog.text
 
 
 def test_bfloat16_units_count_only_native_ones(monkeypatch):
-    from learner.learner import bfloat16_warning
-    from learner.policy import bfloat16_units, resolve_cnn_precision
+    from learner.policy import bfloat16_units, bfloat16_warning, resolve_cnn_precision
     asked = {}
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: asked.setdefault(
         "emulation", including_emulation))
