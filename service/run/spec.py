@@ -143,8 +143,15 @@ class JobSpec(FrozenModel):
                 f"batch: lower workers or envs_per_worker, or set steps_per_batch to a multiple "
                 f"of {per_step}")
         lower = spb - spb % per_step
+        keep = ""
+        if "envs_per_worker" in self.tuned and "workers" not in self.tuned:
+            # The user set workers over a tuned layout, e.g. `--workers 2` on an Atari id, whose
+            # tuned 16 envs are 1 worker x 16: the tuned env count, split over their workers.
+            envs = tuned_for(self.env).get("workers", type(self).model_fields["workers"].default) * self.envs_per_worker
+            if envs % self.workers == 0 and spb % envs == 0:
+                keep = f", or envs_per_worker {envs // self.workers} to keep the tuned table's {envs} envs"
         raise InvalidSpec("a2c.steps_per_batch",
-            f"{spb} must be a multiple of {layout}; use {lower} or {lower + per_step}{tuned}")
+            f"{spb} must be a multiple of {layout}; use {lower} or {lower + per_step}{tuned}{keep}")
 
     @property
     def steps_per_env(self) -> int:

@@ -33,7 +33,18 @@ def test_batch_that_does_not_divide_suggests_sizes():
     with pytest.raises(InvalidSpec, match=r"100 must be a multiple.*3 x 1 = 3.*use 99 or 102") as err:
         build_spec({"env": "CartPole-v1", "workers": 3, "envs_per_worker": 1,
                     "a2c": {"steps_per_batch": 100, "mini_batch_size": None}})
+    assert err.value.field == "a2c.steps_per_batch" and "envs_per_worker" not in err.value.message.split(";")[1]
+
+
+def test_more_workers_on_a_tuned_layout_are_told_the_envs_per_worker_that_fits():
+    # Atari's tuned 16 envs are 1 worker x 16; `--workers 2` makes 32 envs, which 80 does not divide.
+    with pytest.raises(InvalidSpec) as err:
+        build_spec({"env": "PongNoFrameskip-v4", "workers": 2})
     assert err.value.field == "a2c.steps_per_batch"
+    assert err.value.message == ("80 must be a multiple of workers x envs_per_worker (2 x 16 = 32); use 64 or 96 "
+                                 "(the value came from the tuned table; set it to override), or envs_per_worker 8 "
+                                 "to keep the tuned table's 16 envs"), err.value.message
+    assert build_spec({"env": "PongNoFrameskip-v4", "workers": 2, "envs_per_worker": 8}).steps_per_env == 5
 
 
 def test_batch_smaller_than_one_step_of_every_env_says_what_to_change():
