@@ -31,6 +31,9 @@ class NumpyPolicy:
     """`ActorCritic`'s `act` and `value` for an MLP torso, in float32 numpy, drawing from its own
     `numpy.random.Generator` seeded with `seed`."""
 
+    cnn_precision = None
+    """No convolutional torso (as `ActorCritic.cnn_precision` of an MLP policy)."""
+
     def __init__(self, spaces: SpacesSpec, config: PolicyConfig, seed: int) -> None:
         mismatch = policy_mismatch(spaces, config)
         if mismatch is not None:
@@ -167,6 +170,7 @@ class TorchActing:
         self.torch, self._load, self._obs_tensor = torch, load_numpy_state, obs_tensor
         self.policy = policy.eval()
         self.spaces, self.config = policy.spaces, policy.config
+        self.cnn_precision = policy.cnn_precision
         self.generator = torch.Generator().manual_seed(seed)
 
     def load_weights(self, tensors: dict[str, np.ndarray]) -> None:

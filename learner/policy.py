@@ -154,6 +154,13 @@ class ActorCritic(nn.Module):
         value_latent = latent if self.value_torso is None else features(self.value_torso, obs)
         return latent, out, F.linear(value_latent, self.value_head.weight, self.value_head.bias).squeeze(-1)
 
+    @property
+    def cnn_precision(self) -> str | None:
+        """What the convolutional torso runs in ("float32" or "bfloat16"), None for an MLP policy."""
+        if not self.image:
+            return None
+        return "bfloat16" if self.cnn_dtype is torch.bfloat16 else "float32"
+
     def _scaled(self, obs: torch.Tensor) -> torch.Tensor:
         """(B, *obs_shape) uint8 images -> (B, C, H, W) in [0, 1], float32 or `cnn_dtype`, made
         on the input's device: images travel as uint8 (4x fewer bytes) up to here. The learner

@@ -37,7 +37,7 @@ from service.run.sinks import CheckpointInfo, NullSink, TrainingSink
 from service.run.spec import InvalidSpec, JobSpec, job_spaces
 from service.run.videos import TrainingVideos
 from service.run.warm import WarmActors
-from service.run.worker_group import (LearnerLost, RolloutsLost, TrainingFailed, WorkerGroup, actor_node_id,
+from service.run.worker_group import (LearnerLost, RolloutsLost, TrainingFailed, WorkerGroup, actor_placement,
                                       first_line, loss_of)
 from workers.worker import Episodes
 
@@ -91,6 +91,7 @@ class Trainer:
         self.use_gpu = False
         self.learner: Any = None
         self.learner_node = ""
+        self.learner_precision: str | None = None
         self.learner_restarts = 0
         self.workers: WorkerGroup | None = None
         self.videos: TrainingVideos | None = None
@@ -124,7 +125,8 @@ class Trainer:
         """Wait for the Learner `_create_learner` asked for, and report its device and node."""
         try:
             _, reason = ray.get(self.learner.device_info.remote(), timeout=self.resource_timeout_s)
-            node = ray.get(self.learner.__ray_call__.remote(actor_node_id), timeout=self.call_timeout_s)
+            node, self.learner_precision = ray.get(self.learner.__ray_call__.remote(actor_placement),
+                                                   timeout=self.call_timeout_s)
         except GetTimeoutError:
             raise TrainingFailed(f"the learner did not start within {self.resource_timeout_s:g}s "
                                  f"(resource_timeout_s; are CPUs{' and a GPU' * self.use_gpu} free?)") from None
@@ -133,6 +135,21 @@ class Trainer:
         log.info("learner on node %s: %s", node, reason)
         self.sink.event("device", reason)
         self.learner_node = node
+
+    def _placement(self, placements: list[tuple[str, str | None]]) -> str:
+        """The placement event: the learner's node, each worker's, and for a convolutional policy
+        the workers' precision, named when it differs from the learner's (cnn_precision auto is
+        resolved on each node: a worker whose CPU has no bfloat16 units acts in float32)."""
+        message = (f"learner on node {self.learner_node[:12]}; workers on nodes "
+                   + ", ".join(node[:12] for node, _ in placements))
+        precisions = sorted({precision for _, precision in placements if precision})
+        if precisions:
+            message += f"; workers' convolutions in {' and '.join(precisions)}"
+            if precisions != [self.learner_precision]:
+                message += (f", the learner's in {self.learner_precision}: workers act with another function "
+                            f"than the one trained (set cnn_precision to float32 or bfloat16 to have one)")
+                log.warning("placement: %s", message)
+        return message
 
     def _create_learner(self, spaces: SpacesSpec, restore: LearnerState | None) -> None:
         """Ask Ray for the Learner actor (`learner_cpus` CPUs, 1 GPU when `self.use_gpu`), without
@@ -181,9 +198,8 @@ class Trainer:
             if self.warm is not None:
                 self.warm.release()  # what this job does not use
             self._await_learner()
-            nodes = self.workers.start(self.learner.weights.remote())
-            self.sink.event("placement", f"learner on node {self.learner_node[:12]}; workers on nodes "
-                            + ", ".join(n[:12] for n in nodes))
+            placements = self.workers.start(self.learner.weights.remote())
+            self.sink.event("placement", self._placement(placements))
             startup_s = time.monotonic() - t0
             self.sink.event("started", f"{spec.workers} worker{'s' * (spec.workers != 1)} x {spec.envs_per_worker} envs, "
                             f"T={spec.steps_per_env}, mode={spec.mode}, startup {startup_s:.1f}s")

@@ -76,6 +76,13 @@ def actor_node_id(actor_self: Any) -> str:
     return ray.get_runtime_context().get_node_id()
 
 
+def actor_placement(actor_self: Any) -> tuple[str, str | None]:
+    """Runs inside the learner or a rollout worker, as `actor.__ray_call__.remote(actor_placement)`:
+    its node's id and what its policy's convolutions run in (`cnn_precision` as resolved on that
+    node: "float32" or "bfloat16"; None for an MLP policy)."""
+    return actor_node_id(actor_self), actor_self.policy.cnn_precision
+
+
 @dataclass
 class Pending:
     """Rollouts being sampled: {worker index: (rollout ref, episodes ref)}, and their weights."""
@@ -130,14 +137,14 @@ class WorkerGroup:
                 actor.configure.remote(*self._args(index))
             self.actors.append(actor)
 
-    def start(self, weights) -> list[str]:
+    def start(self, weights) -> list[tuple[str, str | None]]:
         """Start every worker `create` made with `weights`, waiting up to resource_timeout_s for CPUs.
 
-        Returns the node id of each worker.
+        Returns each worker's `actor_placement`: its node id and its convolutions' precision.
         """
         try:
             ray.get([a.set_weights.remote(weights) for a in self.actors], timeout=self.resource_timeout_s)
-            return ray.get([a.__ray_call__.remote(actor_node_id) for a in self.actors], timeout=self.call_timeout_s)
+            return ray.get([a.__ray_call__.remote(actor_placement) for a in self.actors], timeout=self.call_timeout_s)
         except GetTimeoutError:
             raise TrainingFailed(f"rollout workers did not start within {self.resource_timeout_s:g}s "
                                  f"(resource_timeout_s): {_cpus()}") from None

@@ -94,6 +94,8 @@ def test_short_pong_run_checkpoints_a_cnn_policy_that_a2c_evaluate_plays(ray_ses
     assert summary["status"] == "SUCCEEDED" and summary["steps"] == 960
     devices = [message for kind, message in sink.events if kind == "device"]
     assert devices and ("convolutions in bfloat16" in devices[0]) == (precision == "bfloat16"), devices
+    (placement,) = [message for kind, message in sink.events if kind == "placement"]
+    assert placement.endswith(f"; workers' convolutions in {precision}"), placement  # as the learner's
     assert sum(r["episodes"] for r in sink.rows) >= 16 and "eval_return_mean" in sink.rows[-1]
     checkpoint = read_checkpoint(summary["checkpoint"])
     assert checkpoint.spaces.obs_shape == (4, 84, 84) and checkpoint.spaces.obs_dtype == "uint8"
@@ -142,3 +144,18 @@ def test_frames_reach_the_learner_as_uint8_through_the_object_store(ray_session)
     finally:
         ray.kill(worker)
         ray.kill(learner)
+
+
+def test_placement_names_workers_that_act_in_another_precision_than_the_learner():
+    """cnn_precision auto is resolved on each node: a worker on a CPU without bfloat16 units acts in
+    float32 while a learner with them trains in bfloat16, and the placement event says so."""
+    from types import SimpleNamespace
+    trainer = SimpleNamespace(learner_node="a" * 40, learner_precision="bfloat16")
+    same = Trainer._placement(trainer, [("b" * 40, "bfloat16"), ("c" * 40, "bfloat16")])
+    assert same == f"learner on node {'a' * 12}; workers on nodes {'b' * 12}, {'c' * 12}; workers' convolutions in bfloat16"
+    mixed = Trainer._placement(trainer, [("b" * 40, "bfloat16"), ("c" * 40, "float32")])
+    assert mixed.endswith("; workers' convolutions in bfloat16 and float32, the learner's in bfloat16: workers act "
+                          "with another function than the one trained (set cnn_precision to float32 or bfloat16 "
+                          "to have one)"), mixed
+    mlp = Trainer._placement(SimpleNamespace(learner_node="a" * 40, learner_precision=None), [("b" * 40, None)])
+    assert mlp == f"learner on node {'a' * 12}; workers on nodes {'b' * 12}"
