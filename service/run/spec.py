@@ -137,12 +137,6 @@ class JobSpec(FrozenModel):
         layout = f"workers x envs_per_worker ({self.workers} x {self.envs_per_worker} = {per_step})"
         tuned = (" (the value came from the tuned table; set it to override)"
                  if "a2c.steps_per_batch" in self.tuned else "")
-        if spb < per_step:
-            raise InvalidSpec("a2c.steps_per_batch",
-                f"{spb}{tuned} is less than {layout}, and every env takes at least one step per "
-                f"batch: lower workers or envs_per_worker, or set steps_per_batch to a multiple "
-                f"of {per_step}")
-        lower = spb - spb % per_step
         keep = ""
         if "envs_per_worker" in self.tuned and "workers" not in self.tuned:
             # The user set workers over a tuned layout, e.g. `--workers 2` on an Atari id, whose
@@ -150,6 +144,12 @@ class JobSpec(FrozenModel):
             envs = tuned_for(self.env).get("workers", type(self).model_fields["workers"].default) * self.envs_per_worker
             if envs % self.workers == 0 and spb % envs == 0:
                 keep = f", or envs_per_worker {envs // self.workers} to keep the tuned table's {envs} envs"
+        if spb < per_step:
+            raise InvalidSpec("a2c.steps_per_batch",
+                f"{spb}{tuned} is less than {layout}, and every env takes at least one step per "
+                f"batch: lower workers or envs_per_worker, or set steps_per_batch to a multiple "
+                f"of {per_step}{keep}")
+        lower = spb - spb % per_step
         raise InvalidSpec("a2c.steps_per_batch",
             f"{spb} must be a multiple of {layout}; use {lower} or {lower + per_step}{tuned}{keep}")
 

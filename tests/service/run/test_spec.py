@@ -45,6 +45,9 @@ def test_more_workers_on_a_tuned_layout_are_told_the_envs_per_worker_that_fits()
                                  "(the value came from the tuned table; set it to override), or envs_per_worker 8 "
                                  "to keep the tuned table's 16 envs"), err.value.message
     assert build_spec({"env": "PongNoFrameskip-v4", "workers": 2, "envs_per_worker": 8}).steps_per_env == 5
+    with pytest.raises(InvalidSpec) as err:  # 8 x 16 = 128 envs: more than the batch's 80
+        build_spec({"env": "PongNoFrameskip-v4", "workers": 8})
+    assert err.value.message.endswith("to a multiple of 128, or envs_per_worker 2 to keep the tuned table's 16 envs")
 
 
 def test_batch_smaller_than_one_step_of_every_env_says_what_to_change():
