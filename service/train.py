@@ -28,7 +28,7 @@ import yaml
 from learner.config import A2CConfig, PolicyConfig
 from service import storage
 from service.records import new_job_id
-from service.run.spec import InvalidSpec, JobSpec, build_spec
+from service.run.spec import InvalidSpec, JobSpec, archived_spec, build_spec
 
 SPEC_FLAGS = ("env", "total_steps", "workers", "envs_per_worker", "seed", "mode", "eval_every",
               "eval_episodes", "video_every", "checkpoint_every", "learner_cpus", "learner_device",
@@ -406,16 +406,6 @@ def run_location(out: str | None, base: str | None, job_id: str, cwd: Path | Non
     """The run directory: `out`, else `<base>/<job id>` (see `run_root` for the default base)."""
     root = run_root(out, base, cwd)
     return out if out is not None else storage.join(root, job_id)
-
-
-RENAMED_FIELDS = {"learner_precision": "cnn_precision"}
-"""Job spec fields renamed since archives were written: old name -> new name."""
-
-
-def archived_spec(config: dict[str, Any]) -> dict[str, Any]:
-    """A checkpoint's job spec with fields renamed since it was written under their new names,
-    so that a resumed job takes the archive's settings."""
-    return {RENAMED_FIELDS.get(k, k): v for k, v in config.items()}
 
 
 def run(args: argparse.Namespace) -> int:

@@ -40,7 +40,7 @@ from service.records import CHECKPOINT_ID_PATTERN, JOB_ID_PATTERN, JobStatus, ne
 from service.run.checkpoints import read_checkpoint
 from service.run.driver import DriverRequest, JobProcess
 from service.run.warm import WARM_WORKERS
-from service.run.spec import InvalidSpec, JobSpec, build_spec, job_spaces
+from service.run.spec import InvalidSpec, JobSpec, archived_spec, build_spec, job_spaces
 from service.store import JobRow, JobStore
 
 log = logging.getLogger(__name__)
@@ -297,7 +297,7 @@ class JobManager:
         resume_from, resume, resume_ckpt = data.pop("resume_from", None), None, None
         if resume_from is not None:
             resume_from, resume_ckpt, resume = self._resume_source(resume_from)
-            data = _merge_spec(resume.config, data)
+            data = _merge_spec(archived_spec(resume.config), data)
         spec = build_spec(data, strict=True)  # JSON: types must match the schema
         self._check_limits(spec, resume)
         job, created = self.store.create_job(

@@ -201,6 +201,22 @@ def check_json_values(value: Any, field: str = "spec") -> None:
             check_json_values(item, f"{field}.{index}")
 
 
+RENAMED_FIELDS = {"learner_precision": "cnn_precision"}
+"""Job spec fields renamed since archives were written: old name -> new name."""
+
+
+ARCHIVED_DEFAULTS = {"cnn_precision": "float32"}
+"""Job spec fields added since archives were written, with the value archives that lack them
+trained with (where today's default differs: cnn_precision's is auto since c621529)."""
+
+
+def archived_spec(config: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's job spec with fields renamed since it was written under their new names,
+    and fields added since at the value it trained with, so that a resumed job takes the
+    archive's settings."""
+    return {**ARCHIVED_DEFAULTS, **{RENAMED_FIELDS.get(k, k): v for k, v in config.items()}}
+
+
 def build_spec(data: dict[str, Any], *, strict: bool = False) -> JobSpec:
     """Validate a raw job spec, filling `a2c`/`policy` fields the user did not set from the tuned
     table for its env (recorded in `tuned`). Raises InvalidSpec naming every bad field (the

@@ -383,7 +383,11 @@ def test_name_and_tags_flags_go_into_the_spec():
 def test_an_archived_spec_with_a_renamed_field_resumes_under_the_new_name():
     # Archives of the day learner_precision existed: a resumed job keeps their precision.
     from api.cli import build_parser
-    from service.train import archived_spec, spec_from_args
+    from service.run.spec import archived_spec
+    from service.train import spec_from_args
     args = build_parser().parse_args(["train", "--total-steps", "2000"])
     spec = spec_from_args(args, base=archived_spec({"env": "PongNoFrameskip-v4", "learner_precision": "bfloat16"}))
     assert spec.cnn_precision == "bfloat16" and spec.total_steps == 2000
+    # Archives from before the field: float32, as they trained (the default is auto since).
+    older = spec_from_args(args, base=archived_spec({"env": "PongNoFrameskip-v4"}))
+    assert older.cnn_precision == "float32"
