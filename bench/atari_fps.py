@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -95,14 +96,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
     configs = [*OURS, *SB3]
+    unknown = sorted(set(args.only or []) - set(configs))
+    if unknown:
+        p.error(f"--only: no configuration {', '.join(map(repr, unknown))}; known: {', '.join(map(repr, configs))}")
     configs = [c for c in configs if not args.only or c in args.only]
     runs: dict[str, list[dict]] = {c: [] for c in configs}
     with tempfile.TemporaryDirectory(prefix="a2c-bench-fps-") as log_dir:
         for r in range(args.rounds):
             for name in configs:
-                if name in OURS:
+                if name in OURS:  # a log directory each: run_ours names its logs by env, seed and layout flags
+                    logs = Path(log_dir) / re.sub(r"\W+", "-", name)
+                    logs.mkdir(exist_ok=True)
                     record = run_ours(ENV, args.steps, seed=r, workers=None, extra=[*OURS[name], "--eval-episodes", "1"],
-                                      timeout_s=args.max_wall_s + 300, log_dir=Path(log_dir), track_processes=True)
+                                      timeout_s=args.max_wall_s + 300, log_dir=logs, track_processes=True)
                 else:
                     record = run_sb3(SB3[name], args.steps, r, Path(log_dir), args.max_wall_s)
                 runs[name].append(rates(record))

@@ -38,8 +38,10 @@ def bfloat16_units(device: torch.device) -> str:
     """The bfloat16 matrix units `device` has, by name ("AMX", "AVX512-BF16", "native bfloat16"), or "".
 
     Only units measured faster than float32 on the Nature CNN count (docs/workloads.md): the
-    learner's update took 0.51x float32's time with AMX (Intel Xeon, Sapphire Rapids) and 0.62x
-    with AVX512-BF16 (AMD EPYC, Zen 4), against 3.2x with AVX-512 alone and 8.7x with AVX2. GPUs
+    learner's update took 0.51x float32's time on an Intel Xeon with AMX and 0.62x on an AMD EPYC
+    with AVX512-BF16 and no AMX; with oneDNN kept to AVX-512 alone 2.1-3.2x, to AVX2 8.7-8.8x
+    (both machines). The Xeon kept from its AMX but not its AVX512-BF16 took 1.5x: an Intel CPU
+    with AVX512-BF16 and no AMX (Cooper Lake) may not gain, and was not measured as it is. GPUs
     count when they have native bfloat16 (torch counts emulation on pre-Ampere GPUs as support).
     Other CPU architectures (ARM) were not measured: none counted."""
     if device.type == "cuda":

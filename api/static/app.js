@@ -500,7 +500,7 @@ function renderJob(job) {
   $("#job-status").replaceWith(Object.assign(badge(job.status), {id: "job-status"}));
   const name = typeof job.spec.name === "string" && job.spec.name ? job.spec.name : "";
   $("#job-title").textContent = name ? `${name} (${job.id})` : `Job ${job.id}`;
-  $("#job-env").textContent = `${job.env} · seed ${job.spec.seed} · ${job.spec.workers} workers × `
+  $("#job-env").textContent = `${job.env} · seed ${job.spec.seed} · ${job.spec.workers} worker${job.spec.workers === 1 ? "" : "s"} × `
     + `${job.spec.envs_per_worker} envs · ${job.spec.mode}`;
   jobCharts.setStart(job.id, job.started ? Date.parse(job.started) / 1000 : null);
   const stop = $("#job-stop");

@@ -88,8 +88,10 @@ class JobSpec(FrozenModel):
     (the job's evaluations too). Evaluation of a checkpoint (`a2c evaluate`, serving, export)
     stays float32. auto: bfloat16 in each process whose device has bfloat16 units measured
     faster than float32 (a GPU with native bfloat16; an x86 CPU with AMX or AVX512-BF16), else
-    float32; the learner's device line says which. Elsewhere bfloat16 is slower: see
-    docs/workloads.md."""
+    float32; the learner's device line says which, and the placement event what the workers
+    run (each resolves auto for its own node's CPU: where that differs from the learner's, they
+    act with a slightly different function than the one trained). Elsewhere bfloat16 is
+    slower: see docs/workloads.md."""
     use_tuned: bool = True
     """Fill `a2c`/`policy` fields the user left unset from the tuned table for this env."""
     tuned: tuple[str, ...] = ()
