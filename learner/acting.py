@@ -170,8 +170,12 @@ class TorchActing:
         self.torch, self._load, self._obs_tensor = torch, load_numpy_state, obs_tensor
         self.policy = policy.eval()
         self.spaces, self.config = policy.spaces, policy.config
-        self.cnn_precision = policy.cnn_precision
         self.generator = torch.Generator().manual_seed(seed)
+
+    @property
+    def cnn_precision(self) -> str | None:
+        """What the policy's convolutional torso runs in (`ActorCritic.cnn_precision`)."""
+        return self.policy.cnn_precision
 
     def load_weights(self, tensors: dict[str, np.ndarray]) -> None:
         """Take the weights of `learner.policy.numpy_state` (strictly, as torch loads them)."""
@@ -210,11 +214,10 @@ def acting_policy(spaces: SpacesSpec, config: PolicyConfig, seed: int,
     if spaces.is_image:
         import torch
         from learner.policy import CNN_DTYPES, ActorCritic, bfloat16_warning, resolve_cnn_precision
-        precision, why = resolve_cnn_precision(cnn_precision, torch.device("cpu"))
-        warning = bfloat16_warning(torch.device("cpu")) if cnn_precision == "bfloat16" else ""
-        if warning:
+        cpu = torch.device("cpu")
+        # The choice is reported by `TorchActing.cnn_precision`, in the job's placement event.
+        precision, _ = resolve_cnn_precision(cnn_precision, cpu)
+        if cnn_precision == "bfloat16" and (warning := bfloat16_warning(cpu)):
             log.warning("acting: cnn_precision=bfloat16, but %s", warning)
-        else:
-            log.info("acting: convolutions in %s (%s)", precision, why)
         return TorchActing(ActorCritic(spaces, config, cnn_dtype=CNN_DTYPES[precision]).to_cnn_dtype(), seed)
     return NumpyPolicy(spaces, config, seed)

@@ -201,8 +201,9 @@ class Trainer:
             placements = self.workers.start(self.learner.weights.remote())
             self.sink.event("placement", self._placement(placements))
             startup_s = time.monotonic() - t0
-            self.sink.event("started", f"{spec.workers} worker{'s' * (spec.workers != 1)} x {spec.envs_per_worker} envs, "
-                            f"T={spec.steps_per_env}, mode={spec.mode}, startup {startup_s:.1f}s")
+            self.sink.event("started", f"{spec.workers} worker{'s' * (spec.workers != 1)} x "
+                            f"{spec.envs_per_worker} envs, T={spec.steps_per_env}, mode={spec.mode}, "
+                            f"startup {startup_s:.1f}s")
             step, updates = (start.step, start.updates) if start else (0, 0)
             loop_t0 = self._last_row_t = time.monotonic()
             weights = self.learner.weights.remote()
