@@ -46,7 +46,11 @@ def test_channels_last_images_are_taken_too():
     spaces = SpacesSpec(obs_shape=(96, 96, 3), obs_dtype="uint8", action_type="discrete", action_n=5)
     policy = ActorCritic(spaces, PolicyConfig())
     assert policy.torso[0].in_channels == 3
-    assert policy.act(torch.zeros((2, 96, 96, 3), dtype=torch.uint8))[2].shape == (2,)
+    obs = torch.randint(0, 256, (2, 96, 96, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    assert policy.act(obs)[2].shape == (2,)
+    scaled = policy._scaled(obs)  # (B, C, H, W) in shape, channels-last in memory, as the convolutions'
+    assert scaled.shape == (2, 3, 96, 96) and scaled.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(scaled, obs.permute(0, 3, 1, 2).float() / 255)
 
 
 @pytest.mark.parametrize("spaces, config, field", [
