@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,27 +38,18 @@ class RolloutWorker:
                  spaces: SpacesSpec, policy_config: PolicyConfig, seed: int, worker_index: int,
                  cnn_precision: str = "float32") -> None:
         seeds = env_seeds(seed, worker_index, num_envs + 1)
+        if spaces.is_image:
+            import torch
+            torch.set_num_threads(1)
         self.env_id, self.env_kwargs = env_id, dict(env_kwargs)
+        self.env = make_vec_env(env_id, num_envs, env_kwargs)
         self.num_envs, self.steps_per_env = num_envs, steps_per_env
         self.spaces = spaces
-        # The envs are made and reset on a thread while this one imports torch and builds the
-        # policy: ALE's C++ work there overlaps the import here (a worker of 16 Atari games is
-        # every Atari job's last actor to be ready; docs/workloads.md, "Start-up").
-        with ThreadPoolExecutor(1, thread_name_prefix="make-envs") as pool:
-            envs = pool.submit(self._make_envs, seeds[:num_envs])
-            if spaces.is_image:
-                import torch
-                torch.set_num_threads(1)
-            self.policy = acting_policy(spaces, policy_config, seeds[-1], cnn_precision)
-            self.env, self.obs = envs.result()
+        self.policy = acting_policy(spaces, policy_config, seeds[-1], cnn_precision)
         self.version = -1
+        self.obs, _ = self.env.reset(seed=seeds[:num_envs])
         self.episode_return = np.zeros(num_envs)
         self.episode_length = np.zeros(num_envs, dtype=np.int64)
-
-    def _make_envs(self, seeds: list[int]) -> tuple[Any, np.ndarray]:
-        """The vector env and its first observations (N, *obs_shape), reset with `seeds`."""
-        env = make_vec_env(self.env_id, self.num_envs, self.env_kwargs)
-        return env, env.reset(seed=seeds)[0]
 
     def set_weights(self, weights: Weights) -> None:
         """Load a new weights version (a no-op if this version is already loaded)."""
