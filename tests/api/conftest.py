@@ -57,7 +57,7 @@ class JobsClient(httpx.Client):
                 return job
             if time.monotonic() > deadline:
                 pytest.fail(f"job {job_id} did not get there in {timeout}s: {json.dumps(job)[:2000]}")
-            time.sleep(0.5)
+            time.sleep(0.2)
 
     def wait_status(self, job_id: str, *statuses: str, timeout: float = JOB_TIMEOUT_S) -> dict:
         """Poll until the job is in one of `statuses`."""
@@ -177,7 +177,7 @@ class ServerProcess:
                     return self
             except httpx.HTTPError:
                 pass
-            time.sleep(0.5)
+            time.sleep(0.2)
         raise RuntimeError(f"server did not answer within {START_TIMEOUT_S}s:\n{self.log_tail()}")
 
     def log_tail(self, lines: int = 60) -> str:

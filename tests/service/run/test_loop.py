@@ -258,6 +258,7 @@ def test_killed_worker_is_replaced_and_no_rollout_is_lost_or_doubled(ray_session
 def test_hung_worker_is_replaced_once_the_call_timeout_passes(ray_session, tmp_path):
     def hang(trainer):  # worker 1 blocks on this call; its next rollout never comes
         trainer.workers[1].__ray_call__.remote(lambda self: time.sleep(3600))
+        trainer.workers.call_timeout_s = 5  # the workers' calls only: the learner's keep 20 s
 
     sink = CallAfter(2, hang)
     summary = run_with(sink, {**SMALL, "total_steps": 6 * 256}, tmp_path, call_timeout_s=20)
@@ -314,19 +315,20 @@ def test_lost_worker_with_no_cpu_left_fails_the_job_after_resource_timeout(ray_s
     holders = []
 
     def kill_and_hold(trainer):
+        # The job started under 15 s (the same timeout bounds the learner's start, several
+        # seconds on a loaded 2-core machine); the replacement waits 3 s.
+        trainer.workers.resource_timeout_s = 3
         kill(trainer.workers[1], "ray.kill")
         holders.append(HoldFreeCpus(2))
 
     sink = CallAfter(2, kill_and_hold)
     try:
         with pytest.raises(TrainingFailed) as err:
-            # 15 s, not less: the same timeout bounds the learner's start, which takes several
-            # seconds on a loaded 2-core machine (torch import in a fresh worker process).
             run_with(sink, {**SMALL, "total_steps": 50 * 256}, tmp_path, resource_timeout_s=15)
     finally:
         holders and holders[0].release()
     message = str(err.value)
-    assert "worker 1 was lost and its replacement got no CPU within 15s (resource_timeout_s)" in message
+    assert "worker 1 was lost and its replacement got no CPU within 3s (resource_timeout_s)" in message
     assert "CPUs free" in message
     assert sink.kinds().count("worker_lost") == 1 and "worker_replaced" not in sink.kinds()
 
