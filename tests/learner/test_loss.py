@@ -1,6 +1,9 @@
 """The A2C loss against a small hand-written reference, and one update's behaviour."""
 
+import dataclasses
+
 import numpy as np
+import pytest
 import torch
 
 from learner.config import A2CConfig, PolicyConfig
@@ -70,7 +73,7 @@ def _rollout(T=8, N=2, version=0, seed=0):
         rewards=np.ones((T, N), np.float32), terminated=np.zeros((T, N), bool),
         truncated=np.zeros((T, N), bool), values=np.zeros((T, N), np.float32),
         log_probs=np.full((T, N), np.log(0.5), np.float32), final_values=np.zeros((T, N), np.float32),
-        bootstrap_values=np.zeros(N, np.float32), episode_returns=np.zeros(0),
+        next_obs=rng.normal(size=(N, 3)).astype(np.float32), episode_returns=np.zeros(0),
         episode_lengths=np.zeros(0, np.int64), weights_version=version)
 
 
@@ -81,6 +84,19 @@ def test_full_batch_update_takes_one_step_and_minibatches_take_several():
     mini.update(_rollout(), _rollout(seed=1))
     assert full.optimizer.state_dict()["state"][0]["step"].item() == 1
     assert mini.optimizer.state_dict()["state"][0]["step"].item() == 4
+
+
+def test_the_learner_bootstraps_from_the_value_of_next_obs():
+    """One step, no reward, no episode end: the value target is gamma V(s_T), V of the rollout's
+    `next_obs` by the learner's weights before the update (the workers send s_T, not its value)."""
+    learner = Learner(DISCRETE, PolicyConfig(), A2CConfig(steps_per_batch=2, mini_batch_size=None, gamma=0.9), 100, 0)
+    rollout = _rollout(T=1, N=2)
+    rollout = dataclasses.replace(rollout, rewards=np.zeros((1, 2), np.float32))
+    obs, next_obs = (torch.from_numpy(a) for a in (rollout.obs[0], rollout.next_obs))
+    values, next_values = learner.policy.value(obs), learner.policy.value(next_obs)
+    assert not torch.allclose(next_values, torch.zeros(2))
+    stats = learner.update(rollout)
+    assert stats["value_loss"] == pytest.approx(float(((values - 0.9 * next_values) ** 2).mean()), rel=1e-5)
 
 
 def test_update_reports_stats_lag_and_schedules():
