@@ -176,9 +176,10 @@ class Learner:
         # newest, `policy_lag` versions past the rollout's.
         bootstrap_values = self.policy.value(b["next_obs"])
         # Statistics are updated before the loss (as SB3's VecNormalize, which updates them as
-        # it steps). Non-finite observations leave the observation statistics alone and skip
-        # every gradient step; non-finite rewards leave the reward statistics alone.
-        obs_finite = not b["obs"].is_floating_point() or bool(torch.isfinite(b["obs"]).all())
+        # it steps). Non-finite observations (s_T's included) leave the observation statistics
+        # alone and skip every gradient step; non-finite rewards leave the reward statistics alone.
+        obs_finite = not b["obs"].is_floating_point() or bool(torch.isfinite(b["obs"]).all()
+                                                              & torch.isfinite(b["next_obs"]).all())
         norm_moved = self.policy.obs_norm is not None and obs_finite
         if norm_moved:
             self.policy.obs_norm.update(b["obs"].reshape(steps, -1))

@@ -1,5 +1,6 @@
 """The A2C loss against a small hand-written reference, and one update's behaviour."""
 
+import copy
 import dataclasses
 
 import numpy as np
@@ -99,6 +100,26 @@ def test_the_learner_bootstraps_from_the_value_of_next_obs():
     assert stats["value_loss"] == pytest.approx(float(((values - 0.9 * next_values) ** 2).mean()), rel=1e-5)
 
 
+def test_bootstrap_values_keep_env_order_and_the_statistics_the_rollouts_were_sampled_with():
+    """Two rollouts, normalised observations: s_T of each env is valued by the observation
+    statistics from before this update's move (those the workers acted with), while the loss
+    sees the moved ones; rollouts join in order along the env axis."""
+    cfg = A2CConfig(steps_per_batch=4, mini_batch_size=None, gamma=0.9)
+    learner = Learner(DISCRETE, PolicyConfig(normalize_observations=True), cfg, 100, 0)
+    a, b = (dataclasses.replace(_rollout(T=1, N=2, seed=s), rewards=np.zeros((1, 2), np.float32)) for s in (0, 1))
+    a = dataclasses.replace(a, obs=a.obs * 5 + 3)  # far from the prior statistics: they move a lot
+    before = copy.deepcopy(learner.policy)
+    next_values = before.value(torch.from_numpy(np.concatenate([a.next_obs, b.next_obs])))
+    obs = torch.from_numpy(np.concatenate([a.obs, b.obs], axis=1)[0])  # (4, 3): a's envs, then b's
+    before.obs_norm.update(obs)
+    values = before.value(obs)  # the weights the loss starts from, with the moved statistics
+    stats = learner.update(a, b)
+    expected = float(((values - 0.9 * next_values) ** 2).mean())
+    assert stats["value_loss"] == pytest.approx(expected, rel=1e-5)
+    swapped = torch.cat([next_values[2:], next_values[:2]])
+    assert abs(float(((values - 0.9 * swapped) ** 2).mean()) - expected) > 1e-3  # order is visible
+
+
 def test_update_reports_stats_lag_and_schedules():
     cfg = A2CConfig(steps_per_batch=16, mini_batch_size=None, learning_rate=1e-3,
                     learning_rate_schedule="linear", learning_rate_final=0.0)
@@ -134,6 +155,17 @@ def test_nonfinite_observations_skip_the_step_and_keep_weights_finite():
     good = learner.update(_rollout())
     assert not good["skipped"] and good["weights_version"] == 1
     assert all(torch.isfinite(v).all() for v in learner.policy.state_dict().values())
+
+
+def test_a_nonfinite_next_obs_skips_the_step_even_where_normalisation_would_clip_it():
+    learner = Learner(DISCRETE, PolicyConfig(normalize_observations=True),
+                      A2CConfig(steps_per_batch=16, mini_batch_size=None), 1000, 0)
+    before = {k: v.clone() for k, v in learner.policy.state_dict().items()}
+    bad = _rollout()
+    bad.next_obs[1, 2] = np.inf  # s_T, which only the bootstrap reads (clipped to 10 std there)
+    stats = learner.update(bad)
+    assert stats["skipped"] and stats["nonfinite_steps"] == 1 and stats["weights_version"] == 0
+    assert all(torch.equal(before[k], v) for k, v in learner.policy.state_dict().items())  # statistics too
 
 
 def test_act_samples_and_log_probs_agree_with_evaluate_actions():

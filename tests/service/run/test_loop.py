@@ -258,6 +258,7 @@ def test_killed_worker_is_replaced_and_no_rollout_is_lost_or_doubled(ray_session
 def test_hung_worker_is_replaced_once_the_call_timeout_passes(ray_session, tmp_path):
     def hang(trainer):  # worker 1 blocks on this call; its next rollout never comes
         trainer.workers[1].__ray_call__.remote(lambda self: time.sleep(3600))
+        assert trainer.workers.call_timeout_s == 20  # the job's own reached its workers
         trainer.workers.call_timeout_s = 5  # the workers' calls only: the learner's keep 20 s
 
     sink = CallAfter(2, hang)
@@ -317,6 +318,7 @@ def test_lost_worker_with_no_cpu_left_fails_the_job_after_resource_timeout(ray_s
     def kill_and_hold(trainer):
         # The job started under 15 s (the same timeout bounds the learner's start, several
         # seconds on a loaded 2-core machine); the replacement waits 3 s.
+        assert trainer.workers.resource_timeout_s == 15  # the job's own reached its workers
         trainer.workers.resource_timeout_s = 3
         kill(trainer.workers[1], "ray.kill")
         holders.append(HoldFreeCpus(2))
