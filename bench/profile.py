@@ -1,8 +1,7 @@
 """Where an env step's time goes in our pipeline, measured in-process (no Ray) and with py-spy.
 
 In-process: `RolloutWorker.sample` with timers around the policy's forward pass (`act`), the
-vector env's `step`, and the value calls for truncated episodes' final observations (the
-bootstrap at a rollout's end is the learner's, in its update); the rest of
+vector env's `step`, and the value calls for truncated/bootstrap observations; the rest of
 `sample` is the worker's own bookkeeping. `Learner.update` is timed on the same rollouts. The
 raw step rate of the env alone (random actions) is measured for gymnasium's `SyncVectorEnv`,
 for the env's batched `vector_entry_point` (CartPoleVectorEnv), and for what workers use.
@@ -59,7 +58,7 @@ def sample_breakdown(num_envs: int, steps_per_env: int, rollouts: int = 20,
     worker = RolloutWorker(env_id, {}, num_envs, steps_per_env, spaces, policy, 0, 0)
     weights = learner.weights()
     worker.sample(weights)  # warm-up
-    totals: dict[str, float] = collections.defaultdict(float, policy_value=0.0)  # listed if never called
+    totals: dict[str, float] = collections.defaultdict(float)
     worker.policy.act = _Timed(worker.policy.act, totals, "policy_act")
     worker.policy.value = _Timed(worker.policy.value, totals, "policy_value")
     worker.env.step = _Timed(worker.env.step, totals, "env_step")

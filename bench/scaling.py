@@ -43,7 +43,7 @@ def synthetic_rollout(T: int, N: int, obs_dim: int = 4, n_actions: int = 2, seed
         rewards=np.ones((T, N), np.float32), terminated=done, truncated=np.zeros((T, N), bool),
         values=rng.standard_normal((T, N)).astype(np.float32),
         log_probs=np.full((T, N), -0.69, np.float32), final_values=np.zeros((T, N), np.float32),
-        next_obs=rng.standard_normal((N, obs_dim)).astype(np.float32),
+        bootstrap_values=rng.standard_normal(N).astype(np.float32),
         episode_returns=np.zeros(0), episode_lengths=np.zeros(0, np.int64), weights_version=0)
 
 

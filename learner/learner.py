@@ -158,11 +158,11 @@ class Learner:
     def _batch(self, rollouts: tuple[Rollout, ...]
                ) -> tuple[dict[str, np.ndarray], dict[str, torch.Tensor]]:
         """Rollouts joined along the env axis into (T, N_total, ...) arrays on the host, and
-        the same as tensors on the device (`next_obs` is (N_total, *obs_shape))."""
+        the same as tensors on the device (`bootstrap_values` is (N_total,))."""
         fields = ("obs", "actions", "rewards", "terminated", "truncated", "values",
                   "log_probs", "final_values")
         host = {f: np.concatenate([getattr(r, f) for r in rollouts], axis=1) for f in fields}
-        host["next_obs"] = np.concatenate([r.next_obs for r in rollouts])
+        host["bootstrap_values"] = np.concatenate([r.bootstrap_values for r in rollouts])
         return host, {f: torch.as_tensor(a, device=self.device) for f, a in host.items()}
 
     def update(self, *rollouts: Rollout) -> dict[str, float]:
@@ -171,15 +171,10 @@ class Learner:
         host, b = self._batch(rollouts)
         steps = sum(r.num_steps for r in rollouts)
         policy_lag = self.version - min(r.weights_version for r in rollouts)
-        # V(s_T) of every env, batched, before the observation statistics move: in sync mode by
-        # the weights and statistics the rollouts were sampled with; in async mode by the
-        # newest, `policy_lag` versions past the rollout's.
-        bootstrap_values = self.policy.value(b["next_obs"])
         # Statistics are updated before the loss (as SB3's VecNormalize, which updates them as
-        # it steps). Non-finite observations (s_T's included) leave the observation statistics
-        # alone and skip every gradient step; non-finite rewards leave the reward statistics alone.
-        obs_finite = not b["obs"].is_floating_point() or bool(torch.isfinite(b["obs"]).all()
-                                                              & torch.isfinite(b["next_obs"]).all())
+        # it steps). Non-finite observations leave the observation statistics alone and skip
+        # every gradient step; non-finite rewards leave the reward statistics alone.
+        obs_finite = not b["obs"].is_floating_point() or bool(torch.isfinite(b["obs"]).all())
         norm_moved = self.policy.obs_norm is not None and obs_finite
         if norm_moved:
             self.policy.obs_norm.update(b["obs"].reshape(steps, -1))
@@ -187,7 +182,7 @@ class Learner:
         if self.return_norm is not None:
             rewards = self._normalized_rewards(host["rewards"], host["terminated"] | host["truncated"])
         advantages, returns = gae(rewards, b["values"], b["terminated"], b["truncated"],
-                                  b["final_values"], bootstrap_values, cfg.gamma, cfg.gae_lambda)
+                                  b["final_values"], b["bootstrap_values"], cfg.gamma, cfg.gae_lambda)
         obs = b["obs"].reshape(steps, *b["obs"].shape[2:])
         actions = b["actions"].reshape(steps, *b["actions"].shape[2:])
         advantages, returns = advantages.reshape(-1), returns.reshape(-1)

@@ -295,7 +295,7 @@ class ActorCritic(nn.Module):
     @torch.no_grad()
     def value(self, obs: torch.Tensor) -> torch.Tensor:
         """State values V(obs), shape (B,)."""
-        return self._forward(obs)[2]
+        return self._heads(obs)[1]
 
     def evaluate_actions(self, obs: torch.Tensor, action: torch.Tensor
                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

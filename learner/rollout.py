@@ -26,9 +26,7 @@ class Rollout:
     values: np.ndarray         # (T, N) float32, V(obs) at collection time
     log_probs: np.ndarray      # (T, N) float32, log pi(action | obs) at collection time
     final_values: np.ndarray   # (T, N) float32
-    next_obs: np.ndarray       # (N, *obs_shape) as obs, s_T: the observation after the last step, whose
-                               # value the learner bootstraps from (in one batched forward pass
-                               # over every rollout of an update, off the workers' critical path)
+    bootstrap_values: np.ndarray  # (N,) float32, V(s_T) of the observation after the last step
     episode_returns: np.ndarray   # (E,) float64, episodes that finished during this rollout (whole
                                   # games with raw rewards, as `workers.worker.Episodes`)
     episode_lengths: np.ndarray   # (E,) int64

@@ -95,10 +95,11 @@ class RolloutWorker:
                 ep_lengths += self.episode_length[ended].tolist()
                 self.episode_return[ended] = 0
                 self.episode_length[ended] = 0
+        bootstrap = self.policy.value(self.obs)
         episodes = Episodes(np.asarray(ep_returns, np.float64), np.asarray(ep_lengths, np.int64),
                             self.version)
         rollout = Rollout(obs_buf, actions, rewards, terminated, truncated, values, log_probs,
-                          final_values, np.array(self.obs, dtype=self.spaces.obs_dtype), episodes.returns, episodes.lengths, self.version)
+                          final_values, bootstrap, episodes.returns, episodes.lengths, self.version)
         return rollout, episodes
 
     def evaluate(self, weights: Weights, episodes: int, seed: int) -> list[float]:

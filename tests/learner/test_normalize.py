@@ -53,7 +53,7 @@ def _rollout(obs, rewards, terminated=None, version=0):
                    rewards=rewards.astype(np.float32),
                    terminated=np.zeros((T, N), bool) if terminated is None else terminated,
                    truncated=np.zeros((T, N), bool), values=zeros, log_probs=zeros, final_values=zeros,
-                   next_obs=obs[-1].astype(np.float32), episode_returns=np.zeros(0),
+                   bootstrap_values=np.zeros(N, np.float32), episode_returns=np.zeros(0),
                    episode_lengths=np.zeros(0, np.int64), weights_version=version)
 
 

@@ -28,7 +28,7 @@ def _rollout(seed: int, T: int = 8, N: int = 2) -> Rollout:
         rewards=rng.normal(size=(T, N)).astype(np.float32), terminated=np.zeros((T, N), bool),
         truncated=np.zeros((T, N), bool), values=np.zeros((T, N), np.float32),
         log_probs=np.zeros((T, N), np.float32), final_values=np.zeros((T, N), np.float32),
-        next_obs=rng.normal(size=(N, 3)).astype(np.float32), episode_returns=np.zeros(0),
+        bootstrap_values=np.zeros(N, np.float32), episode_returns=np.zeros(0),
         episode_lengths=np.zeros(0, np.int64), weights_version=0)
 
 
