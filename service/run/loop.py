@@ -19,7 +19,6 @@ import contextlib
 import logging
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -38,8 +37,8 @@ from service.run.sinks import CheckpointInfo, NullSink, TrainingSink
 from service.run.spec import InvalidSpec, JobSpec, job_spaces
 from service.run.videos import TrainingVideos
 from service.run.warm import WarmActors
-from service.run.worker_group import (LearnerLost, Pending, RolloutsLost, TrainingFailed, WorkerGroup,
-                                      actor_placement, first_line, loss_of)
+from service.run.worker_group import (LearnerLost, RolloutsLost, TrainingFailed, WorkerGroup, actor_placement,
+                                      first_line, loss_of)
 from workers.worker import Episodes
 
 log = logging.getLogger(__name__)
@@ -55,17 +54,6 @@ def _finite(value: Any) -> Any:
 
 def _mean(values) -> float | None:
     return float(np.mean(values)) if len(values) else None
-
-
-@dataclass(frozen=True)
-class Submitted:
-    """An update handed to the learner: refs to its stats and new weights, the finished
-    episodes of its rollouts, and the rollouts being sampled meanwhile (None: no more)."""
-
-    stats: Any
-    weights: Any
-    episodes: list[Episodes]
-    pending: Pending | None
 
 
 class Trainer:
@@ -220,51 +208,38 @@ class Trainer:
             loop_t0 = self._last_row_t = time.monotonic()
             weights = self.learner.weights.remote()
             pending = self.workers.sample(weights)
-            submitted: Submitted | None = None
             # The loop ends after an update that saw the stop (or reached total_steps), so that
             # the final policy is always evaluated and checkpointed: a stop between that check
             # and the loop's would leave the final checkpoint unevaluated.
             done = step >= spec.total_steps or self._stop.is_set()
             while not done:
                 try:
-                    if submitted is None:  # the first update, or one after a lost batch or learner
-                        submitted = self._submit(pending, weights, step)
-                    stats = self._learner_get(submitted.stats, "the learner's update")
-                    weights, step, updates = submitted.weights, stats["step"], updates + 1
-                    episodes, pending = submitted.episodes, submitted.pending
+                    rollouts, episodes = self.workers.gather(pending)
+                    stats_ref, next_weights = self.learner.update_and_weights.options(
+                        num_returns=2).remote(*rollouts)
+                    if step + spec.a2c.steps_per_batch < spec.total_steps:
+                        # Sync waits for the new weights (exact A2C); async samples with the old (lag 1).
+                        pending = self.workers.sample(next_weights if spec.mode == "sync" else weights)
+                    stats = self._learner_get(stats_ref, "the learner's update")
+                    weights, step, updates = next_weights, stats["step"], updates + 1
                     last = done = step >= spec.total_steps or self._stop.is_set()
-                    evaluate = last or bool(spec.eval_every and updates % spec.eval_every == 0)
-                    # A checkpoint's state is asked for before the next update is submitted (an
-                    # actor runs its calls in order): it is this update's.
-                    state = (self.learner.state.remote()
-                             if evaluate or updates % spec.checkpoint_every == 0 else None)
-                    # The next update is submitted before this one is recorded, so that the
-                    # learner does not wait for the metrics, evaluation and checkpoint.
-                    submitted, lost = None, None
-                    if not done:
-                        try:
-                            submitted = self._submit(pending, weights, step)
-                        except (RolloutsLost, LearnerLost, TrainingFailed) as exc:
-                            lost = exc  # raised once this update is recorded
                     row = self._row(stats, episodes, loop_t0)
                     evaluated = eval_seed = None
-                    if evaluate:
+                    if last or (spec.eval_every and updates % spec.eval_every == 0):
                         eval_seed = self._eval_seed(updates)
                         evaluated = row.eval_return_mean = self.last_eval = self._evaluate(weights, eval_seed)
                     self.sink.metrics(row.model_dump(exclude_unset=True))
                     self.videos.after_update(weights, step, updates, eval_seed)  # never waits
                     self._count_nonfinite(stats)  # after the row: the failing update is recorded too
                     if updates % spec.checkpoint_every == 0 or last or self._is_new_best(evaluated):
-                        self._checkpoint(spaces, evaluated, state)
-                    if lost is not None:
-                        raise lost
+                        self._checkpoint(spaces, evaluated)
                 except RolloutsLost as exc:  # the learner did not update: sample this batch again
                     self.sink.event("rollouts_lost", f"{exc}; every worker samples its share again")
-                    submitted, pending = None, self.workers.sample(weights)
+                    pending = self.workers.sample(weights)
                 except LearnerLost as exc:
                     step, updates = self._restart_learner(spaces, exc)
                     weights = self.learner.weights.remote()
-                    submitted, pending = None, self.workers.sample(weights)
+                    pending = self.workers.sample(weights)
             wall_s = time.monotonic() - loop_t0
             # A final checkpoint, unless this run made no update (stopped while starting): the
             # state is then the one it started from, which needs no new archive.
@@ -282,17 +257,6 @@ class Trainer:
                              # A stop that came as the last update finished changed nothing.
                              JobStatus.STOPPED if self._stop.is_set() and step < spec.total_steps
                              else JobStatus.SUCCEEDED)
-
-    def _submit(self, pending: Pending, weights: Any, step: int) -> Submitted:
-        """Hand the workers' rollouts of `pending` to the learner as they arrive, and start the
-        next rollouts: with the update's new weights in sync mode, with `weights` (those of
-        the last update, lag 1) in async mode; none if this update reaches total_steps."""
-        spec = self.spec
-        rollouts, episodes = self.workers.gather(pending)
-        stats, next_weights = self.learner.update_and_weights.options(num_returns=2).remote(*rollouts)
-        more = step + spec.a2c.steps_per_batch < spec.total_steps
-        return Submitted(stats, next_weights, episodes, self.workers.sample(
-            next_weights if spec.mode == "sync" else weights) if more else None)
 
     def _summary(self, step: int, trained: int, startup_s: float, wall_s: float, status: JobStatus) -> dict[str, Any]:
         """What `run` returns: see `service.train` for the keys."""
@@ -391,13 +355,10 @@ class Trainer:
         best = self.best_checkpoint
         return evaluated is not None and (best is None or evaluated > best.eval_return_mean)
 
-    def _checkpoint(self, spaces: SpacesSpec, evaluated: float | None = None, state_ref: Any = None
-                    ) -> CheckpointInfo:
-        """Write the learner's state as an archive (by the driver, wherever the learner runs):
-        the state that `state_ref` was asked for, else the learner's state now. `evaluated` is
-        the evaluation return at this step, if one ran."""
-        state = self._learner_get(state_ref if state_ref is not None else self.learner.state.remote(),
-                                  "the learner's checkpoint")
+    def _checkpoint(self, spaces: SpacesSpec, evaluated: float | None = None) -> CheckpointInfo:
+        """Write the learner's state as an archive (by the driver, wherever the learner runs);
+        `evaluated` is the evaluation return at this step, if one ran."""
+        state = self._learner_get(self.learner.state.remote(), "the learner's checkpoint")
         if not all(np.isfinite(t).all() for t in state.weights.tensors.values()):
             raise TrainingFailed(f"weights at step {state.step} are not finite; not checkpointed")
         ckpt_id = checkpoint_id(state.step)
