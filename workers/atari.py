@@ -89,20 +89,10 @@ class SeededAtari(gym.vector.VectorWrapper):
             seed = np.asarray(seed, dtype=np.int64) % (1 << 31)
         return self.env.reset(seed=seed, options=options)
 
-    def send(self, actions) -> None:
-        """Start stepping every env with (N,) int actions, in ale-py's C++ thread; `recv` waits
-        for the step. The Python thread is free in between (a worker acts for other envs)."""
-        self.env.send(np.asarray(actions, dtype=np.int64))
-
-    def recv(self):
-        """The step that `send` started; rewards as float32."""
-        obs, reward, terminated, truncated, info = self.env.recv()
-        return obs, reward.astype(np.float32), terminated, truncated, info
-
     def step(self, actions):
-        """Step every env with (N,) int actions (`send`, then `recv`)."""
-        self.send(actions)
-        return self.recv()
+        """Step every env with (N,) int actions; rewards as float32."""
+        obs, reward, terminated, truncated, info = self.env.step(np.asarray(actions, dtype=np.int64))
+        return obs, reward.astype(np.float32), terminated, truncated, info
 
 
 class EpisodicLife(SeededAtari):
@@ -123,9 +113,9 @@ class EpisodicLife(SeededAtari):
         self.lives = np.asarray(info["lives"]).copy()
         return obs, info
 
-    def recv(self):
-        """The step that `send` started: clipped rewards, a termination at each lost life."""
-        obs, reward, terminated, truncated, info = super().recv()
+    def step(self, actions):
+        """Step every env: clipped rewards, a termination at each lost life."""
+        obs, reward, terminated, truncated, info = super().step(actions)
         lives = np.asarray(info["lives"])
         life_lost = terminated & (lives > 0) & (lives < self.lives)
         self.lives = lives.copy()

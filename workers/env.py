@@ -197,38 +197,6 @@ def make_vec_env(env_id: str, num_envs: int, env_kwargs: dict[str, Any] | None =
                         **env_kwargs)
 
 
-class StepAtRecv(gym.vector.VectorWrapper):
-    """`send`/`recv` for a vector env that steps in the caller's thread: `send` keeps the
-    actions, `recv` steps."""
-
-    def send(self, actions) -> None:
-        """Keep the (N, ...) actions for `recv`."""
-        self._actions = actions
-
-    def recv(self):
-        """Step with the actions of the last `send`."""
-        return self.env.step(self._actions)
-
-
-def make_env_groups(env_id: str, num_envs: int,
-                    env_kwargs: dict[str, Any] | None = None) -> list[tuple[slice, gym.vector.VectorEnv]]:
-    """A rollout worker's `num_envs` training envs as groups that it steps in turn, each with
-    the columns (envs) of the rollout that it holds and `send(actions)`/`recv()` methods.
-
-    Atari games step in ale-py's C++ thread between `send` and `recv`, so they come in two
-    groups: the worker chooses one group's actions while the other group's games step. Other
-    envs step in the Python thread, at `recv`: one group.
-    """
-    from workers.atari import is_atari
-
-    check_env_id(env_id)
-    if not is_atari(env_id) or num_envs < 2:
-        return [(slice(0, num_envs), StepAtRecv(make_vec_env(env_id, num_envs, env_kwargs)))]
-    half = num_envs // 2
-    return [(slice(0, half), make_vec_env(env_id, half, env_kwargs)),
-            (slice(half, num_envs), make_vec_env(env_id, num_envs - half, env_kwargs))]
-
-
 def describe_spaces(env_id: str, env_kwargs: dict[str, Any] | None = None) -> SpacesSpec:
     """The spaces of one env instance, as the policy and checkpoints record them (for Atari
     ids, of the preprocessed env that workers build). Made once per (id, kwargs) and process:

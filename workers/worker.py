@@ -11,7 +11,7 @@ from learner.acting import acting_policy
 from learner.config import PolicyConfig
 from learner.rollout import Rollout, Weights
 from learner.spaces import SpacesSpec
-from workers.env import GAME_OVER, GAME_REWARD, env_seeds, make_env_groups
+from workers.env import GAME_OVER, GAME_REWARD, env_seeds, make_vec_env
 from workers.evaluate import evaluate_policy
 
 
@@ -42,12 +42,12 @@ class RolloutWorker:
             import torch
             torch.set_num_threads(1)
         self.env_id, self.env_kwargs = env_id, dict(env_kwargs)
-        self.groups = make_env_groups(env_id, num_envs, env_kwargs)
+        self.env = make_vec_env(env_id, num_envs, env_kwargs)
         self.num_envs, self.steps_per_env = num_envs, steps_per_env
         self.spaces = spaces
         self.policy = acting_policy(spaces, policy_config, seeds[-1], cnn_precision)
         self.version = -1
-        self.obs = np.concatenate([env.reset(seed=seeds[cols])[0] for cols, env in self.groups])
+        self.obs, _ = self.env.reset(seed=seeds[:num_envs])
         self.episode_return = np.zeros(num_envs)
         self.episode_length = np.zeros(num_envs, dtype=np.int64)
 
@@ -58,12 +58,7 @@ class RolloutWorker:
             self.version = weights.version
 
     def sample(self, weights: Weights) -> tuple[Rollout, Episodes]:
-        """Collect T x N steps with `weights`; the env state carries over between calls.
-
-        Env groups (`workers.env.make_env_groups`) take turns: a group's step is received, its
-        next actions chosen and sent, then the next group's; so with two Atari groups, one
-        group's games step while the policy acts for the other. Each env's steps are the same
-        as if all N stepped at once."""
+        """Collect T x N steps with `weights`; the env state carries over between calls."""
         self.set_weights(weights)
         T, N = self.steps_per_env, self.num_envs
         # uint8 images stay uint8 (the policy scales them); the rest float32, as the learner takes them.
@@ -79,37 +74,27 @@ class RolloutWorker:
         ep_lengths: list[int] = []
         # gSDE: one noise matrix per env for this rollout (SB3's sde_sample_freq=-1).
         exploration = self.policy.sample_exploration(N)
-
-        def receive(t: int, cols: slice, env: Any) -> None:
-            """Record the step `t` of the envs `cols`, which `env.send` started."""
-            self.obs[cols], rewards[t, cols], terminated[t, cols], truncated[t, cols], info = env.recv()
-            # Reported episodes: whole games with raw rewards where the env says so (Atari).
-            self.episode_return[cols] += info.get(GAME_REWARD, rewards[t, cols])
-            self.episode_length[cols] += 1
-            done = terminated[t, cols] | truncated[t, cols]
-            if done.any():
-                cut = truncated[t, cols] & ~terminated[t, cols]
-                if cut.any():
-                    final_values[t, cols][cut] = self.policy.value(np.stack(info["final_obs"][cut]))
-                ended = info.get(GAME_OVER, done)
-                ep_returns.extend(self.episode_return[cols][ended].tolist())
-                ep_lengths.extend(self.episode_length[cols][ended].tolist())
-                self.episode_return[cols][ended] = 0
-                self.episode_length[cols][ended] = 0
-
         for t in range(T):
-            for cols, env in self.groups:
-                if t > 0:
-                    receive(t - 1, cols, env)
-                obs_buf[t, cols] = self.obs[cols]
-                action, log_probs[t, cols], values[t, cols] = self.policy.act(
-                    obs_buf[t, cols], exploration=None if exploration is None else exploration[cols])
-                if actions is None:
-                    actions = np.empty((T, N, *action.shape[1:]), action.dtype)
-                actions[t, cols] = action
-                env.send(self.policy.clip_action(action))
-        for cols, env in self.groups:
-            receive(T - 1, cols, env)
+            obs_buf[t] = self.obs
+            action, log_probs[t], values[t] = self.policy.act(obs_buf[t], exploration=exploration)
+            if actions is None:
+                actions = np.empty((T, *action.shape), action.dtype)
+            actions[t] = action
+            self.obs, reward, terminated[t], truncated[t], info = self.env.step(self.policy.clip_action(action))
+            rewards[t] = reward
+            # Reported episodes: whole games with raw rewards where the env says so (Atari).
+            self.episode_return += info.get(GAME_REWARD, reward)
+            self.episode_length += 1
+            done = terminated[t] | truncated[t]
+            if done.any():
+                cut = truncated[t] & ~terminated[t]
+                if cut.any():
+                    final_values[t, cut] = self.policy.value(np.stack(info["final_obs"][cut]))
+                ended = info.get(GAME_OVER, done)
+                ep_returns += self.episode_return[ended].tolist()
+                ep_lengths += self.episode_length[ended].tolist()
+                self.episode_return[ended] = 0
+                self.episode_length[ended] = 0
         bootstrap = self.policy.value(self.obs)
         episodes = Episodes(np.asarray(ep_returns, np.float64), np.asarray(ep_lengths, np.int64),
                             self.version)

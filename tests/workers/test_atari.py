@@ -96,8 +96,7 @@ def test_worker_reports_whole_games_with_raw_rewards_while_the_learner_gets_live
     terminated = np.concatenate([r.terminated for r in rollouts])
     assert obs.dtype == np.uint8 and obs.shape[2:] == (4, 84, 84)
     assert set(np.unique(rewards)) <= {0.0, 1.0}  # Breakout's 1, 4 and 7 points clipped to 1
-    # Replaying the recorded actions on full games from the same seeds, in one vector env (the
-    # worker steps its games in two groups), gives the same frames,
+    # Replaying the recorded actions on full games from the same seeds gives the same frames,
     # and the worker's reported returns are those games' raw scores.
     full = make_vec_env(BREAKOUT, 2, training=False)
     f_obs, _ = full.reset(seed=env_seeds(3, 0, 3)[:2])
@@ -114,30 +113,10 @@ def test_worker_reports_whole_games_with_raw_rewards_while_the_learner_gets_live
     assert terminated.sum() > game_overs  # lost lives end the learner's episodes too
 
 
-def test_worker_acts_batched_for_each_of_two_groups_of_games(monkeypatch):
-    # One group's games step in ale-py's thread while the policy acts for the other: per step,
-    # one batched forward pass per group, the two together over every env, in column order.
+def test_worker_runs_one_batched_forward_per_step(monkeypatch):
     worker, weights = _atari_worker(n=4, T=8)
-    assert [cols for cols, _ in worker.groups] == [slice(0, 2), slice(2, 4)]
     calls = []
     act = worker.policy.act
-    monkeypatch.setattr(worker.policy, "act", lambda obs, **kw: calls.append(obs.copy()) or act(obs, **kw))
-    rollout, _ = worker.sample(weights)
-    assert [c.shape for c in calls] == [(2, 4, 84, 84)] * 16
-    for t in range(8):
-        np.testing.assert_array_equal(np.concatenate(calls[2 * t:2 * t + 2]), rollout.obs[t])
-
-
-
-
-def test_games_cut_by_the_frame_limit_get_bootstrap_values_in_both_groups():
-    spaces = describe_spaces(BREAKOUT)
-    worker = RolloutWorker(BREAKOUT, {"max_num_frames_per_episode": 200}, 4, 64, spaces, PolicyConfig(), 3, 0)
-    policy = ActorCritic(spaces, PolicyConfig())
-    # Every state is worth 5, so that every bootstrap value is told from "none" (zero).
-    torch.nn.init.zeros_(policy.value_head.weight)
-    torch.nn.init.constant_(policy.value_head.bias, 5.0)
-    rollout, _ = worker.sample(Weights(1, numpy_state(policy)))
-    cut = rollout.truncated & ~rollout.terminated
-    assert cut[:, :2].any() and cut[:, 2:].any()  # games of both groups hit the limit
-    assert np.all(rollout.final_values[cut] == 5) and np.all(rollout.final_values[~cut] == 0)
+    monkeypatch.setattr(worker.policy, "act", lambda obs, **kw: calls.append(obs.shape) or act(obs, **kw))
+    worker.sample(weights)
+    assert calls == [(4, 4, 84, 84)] * 8
