@@ -120,3 +120,16 @@ def test_worker_runs_one_batched_forward_per_step(monkeypatch):
     monkeypatch.setattr(worker.policy, "act", lambda obs, **kw: calls.append(obs.shape) or act(obs, **kw))
     worker.sample(weights)
     assert calls == [(4, 4, 84, 84)] * 8
+
+
+def test_games_cut_by_the_frame_limit_get_bootstrap_values():
+    spaces = describe_spaces(BREAKOUT)
+    worker = RolloutWorker(BREAKOUT, {"max_num_frames_per_episode": 200}, 4, 64, spaces, PolicyConfig(), 3, 0)
+    policy = ActorCritic(spaces, PolicyConfig())
+    # Every state is worth 5, so that every bootstrap value is told from "none" (zero).
+    torch.nn.init.zeros_(policy.value_head.weight)
+    torch.nn.init.constant_(policy.value_head.bias, 5.0)
+    rollout, _ = worker.sample(Weights(1, numpy_state(policy)))
+    cut = rollout.truncated & ~rollout.terminated
+    assert cut.sum() >= 4  # every game hit the limit (50 agent steps) at least once
+    assert np.all(rollout.final_values[cut] == 5) and np.all(rollout.final_values[~cut] == 0)
