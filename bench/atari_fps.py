@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
             "commit": commit, "time": time.strftime("%Y-%m-%d %H:%M:%S"), "cpus": os.cpu_count(),
             "platform": platform.platform(), "command": "python -m bench.atari_fps " + " ".join(argv or sys.argv[1:]),
             "bfloat16_units": bfloat16_units(torch.device("cpu")) or None,
-            "threads": {"ours": "workers 1 torch thread + 1 ALE thread each; learner --learner-cpus threads",
+            "threads": {"ours": "workers 1 torch thread + 2 ALE threads each; learner --learner-cpus threads",
                         "sb3": "torch threads as named; envs in the same process (DummyVecEnv)"},
             "results": table}, indent=2) + "\n")
 

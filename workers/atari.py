@@ -62,8 +62,10 @@ def describe_atari(env_id: str) -> str:
 
 def make_atari_vec_env(env_id: str, num_envs: int, env_kwargs: dict[str, Any] | None = None,
                        training: bool = True) -> gym.vector.VectorEnv:
-    """`num_envs` preprocessed games of an Atari id, stepped by one C++ thread (a rollout
-    worker holds one CPU; jobs scale with workers).
+    """`num_envs` preprocessed games of an Atari id, stepped by ale-py's C++ threads: 2 (one
+    for a single game). A worker's 16 games reset in 0.74 s on 2 threads against 1.42 s on 1,
+    which shortens a job's start-up while the learner's core is idle; stepping is no slower
+    (docs/workloads.md, "Start-up: the games reset on two threads").
 
     Auto-resets in the same step (a game's last observation in `info["final_obs"]`, whose rows
     are meaningful only where the game ended). `training` gives the learner's view
@@ -72,8 +74,8 @@ def make_atari_vec_env(env_id: str, num_envs: int, env_kwargs: dict[str, Any] | 
     from ale_py.vector_env import AtariVectorEnv
 
     settings = atari_settings(env_id, env_kwargs)
-    env = AtariVectorEnv(settings.pop("game"), num_envs, num_threads=1, autoreset_mode="SameStep",
-                         reward_clipping=False, life_loss_info=training, episodic_life=False,
+    env = AtariVectorEnv(settings.pop("game"), num_envs, num_threads=min(2, num_envs),
+                         autoreset_mode="SameStep", reward_clipping=False, life_loss_info=training, episodic_life=False,
                          **PREPROCESSING, **settings)
     return EpisodicLife(env) if training else SeededAtari(env)
 
