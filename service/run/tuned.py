@@ -125,10 +125,10 @@ ATARI: dict[str, Any] = {
     # The 16 envs run as 1 worker in async mode (the learner's update overlaps the next
     # rollout: policy lag <= 1), the layout that reached rl-zoo's score here (two seeds of Pong
     # at 40M frames, bfloat16 convolutions: 17.0 and 18.2 over 30 games of the final policy,
-    # sampled; rl-zoo 17.3). In the loop it ran 1.99-2.08x SB3's frames/s with bfloat16
+    # sampled; rl-zoo 17.3). In the loop it ran 2.05-2.08x SB3's frames/s with bfloat16
     # convolutions (JobSpec.cnn_precision auto, where the CPU has units for them) and 1.54x in
     # float32 (c621529); exact sync A2C in 2 x 8 float32 ran 0.85-1.09x and has no 40M-frame run
-    # (`--mode sync`). docs/workloads.md, bench/results/atari-fps-2core-epyc-{c621529,b51cd4c}.json.
+    # (`--mode sync`). docs/workloads.md, bench/results/atari-fps-2core-epyc-{c621529,4d9008a}.json.
     "mode": "async",
     "workers": 1,
     "envs_per_worker": 16,
