@@ -133,3 +133,16 @@ def test_games_cut_by_the_frame_limit_get_bootstrap_values():
     cut = rollout.truncated & ~rollout.terminated
     assert cut.sum() >= 4  # every game hit the limit (50 agent steps) at least once
     assert np.all(rollout.final_values[cut] == 5) and np.all(rollout.final_values[~cut] == 0)
+
+
+def test_games_on_two_threads_come_back_in_order_through_resets():
+    # The worker's rollout columns are env indices: ale-py's threads must hand each step's
+    # games back in env order, including steps where some games reset.
+    env = make_vec_env(BREAKOUT, 8, {"max_num_frames_per_episode": 100})  # stepped on 2 threads
+    env.reset(seed=list(range(8)))
+    rng, ends = np.random.default_rng(0), 0
+    for _ in range(200):
+        _, _, terminated, truncated, info = env.step(rng.integers(0, 4, 8))
+        np.testing.assert_array_equal(info["env_id"], np.arange(8))
+        ends += int((terminated | truncated).sum())
+    assert ends >= 8
