@@ -75,8 +75,8 @@ def make_atari_vec_env(env_id: str, num_envs: int, env_kwargs: dict[str, Any] | 
 
     settings = atari_settings(env_id, env_kwargs)
     env = AtariVectorEnv(settings.pop("game"), num_envs, num_threads=min(2, num_envs),
-                         autoreset_mode="SameStep", reward_clipping=False, life_loss_info=training, episodic_life=False,
-                         **PREPROCESSING, **settings)
+                         autoreset_mode="SameStep", reward_clipping=False, life_loss_info=training,
+                         episodic_life=False, **PREPROCESSING, **settings)
     return EpisodicLife(env) if training else SeededAtari(env)
 
 
