@@ -64,8 +64,9 @@ def make_atari_vec_env(env_id: str, num_envs: int, env_kwargs: dict[str, Any] | 
                        training: bool = True) -> gym.vector.VectorEnv:
     """`num_envs` preprocessed games of an Atari id, stepped by ale-py's C++ threads: 2 (one
     for a single game). A worker's 16 games reset in 0.74 s on 2 threads against 1.42 s on 1,
-    which shortens a job's start-up while the learner's core is idle; stepping is no slower
-    (docs/workloads.md, "Start-up: the games reset on two threads").
+    which shortens a job's start-up while the learner's core is idle; stepping was no slower
+    (one worker and the learner on 2 cores: docs/workloads.md, "Start-up: the games reset on
+    two threads"). A worker, which reserves 1 CPU, may use 2 cores while its games step.
 
     Auto-resets in the same step (a game's last observation in `info["final_obs"]`, whose rows
     are meaningful only where the game ended). `training` gives the learner's view

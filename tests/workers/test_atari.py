@@ -9,7 +9,7 @@ import torch
 from learner.config import PolicyConfig
 from learner.rollout import Weights
 from learner.policy import ActorCritic, numpy_state
-from workers.atari import atari_settings
+from workers.atari import PREPROCESSING, atari_settings
 from workers.env import GAME_OVER, GAME_REWARD, describe_spaces, env_seeds, make_vec_env
 from workers.worker import RolloutWorker
 
@@ -131,18 +131,31 @@ def test_games_cut_by_the_frame_limit_get_bootstrap_values():
     torch.nn.init.constant_(policy.value_head.bias, 5.0)
     rollout, _ = worker.sample(Weights(1, numpy_state(policy)))
     cut = rollout.truncated & ~rollout.terminated
-    assert cut.sum() >= 4  # every game hit the limit (50 agent steps) at least once
+    assert cut.any(axis=0).all()  # every game hit the limit (50 agent steps)
+    assert (rollout.terminated & ~cut).any()  # and some lives were lost, which get no value
     assert np.all(rollout.final_values[cut] == 5) and np.all(rollout.final_values[~cut] == 0)
 
 
-def test_games_on_two_threads_come_back_in_order_through_resets():
+def test_games_on_two_threads_come_back_in_order_and_step_as_on_one_through_resets():
     # The worker's rollout columns are env indices: ale-py's threads must hand each step's
-    # games back in env order, including steps where some games reset.
-    env = make_vec_env(BREAKOUT, 8, {"max_num_frames_per_episode": 100})  # stepped on 2 threads
-    env.reset(seed=list(range(8)))
+    # games back in env order, including steps where some games reset, and each game must
+    # step as it would on one thread.
+    from ale_py.vector_env import AtariVectorEnv
+
+    settings = atari_settings(BREAKOUT, {"max_num_frames_per_episode": 100})
+    game = settings.pop("game")
+    envs = [AtariVectorEnv(game, 4, num_threads=threads, autoreset_mode="SameStep", **PREPROCESSING,
+                           **settings) for threads in (1, 2)]
+    first = [env.reset(seed=np.arange(4))[0] for env in envs]
+    np.testing.assert_array_equal(*first)
     rng, ends = np.random.default_rng(0), 0
-    for _ in range(200):
-        _, _, terminated, truncated, info = env.step(rng.integers(0, 4, 8))
-        np.testing.assert_array_equal(info["env_id"], np.arange(8))
-        ends += int((terminated | truncated).sum())
+    for _ in range(120):
+        actions = rng.integers(0, 4, 4)
+        (obs1, r1, te1, tr1, _), (obs2, r2, te2, tr2, info) = (env.step(actions) for env in envs)
+        np.testing.assert_array_equal(info["env_id"], np.arange(4))
+        np.testing.assert_array_equal(obs1, obs2)
+        assert (r1 == r2).all() and (te1 == te2).all() and (tr1 == tr2).all()
+        ends += int((te2 | tr2).sum())
     assert ends >= 8
+    for env in envs:
+        env.close()
